@@ -1,0 +1,39 @@
+# One-command set-up: `make test` and `make demo` create .venv (Python 3.11) and install everything.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench addon clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q tests blender_tests
+
+SAMPLE := samples/sample_photo
+
+demo: setup
+	$(BIN)/invrender scene $(SAMPLE).png --depth $(SAMPLE)_depth.exr --normal $(SAMPLE)_normal.exr \
+		--camera $(SAMPLE)_camera.json -o demo_out/scene.blend --maps-dir demo_out/maps \
+		--relight-sun 30 110 --render demo_out/relit.png --samples 32
+
+bench: setup
+	$(BIN)/python bench/bench_fusion.py
+
+addon: setup
+	$(BIN)/python build_addon.py --output-dir dist
+
+clean:
+	rm -rf $(VENV) demo_out dist

@@ -1,0 +1,1 @@
+"""Builders: numpy arrays -> Blender data. Imported only where bpy exists."""

@@ -1,0 +1,61 @@
+"""The one bridge between numpy arrays and bpy data: images and meshes, all through foreach_set."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+
+def image_from_array(name: str, pixels: np.ndarray, non_color: bool = False) -> bpy.types.Image:
+    """A packed float image from (H, W, 3) or (H, W) linear data; row 0 of the array is the TOP row.
+
+    Blender stores rows bottom-up as RGBA floats, hence the flip. The image is packed as OpenEXR so the
+    .blend keeps full float precision and nothing is lost when the file is saved, reloaded or moved.
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"image {name!r} must have shape (H, W, 3) or (H, W), got {pixels.shape}")
+    height, width = pixels.shape[:2]
+    rgba = np.ones((height, width, 4), np.float32)
+    rgba[..., :3] = np.nan_to_num(pixels[::-1])
+    image = bpy.data.images.new(name, width, height, alpha=False, float_buffer=True)
+    image.colorspace_settings.name = "Non-Color" if non_color else "Linear Rec.709"
+    image.pixels.foreach_set(rgba.ravel())
+    image.file_format = "OPEN_EXR"
+    image.pack()
+    return image
+
+
+def image_to_array(image: bpy.types.Image) -> np.ndarray:
+    """(H, W, 3) float32 pixels of a Blender image, row 0 = top (inverse of image_from_array)."""
+    width, height = image.size
+    rgba = np.empty(width * height * 4, np.float32)
+    image.pixels.foreach_get(rgba)
+    return rgba.reshape(height, width, 4)[::-1, :, :3].copy()
+
+
+def mesh_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray | None = None
+                     ) -> bpy.types.Mesh:
+    """A mesh from vertices (V, 3), triangles (F, 3) and per-vertex UVs (V, 2), without Python loops."""
+    vertices = np.asarray(vertices, dtype=np.float32)
+    faces = np.asarray(faces, dtype=np.int32)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"vertices must be (V, 3) and faces (F, 3), got {vertices.shape} and {faces.shape}")
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(vertices))
+    mesh.vertices.foreach_set("co", vertices.ravel())
+    mesh.loops.add(faces.size)
+    mesh.loops.foreach_set("vertex_index", faces.ravel())
+    mesh.polygons.add(len(faces))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
+    if uvs is not None:
+        uvs = np.asarray(uvs, dtype=np.float32)
+        if uvs.shape != (len(vertices), 2):
+            raise ValueError(f"uvs must have shape {(len(vertices), 2)}, got {uvs.shape}")
+        mesh.uv_layers.new(name="UVMap").data.foreach_set("uv", uvs[faces.ravel()].ravel())
+    mesh.update()
+    if mesh.validate(verbose=False):
+        raise ValueError(f"mesh {name!r} had invalid geometry (out-of-range indices or degenerate faces)")
+    return mesh

@@ -1,0 +1,190 @@
+"""Scene builder: a camera-matched, relightable Blender scene from numpy arrays (no maths here).
+
+Placement: the camera sits at the world origin looking along +y with +z up, so the DESIGN.md camera
+frame maps to the world by sh.CAMERA_TO_WORLD. The mesh object shares the camera's transform, so its
+vertices and its object-space normal map are simply camera-frame data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import bpy
+import numpy as np
+
+from .bpy_io import image_from_array, mesh_from_arrays
+
+SENSOR_WIDTH_MM = 36.0
+CAMERA_ROTATION_EULER = (math.pi / 2, 0.0, 0.0)  # Blender camera looking along +y, up = +z
+
+
+@dataclass
+class SceneAssets:
+    """Arrays for one relightable scene.
+
+    camera: dict with width, height, fx, fy, cx, cy (pixels); vertices (V, 3) camera frame; faces (F, 3);
+    uvs (V, 2) image coordinates with v up; photo and albedo (H, W, 3) linear RGB; normals (H, W, 3)
+    camera frame; environment (He, We, 3) equirect radiance in the world frame (Blender mapping);
+    sun: optional (direction towards the sun in the world frame (3,), strength W/m², RGB colour).
+    """
+
+    name: str
+    camera: dict
+    vertices: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray
+    photo: np.ndarray
+    albedo: np.ndarray
+    normals: np.ndarray
+    environment: np.ndarray
+    sun: tuple | None = None
+
+
+@dataclass
+class BuiltScene:
+    collection: bpy.types.Collection
+    camera: bpy.types.Object
+    mesh: bpy.types.Object
+    world: bpy.types.World
+    sun: bpy.types.Object | None
+
+
+def build_camera(name: str, cam: dict, scene: bpy.types.Scene) -> bpy.types.Object:
+    """A Blender camera with the photo's intrinsics; sets the scene's render resolution to match."""
+    width, height = int(cam["width"]), int(cam["height"])
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit = "HORIZONTAL"
+    data.sensor_width = SENSOR_WIDTH_MM
+    data.lens = cam["fx"] * SENSOR_WIDTH_MM / width
+    # Blender's shift is in units of the fitted (horizontal) image side; image v grows downwards.
+    data.shift_x = (0.5 * width - cam["cx"]) / width
+    data.shift_y = (cam["cy"] - 0.5 * height) / width
+    obj = bpy.data.objects.new(name, data)
+    obj.rotation_euler = CAMERA_ROTATION_EULER
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.render.resolution_percentage = 100
+    # Non-square pixels: Blender scales the vertical focal by pixel_aspect_x / pixel_aspect_y.
+    scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = 1.0, float(cam["fx"]) / float(cam["fy"])
+    return obj
+
+
+def build_material(name: str, albedo_image, normal_image, roughness: float = 1.0) -> bpy.types.Material:
+    """Principled material: albedo -> Base Color, object-space normal map -> Normal, diffuse by default."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = nodes["Principled BSDF"]
+    bsdf.inputs["Roughness"].default_value = roughness
+    bsdf.inputs["Specular IOR Level"].default_value = 0.0  # the image model is Lambertian
+    albedo = nodes.new("ShaderNodeTexImage")
+    albedo.image, albedo.label, albedo.location = albedo_image, "Albedo", (-600, 300)
+    links.new(albedo.outputs["Color"], bsdf.inputs["Base Color"])
+    normal = nodes.new("ShaderNodeTexImage")
+    normal.image, normal.label, normal.location = normal_image, "Normals (object space)", (-600, -100)
+    normal_map = nodes.new("ShaderNodeNormalMap")
+    normal_map.space, normal_map.location = "OBJECT", (-300, -100)
+    links.new(normal.outputs["Color"], normal_map.inputs["Color"])
+    links.new(normal_map.outputs["Normal"], bsdf.inputs["Normal"])
+    return mat
+
+
+def build_world(name: str, environment_image, strength: float = 1.0) -> bpy.types.World:
+    """World lit by an equirect environment image (the SH lighting), with a strength control."""
+    world = bpy.data.worlds.new(name)
+    world.use_nodes = True
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    env = nodes.new("ShaderNodeTexEnvironment")
+    env.image, env.location = environment_image, (-400, 300)
+    background = nodes["Background"]
+    background.inputs["Strength"].default_value = strength
+    links.new(env.outputs["Color"], background.inputs["Color"])
+    return world
+
+
+def build_sun(name: str, direction, strength: float, colour) -> bpy.types.Object:
+    """A sun lamp shining from `direction` (world frame, towards the sun)."""
+    data = bpy.data.lights.new(name, "SUN")
+    data.energy = float(strength)
+    data.color = tuple(float(c) for c in colour)
+    data.angle = math.radians(1.0)
+    obj = bpy.data.objects.new(name, data)
+    aim_sun(obj, direction)
+    return obj
+
+
+def aim_sun(sun: bpy.types.Object, direction) -> None:
+    """Point a sun lamp (which shines along its local -z) so that light comes from `direction`."""
+    from mathutils import Vector
+
+    sun.rotation_euler = Vector(direction).to_track_quat("Z", "Y").to_euler()
+
+
+DATA_COLLECTIONS = ("collections", "objects", "meshes", "materials", "images", "worlds", "cameras", "lights")
+
+
+def build_scene(assets: SceneAssets, scene: bpy.types.Scene | None = None) -> BuiltScene:
+    """Add a collection with camera, mesh, material, world (and sun) for `assets` to `scene`.
+
+    All or nothing: if anything fails, every datablock added so far is removed and the scene's camera
+    and world are restored before the error propagates.
+    """
+    scene = scene or bpy.context.scene
+    before = {kind: set(getattr(bpy.data, kind)) for kind in DATA_COLLECTIONS}
+    camera_before, world_before = scene.camera, scene.world
+    resolution_before = (scene.render.resolution_x, scene.render.resolution_y,
+                         scene.render.resolution_percentage, scene.render.pixel_aspect_x,
+                         scene.render.pixel_aspect_y)
+    try:
+        return _build_scene(assets, scene)
+    except BaseException:
+        scene.camera, scene.world = camera_before, world_before
+        (scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage,
+         scene.render.pixel_aspect_x, scene.render.pixel_aspect_y) = resolution_before
+        for kind in DATA_COLLECTIONS:
+            blocks = getattr(bpy.data, kind)
+            for block in set(blocks) - before[kind]:
+                blocks.remove(block)
+        raise
+
+
+def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
+    collection = bpy.data.collections.new(assets.name)
+    scene.collection.children.link(collection)
+
+    camera = build_camera(f"{assets.name} camera", assets.camera, scene)
+    photo = image_from_array(f"{assets.name} photo", assets.photo)
+    camera.data.show_background_images = True
+    camera.data.background_images.new().image = photo
+    collection.objects.link(camera)
+    scene.camera = camera
+
+    albedo = image_from_array(f"{assets.name} albedo", assets.albedo)
+    normal_colour = 0.5 * (np.asarray(assets.normals) + 1.0)  # object-space normal map encoding
+    normals = image_from_array(f"{assets.name} normals", normal_colour, non_color=True)
+    mesh = bpy.data.objects.new(f"{assets.name} mesh",
+                                mesh_from_arrays(f"{assets.name} mesh", assets.vertices, assets.faces, assets.uvs))
+    mesh.rotation_euler = CAMERA_ROTATION_EULER
+    mesh.data.materials.append(build_material(f"{assets.name} material", albedo, normals))
+    collection.objects.link(mesh)
+
+    world = build_world(f"{assets.name} world",
+                        image_from_array(f"{assets.name} environment", assets.environment))
+    scene.world = world
+
+    sun = None
+    if assets.sun is not None:
+        direction, strength, colour = assets.sun
+        sun = build_sun(f"{assets.name} sun", direction, strength, colour)
+        collection.objects.link(sun)
+    return BuiltScene(collection, camera, mesh, world, sun)
+
+
+def set_cycles(scene: bpy.types.Scene, samples: int = 32) -> None:
+    """Cycles on the CPU with the plain sRGB view transform, so renders compare with linear maps."""
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.look = "None"

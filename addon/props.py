@@ -1,0 +1,32 @@
+"""Scene properties: one PointerProperty, Scene.invr."""
+
+import bpy
+
+
+class INVR_PG_settings(bpy.types.PropertyGroup):
+    photo_path: bpy.props.StringProperty(
+        name="Photo", description="Photo to turn into a relightable scene (PNG, JPEG, TIFF, EXR, HDR)",
+        subtype="FILE_PATH")
+    depth_path: bpy.props.StringProperty(
+        name="Depth map", description="Planar depth of the photo as a single-channel EXR (Y)",
+        subtype="FILE_PATH")
+    normal_path: bpy.props.StringProperty(
+        name="Normal map", description="Camera-frame unit normals of the photo as an RGB EXR (x right, y up, "
+        "z towards the viewer)", subtype="FILE_PATH")
+    fov_override: bpy.props.FloatProperty(
+        name="Field of view", description="Horizontal field of view; 0 uses the photo's EXIF focal length "
+        "or 60 degrees", default=0.0, min=0.0, max=179.0, subtype="NONE", unit="NONE")
+    mesh_step: bpy.props.IntProperty(
+        name="Mesh step", description="One vertex every N pixels: larger is lighter and coarser",
+        default=1, min=1, max=16)
+    discontinuity_threshold: bpy.props.FloatProperty(
+        name="Discontinuity", description="Relative depth jump above which no faces join neighbouring "
+        "pixels (keeps objects apart instead of stretching rubber sheets between them)",
+        default=0.05, min=0.001, max=1.0, subtype="FACTOR")
+    sun_fraction: bpy.props.FloatProperty(
+        name="Sun share", description="Share of the lighting's directional part given to a sun lamp, for "
+        "sharp cast shadows; the rest stays in the environment", default=0.6, min=0.0, max=1.0,
+        subtype="FACTOR")
+
+
+classes = (INVR_PG_settings,)

@@ -1,0 +1,155 @@
+"""Scene builder on scenes with known maps: camera match, mesh, material, world, a Cycles render."""
+
+import bpy
+import numpy as np
+import pytest
+from bpy_extras.object_utils import world_to_camera_view
+from mathutils import Vector
+
+from invrender_addon.build.bpy_io import image_from_array, image_to_array, mesh_from_arrays
+from invrender_addon.build.scene import SceneAssets, build_scene, set_cycles
+from invrender_core import geometry, sh
+from invrender_core.camera import Camera
+from invrender_core.scene import SceneEstimate, scene_assets
+
+
+def sphere_on_plane(camera: Camera):
+    """Analytic depth and camera-frame normals: a sphere in front of a tilted back plane."""
+    rays = camera.rays()  # (H, W, 3), points at depth 1
+    centre, radius = np.array([0.1, -0.05, -3.0]), 0.8
+    plane_n, plane_c = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0]), -5.0
+    # Plane n.X = c along X = d * ray  ->  d = c / (n . ray).
+    depth = plane_c / (rays @ plane_n)
+    normals = np.broadcast_to(plane_n, rays.shape).copy()
+    # Sphere |d * ray - centre|^2 = r^2, nearest root.
+    a = (rays * rays).sum(-1)
+    b = -2.0 * (rays @ centre)
+    c = centre @ centre - radius**2
+    disc = b * b - 4 * a * c
+    hit = disc > 0
+    d_sphere = np.where(hit, (-b - np.sqrt(np.where(hit, disc, 0.0))) / (2 * a), np.inf)
+    on_sphere = hit & (d_sphere < depth)
+    depth = np.where(on_sphere, d_sphere, depth)
+    points = depth[..., None] * rays
+    sphere_normals = (points - centre) / radius
+    normals[on_sphere] = sphere_normals[on_sphere]
+    return depth.astype(np.float32), normals.astype(np.float32)
+
+
+def synthetic_estimate(camera: Camera, lighting: np.ndarray) -> SceneEstimate:
+    depth, normals = sphere_on_plane(camera)
+    u, v = camera.pixel_grid()
+    checker = ((u // 8 + v // 8) % 2).astype(np.float32)
+    albedo = np.stack([0.3 + 0.4 * checker, 0.5 * np.ones_like(checker), 0.6 - 0.3 * checker], -1)
+    shading = sh.shading(normals, lighting).astype(np.float32)
+    image = (albedo * shading).astype(np.float32)
+    return SceneEstimate(image=image, albedo=albedo.astype(np.float32), shading=shading, normals=normals,
+                         depth=depth, depth_fused=depth, confidence=np.ones_like(depth), lighting=lighting,
+                         camera=camera)
+
+
+SKY = np.zeros((9, 3), np.float32)
+SKY[0] = [0.9, 0.95, 1.0]  # DC
+SKY[1] = [0.25, 0.25, 0.25]  # L1-1: light from above (camera +y)
+SKY[3] = [0.15, 0.12, 0.1]  # L11: from the right
+SKY[2] = [0.2, 0.2, 0.2]  # L10: from the viewer's side
+
+
+def test_camera_matches_intrinsics(clean_scene):
+    camera = Camera(width=160, height=100, fx=150.0, fy=150.0, cx=70.0, cy=58.0)
+    est = synthetic_estimate(camera, SKY)
+    built = build_scene(SceneAssets(**scene_assets(est, "cam")), clean_scene)
+    bpy.context.view_layer.update()
+    assert (clean_scene.render.resolution_x, clean_scene.render.resolution_y) == (160, 100)
+    cam_to_world = np.array(built.camera.matrix_world)
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.uniform(-1, 1, 20), rng.uniform(-1, 1, 20), rng.uniform(-6, -2, 20)])
+    pixels, depth = camera.project(points)
+    for point, pixel, d in zip(points, pixels, depth, strict=True):
+        world = cam_to_world[:3, :3] @ point + cam_to_world[:3, 3]
+        ndc = world_to_camera_view(clean_scene, built.camera, Vector(world))
+        # Blender's normalised view coordinates: x right from the left edge, y up from the bottom edge.
+        assert ndc.x * 160 == pytest.approx(pixel[0], abs=1e-3)
+        assert (1.0 - ndc.y) * 100 == pytest.approx(pixel[1], abs=1e-3)
+        assert ndc.z == pytest.approx(d, rel=1e-5)
+
+
+def test_mesh_material_world_links(clean_scene):
+    camera = Camera.from_fov(48, 32, 60.0)
+    est = synthetic_estimate(camera, SKY)
+    assets = scene_assets(est, "links")
+    built = build_scene(SceneAssets(**assets), clean_scene)
+    mesh = built.mesh.data
+    assert len(mesh.vertices) == len(assets["vertices"])
+    assert len(mesh.polygons) == len(assets["faces"])
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_allclose(uv.reshape(-1, 2), assets["uvs"][assets["faces"].ravel()], atol=1e-6)
+    tree = mesh.materials[0].node_tree
+    bsdf = tree.nodes["Principled BSDF"]
+    assert bsdf.inputs["Base Color"].links[0].from_node.image.name == "links albedo"
+    normal_map = bsdf.inputs["Normal"].links[0].from_node
+    assert normal_map.type == "NORMAL_MAP" and normal_map.space == "OBJECT"
+    assert normal_map.inputs["Color"].links[0].from_node.image.colorspace_settings.name == "Non-Color"
+    background = built.world.node_tree.nodes["Background"]
+    assert background.inputs["Color"].links[0].from_node.type == "TEX_ENVIRONMENT"
+    assert clean_scene.world == built.world and clean_scene.camera == built.camera
+
+
+def test_image_and_mesh_round_trip(clean_scene):
+    rng = np.random.default_rng(1)
+    pixels = rng.uniform(0, 4, (7, 5, 3)).astype(np.float32)  # float values above 1 survive
+    np.testing.assert_array_equal(image_to_array(image_from_array("rt", pixels)), pixels)
+    with pytest.raises(ValueError, match=r"\(4, 4, 2\)"):
+        image_from_array("bad", np.zeros((4, 4, 2)))
+    with pytest.raises(ValueError, match="faces"):
+        mesh_from_arrays("bad", np.zeros((3, 3)), np.zeros((1, 4)))
+
+
+def test_save_reload_keeps_images(clean_scene, tmp_path):
+    camera = Camera.from_fov(32, 24, 60.0)
+    est = synthetic_estimate(camera, SKY)
+    build_scene(SceneAssets(**scene_assets(est, "keep")), clean_scene)
+    albedo_before = image_to_array(bpy.data.images["keep albedo"])
+    path = tmp_path / "moved" / "scene.blend"
+    path.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    for name in ("keep albedo", "keep normals", "keep photo", "keep environment"):
+        assert bpy.data.images[name].packed_file is not None, name
+    np.testing.assert_allclose(image_to_array(bpy.data.images["keep albedo"]), albedo_before, atol=1e-6)
+
+
+def test_failed_build_leaves_scene_unchanged(clean_scene):
+    camera = Camera.from_fov(32, 24, 60.0)
+    assets = scene_assets(synthetic_estimate(camera, SKY), "fail")
+    assets["environment"] = np.zeros((4, 4, 2))  # invalid: the world is built after the mesh
+    counts = {k: len(getattr(bpy.data, k)) for k in ("objects", "meshes", "images", "materials", "collections")}
+    with pytest.raises(ValueError):
+        build_scene(SceneAssets(**assets), clean_scene)
+    assert counts == {k: len(getattr(bpy.data, k)) for k in counts}
+    assert clean_scene.camera is None and clean_scene.world is None
+
+
+@pytest.mark.parametrize("sun_fraction", [0.0, 0.6])
+def test_cycles_render_reproduces_the_photo(clean_scene, sun_fraction):
+    """Ground-truth maps in, Cycles render out: it must match albedo * E(n), the image model."""
+    camera = Camera.from_fov(64, 48, 50.0)
+    est = synthetic_estimate(camera, SKY)
+    build_scene(SceneAssets(**scene_assets(est, "render", sun_fraction=sun_fraction,
+                                           environment_height=64)), clean_scene)
+    set_cycles(clean_scene, samples=64)
+    clean_scene.cycles.use_denoising = False
+    clean_scene.render.image_settings.file_format = "OPEN_EXR"
+    bpy.ops.render.render()
+    result = bpy.data.images["Render Result"]
+    path = bpy.app.tempdir + "render.exr"
+    result.save_render(path)
+    rendered = image_to_array(bpy.data.images.load(path))
+    photo = est.image
+    inside = ~geometry.depth_discontinuities(est.depth, 0.05)  # silhouette pixels mix sphere and plane
+    corr = np.corrcoef(rendered[inside].ravel(), photo[inside].ravel())[0, 1]
+    assert corr >= 0.9
+    ratio = np.median(rendered[inside] / np.maximum(photo[inside], 1e-3))
+    assert ratio == pytest.approx(1.0, abs=0.15)

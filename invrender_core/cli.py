@@ -1,0 +1,132 @@
+"""The `invrender` command.
+
+Conventions: a failure prints one line to stderr and exits with status 2 (`--verbose` shows the
+traceback); outputs are written to a temporary name and renamed at the end, so nothing partial is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+EXIT_FAILURE = 2
+
+
+class CLIError(Exception):
+    """A failure whose message is already the one line the user should read."""
+
+
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_fuse(args) -> None:
+    import numpy as np
+
+    from . import fusion, geometry
+    from .camera import Camera
+    from .io import read_exr, write_exr
+    from .scene import read_json
+
+    depth = read_exr(args.depth)
+    normals = read_exr(args.normal)
+    camera = Camera.from_dict(read_json(args.camera))
+    confidence = read_exr(args.confidence) if args.confidence else None
+    if depth.ndim != 2 or normals.ndim != 3:
+        raise CLIError(f"{args.depth} must be a one-channel (Y) EXR and {args.normal} an RGB EXR; "
+                       f"got shapes {depth.shape} and {normals.shape}")
+    _progress(f"fusing {depth.shape[1]}x{depth.shape[0]} depth with normals (lambda={args.lam})")
+    start = time.perf_counter()
+    fused = fusion.fuse(depth, normals, camera, confidence=confidence, lam=args.lam)
+    _progress(f"fused in {time.perf_counter() - start:.2f} s")
+    with atomic_output(args.output) as tmp:
+        write_exr(tmp, fused.astype(np.float32))
+        if args.mesh:
+            with atomic_output(args.mesh) as tmp_mesh:
+                geometry.write_ply(tmp_mesh, geometry.grid_mesh(fused, camera))
+    _progress(f"wrote {args.output}" + (f" and {args.mesh}" if args.mesh else ""))
+
+
+def cmd_scene(args) -> None:
+    if args.depth is None or args.normal is None:
+        raise CLIError("the depth and normal networks are not available yet: give --depth D.exr and "
+                       "--normal N.exr for the photo")
+    try:  # the Blender side lives in the add-on package; the core itself never imports bpy
+        from invrender_addon.build import headless
+    except ImportError as e:
+        raise CLIError(f"`invrender scene` needs Blender's Python module ({e}): "
+                       "pip install 'invrender[blender]'") from e
+    headless.build_and_render(args, atomic_output=atomic_output, progress=_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invrender", description="Photos to relightable 3D scenes.")
+    parser.add_argument("--verbose", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fuse = sub.add_parser("fuse", help="fuse a depth map with a normal map (Nehab et al. 2005)")
+    fuse.add_argument("--depth", type=Path, required=True, help="planar depth, one-channel EXR")
+    fuse.add_argument("--normal", type=Path, required=True, help="camera-frame normals, RGB EXR")
+    fuse.add_argument("--camera", type=Path, required=True, help="camera.json (width, height, fx, fy, cx, cy)")
+    fuse.add_argument("--confidence", type=Path, help="per-pixel depth confidence in [0, 1], one-channel EXR")
+    fuse.add_argument("-o", "--output", type=Path, required=True, help="fused depth EXR to write")
+    fuse.add_argument("--lambda", dest="lam", type=float, default=0.1,
+                      help="weight of the depth against the normals (default 0.1)")
+    fuse.add_argument("--mesh", type=Path, help="also write the fused mesh as a binary PLY")
+    fuse.set_defaults(func=cmd_fuse)
+
+    scene = sub.add_parser("scene", help="build a relightable .blend from a photo (+ depth and normal maps)")
+    scene.add_argument("photo", type=Path)
+    scene.add_argument("--depth", type=Path, help="planar depth of the photo, one-channel EXR")
+    scene.add_argument("--normal", type=Path, help="camera-frame normals of the photo, RGB EXR")
+    scene.add_argument("--camera", type=Path, help="camera.json with the photo's intrinsics")
+    scene.add_argument("--fov", type=float, help="horizontal field of view in degrees (overrides EXIF)")
+    scene.add_argument("-o", "--output", type=Path, required=True, help=".blend file to write")
+    scene.add_argument("--render", type=Path, help="render the scene with Cycles to this PNG")
+    scene.add_argument("--samples", type=int, default=32, help="Cycles samples for --render (default 32)")
+    scene.add_argument("--relight-sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
+                       help="move the sun to this elevation and azimuth (0 = behind the camera, 90 = right)")
+    scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
+    scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
+    scene.set_defaults(func=cmd_scene)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("invrender: interrupted; no output was written", file=sys.stderr)
+        return EXIT_FAILURE
+    except (CLIError, ValueError, OSError, MemoryError) as e:
+        if args.verbose:
+            traceback.print_exc()
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"invrender {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
