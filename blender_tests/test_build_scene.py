@@ -4,10 +4,10 @@ import bpy
 import numpy as np
 import pytest
 from bpy_extras.object_utils import world_to_camera_view
-from mathutils import Vector
-
 from invrender_addon.build.bpy_io import image_from_array, image_to_array, mesh_from_arrays
 from invrender_addon.build.scene import SceneAssets, build_scene, set_cycles
+from mathutils import Vector
+
 from invrender_core import geometry, sh
 from invrender_core.camera import Camera
 from invrender_core.scene import SceneEstimate, scene_assets

@@ -3,11 +3,11 @@
 import json
 
 import bpy
+import invrender_addon
 import numpy as np
 import pytest
-
-import invrender_addon
 from invrender_addon.build.import_photo import ImportSettings, import_photo
+
 from invrender_core import cli, sh
 from invrender_core.camera import Camera
 from invrender_core.io import write_exr, write_png

@@ -65,7 +65,7 @@ def build_scene(rng: np.random.Generator):
                   _material(f"box{i}", tuple(rng.uniform(0.2, 0.8, 3))),
                   size=1.0, location=(-2.5 + 2.2 * i, 4.0 + rng.uniform(-1, 1), 0.5))
         box.rotation_euler.z = rng.uniform(0, math.pi / 2)
-    add(bpy.ops.mesh.primitive_uv_sphere_add, _material("sphere", (0.75, 0.75, 0.72), roughness=0.5),
+    add(bpy.ops.mesh.primitive_uv_sphere_add, _material("sphere", (0.6, 0.6, 0.58), roughness=0.5),
         radius=0.8, location=(1.2, 2.2, 0.8), segments=64, ring_count=32)
     bpy.ops.object.shade_smooth()
     add(bpy.ops.mesh.primitive_cylinder_add, _material("column", (0.6, 0.62, 0.65)),
@@ -73,7 +73,7 @@ def build_scene(rng: np.random.Generator):
     bpy.ops.object.shade_smooth()
 
     sun_data = bpy.data.lights.new("sun", "SUN")
-    sun_data.energy = 4.0
+    sun_data.energy = 3.0
     sun_data.angle = math.radians(1.0)
     sun = bpy.data.objects.new("sun", sun_data)
     sun.rotation_euler = (math.radians(50), 0.0, math.radians(-35))

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import fusion, geometry, sh
 from .camera import Camera
-from .io import save_preview_sheet, write_exr
+from .io import save_preview_sheet, srgb_to_linear, write_exr
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 / linear sRGB
 # Albedo and light intensity are only known up to a common scale; we fix it by giving the median
@@ -80,7 +80,7 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
     lighting = sh.fit_lighting(image, np.ones_like(image), normals, mask=valid)
     shading = sh.shading(normals, lighting).astype(np.float32)  # (H, W, 3)
     albedo = image / np.maximum(shading, MIN_SHADING)
-    median = float(np.median((albedo[valid] @ LUMINANCE)))
+    median = float(np.median(albedo[valid] @ LUMINANCE))
     scale = MEDIAN_ALBEDO_LUMINANCE / max(median, 1e-6)
     albedo = np.clip(albedo * scale, 0.0, 1.0).astype(np.float32)
     lighting = (lighting / scale).astype(np.float32)
@@ -115,7 +115,8 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
             {**estimate.camera.to_dict(), **estimate.metadata}, indent=2) + "\n")
         save_preview_sheet(tmp / "preview.png", [
             ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", estimate.shading),
-            ("normals", 0.5 * (estimate.normals + 1.0)), ("depth (fused)", _depth_for_display(estimate)),
+            ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
+            ("depth (fused)", _depth_for_display(estimate)),
         ])
         if out_dir.exists():
             shutil.rmtree(out_dir)
