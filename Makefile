@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where the machine keeps local wheels (the CPU build of torch), use them instead of a multi-GB download.
+PIP_LOCAL := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 .PHONY: setup test lint demo bench addon clean
 
@@ -11,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet $(PIP_LOCAL) -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
