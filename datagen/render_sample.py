@@ -53,6 +53,7 @@ def build_scene(rng: np.random.Generator):
     def add(obj_op, mat, **kw):
         obj_op(**kw)
         obj = bpy.context.active_object
+        obj.name = mat.name  # ray_cast_maps recognises the smooth primitives by name
         obj.data.materials.append(mat)
         return obj
 
@@ -66,10 +67,10 @@ def build_scene(rng: np.random.Generator):
                   size=1.0, location=(-2.5 + 2.2 * i, 4.0 + rng.uniform(-1, 1), 0.5))
         box.rotation_euler.z = rng.uniform(0, math.pi / 2)
     add(bpy.ops.mesh.primitive_uv_sphere_add, _material("sphere", (0.6, 0.6, 0.58), roughness=0.5),
-        radius=0.8, location=(1.2, 2.2, 0.8), segments=64, ring_count=32)
+        radius=0.8, location=(1.2, 2.2, 0.8), segments=128, ring_count=64)
     bpy.ops.object.shade_smooth()
     add(bpy.ops.mesh.primitive_cylinder_add, _material("column", (0.6, 0.62, 0.65)),
-        radius=0.35, depth=3.0, location=(-2.0, 6.5, 1.5), vertices=48)
+        radius=0.35, depth=3.0, location=(-2.0, 6.5, 1.5), vertices=128)
     bpy.ops.object.shade_smooth()
 
     sun_data = bpy.data.lights.new("sun", "SUN")
@@ -112,6 +113,18 @@ def build_scene(rng: np.random.Generator):
     return scene, cam
 
 
+def _smooth_normal(obj, location: np.ndarray, face_normal: np.ndarray) -> np.ndarray:
+    """World normal of the smooth surface the primitive stands for (ray casts return facet normals)."""
+    centre = np.array(obj.location)
+    if obj.name.startswith("sphere"):
+        radial = location - centre
+    elif obj.name.startswith("column") and abs(face_normal[2]) < 0.5:  # the side, not the caps
+        radial = (location - centre) * np.array([1.0, 1.0, 0.0])
+    else:
+        return face_normal
+    return radial / np.linalg.norm(radial)
+
+
 def ray_cast_maps(scene, cam, camera: Camera):
     """Planar depth (H, W) and camera-frame normals (H, W, 3) by one ray cast per pixel centre."""
     depsgraph = bpy.context.evaluated_depsgraph_get()
@@ -122,11 +135,12 @@ def ray_cast_maps(scene, cam, camera: Camera):
     normals = np.tile([0.0, 0.0, 1.0], (len(rays), 1))
     world_dirs = rays @ rotation.T
     for k, direction in enumerate(world_dirs):
-        hit, location, normal, *_ = scene.ray_cast(depsgraph, Vector(origin), Vector(direction))
+        hit, location, normal, _, obj, _ = scene.ray_cast(depsgraph, Vector(origin), Vector(direction))
         if hit:
-            local = rotation.T @ (np.array(location) - origin)
+            location = np.array(location)
+            local = rotation.T @ (location - origin)
             depth[k] = -local[2]
-            n = rotation.T @ np.array(normal)
+            n = rotation.T @ _smooth_normal(obj, location, np.array(normal))
             normals[k] = n if n @ local < 0 else -n  # face the viewer
     shape = (camera.height, camera.width)
     return depth.reshape(shape), normals.reshape(*shape, 3)

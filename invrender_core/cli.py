@@ -29,6 +29,7 @@ def atomic_output(path: Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    tmp.unlink()  # only the unique name is wanted: an existing file makes Blender keep a .blend1 backup
     try:
         yield tmp
         os.replace(tmp, path)
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--samples", type=int, default=32, help="Cycles samples for --render (default 32)")
     scene.add_argument("--relight-sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
                        help="move the sun to this elevation and azimuth (0 = behind the camera, 90 = right)")
+    scene.add_argument("--lambda", dest="lam", type=float, default=0.1,
+                       help="fusion weight of the depth against the normals (default 0.1; lower for noisier depth)")
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
     scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
     scene.set_defaults(func=cmd_scene)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import fusion, geometry, sh
 from .camera import Camera
+from .illumination_prior import IlluminationPrior
 from .io import save_preview_sheet, srgb_to_linear, write_exr
 
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 / linear sRGB
@@ -57,13 +58,15 @@ def _check_maps(image, depth, normals, camera):
 
 
 def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.ndarray, camera: Camera,
-                           confidence: np.ndarray | None = None, lam: float = 0.1,
+                           confidence: np.ndarray | None = None, lam: float = 0.1, use_prior: bool = True,
                            source: str = "depth and normal maps") -> SceneEstimate:
     """Fuse depth with normals, fit order-2 SH lighting, derive albedo.
 
     image (H, W, 3) linear RGB; depth (H, W) planar depth (<= 0 or non-finite = unknown); normals
     (H, W, 3) unit, camera frame; confidence (H, W) in [0, 1] weights the depth (default 1).
-    Lighting is fitted with albedo taken as constant (so it absorbs the mean albedo), then
+    Lighting is fitted with albedo taken as constant (so it absorbs the mean albedo), as a MAP estimate
+    under the natural-illumination prior unless use_prior is False (a photo rarely shows enough
+    distinct normals to pin down all 9 coefficients by least squares alone), then
     albedo = image / shading and both are rescaled so the median albedo luminance is 0.4. A colour
     shared by the whole photo is thereby attributed to the light (the usual albedo/light ambiguity).
     """
@@ -77,7 +80,8 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
 
     depth_fused = fusion.fuse(depth, normals, camera, confidence=confidence, lam=lam, mask=valid)
 
-    lighting = sh.fit_lighting(image, np.ones_like(image), normals, mask=valid)
+    prior = IlluminationPrior.load() if use_prior else None
+    lighting = sh.fit_lighting(image, np.ones_like(image), normals, mask=valid, prior=prior)
     shading = sh.shading(normals, lighting).astype(np.float32)  # (H, W, 3)
     albedo = image / np.maximum(shading, MIN_SHADING)
     median = float(np.median(albedo[valid] @ LUMINANCE))
@@ -114,7 +118,7 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
         (tmp / "camera.json").write_text(json.dumps(
             {**estimate.camera.to_dict(), **estimate.metadata}, indent=2) + "\n")
         save_preview_sheet(tmp / "preview.png", [
-            ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", estimate.shading),
+            ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
             ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
             ("depth (fused)", _depth_for_display(estimate)),
         ])
@@ -125,6 +129,11 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _for_display(image: np.ndarray) -> np.ndarray:
+    """Scaled so its 99th percentile is 1: shading is an irradiance, often well above 1."""
+    return image / max(float(np.nanpercentile(image, 99)), 1e-12)
 
 
 def _depth_for_display(estimate: SceneEstimate) -> np.ndarray:

@@ -16,7 +16,8 @@ def build_and_render(args, atomic_output, progress) -> None:
     """args: the parsed `invrender scene` arguments; atomic_output and progress come from the CLI."""
     settings = ImportSettings(
         photo=args.photo, depth=args.depth, normals=args.normal, camera_json=args.camera, fov_deg=args.fov,
-        mesh_step=args.mesh_step, relight_sun=tuple(args.relight_sun) if args.relight_sun else None)
+        fusion_lambda=args.lam, mesh_step=args.mesh_step,
+        relight_sun=tuple(args.relight_sun) if args.relight_sun else None)
     progress(f"estimating geometry and lighting for {args.photo}")
     result = estimate(settings)
     if args.maps_dir:

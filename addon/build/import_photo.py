@@ -23,6 +23,7 @@ class ImportSettings:
     normals: Path
     camera_json: Path | None = None
     fov_deg: float | None = None
+    fusion_lambda: float = 0.1
     mesh_step: int = 1
     discontinuity_threshold: float = 0.05
     sun_fraction: float = 0.6
@@ -38,7 +39,7 @@ def estimate(settings: ImportSettings) -> core_scene.SceneEstimate:
         camera = image.camera(settings.fov_deg)
     depth = read_exr(settings.depth)
     normals = read_exr(settings.normals)
-    return core_scene.estimate_from_geometry(image.rgb, depth, normals, camera)
+    return core_scene.estimate_from_geometry(image.rgb, depth, normals, camera, lam=settings.fusion_lambda)
 
 
 def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
