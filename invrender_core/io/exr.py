@@ -124,6 +124,19 @@ def read_exr_header(path) -> ExrHeader:
                      deep=bool(version & _DEEP_FLAG), attributes=attributes)
 
 
+def cv_decode(path: Path, what: str = "") -> np.ndarray:
+    """OpenCV decode with IMREAD_UNCHANGED (no orientation applied, 16-bit and float kept; BGR order)."""
+    try:
+        img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except (OSError, cv2.error) as e:
+        raise UnreadableImageError(f"{path} could not be decoded{what} ({one_line(e)}): the file may be "
+                                   f"truncated or corrupt; export it again") from e
+    if img is None:
+        raise UnreadableImageError(f"{path} could not be decoded{what}: the file may be truncated or "
+                                   f"corrupt; export it again")
+    return img
+
+
 def _decode_exr(path: Path, header: ExrHeader) -> np.ndarray:
     """Decode an EXR with standard channels -> float32 (H, W) for Y, (H, W, 3) RGB or (H, W, 4) RGBA."""
     if header.multipart or header.deep:
@@ -134,15 +147,7 @@ def _decode_exr(path: Path, header: ExrHeader) -> np.ndarray:
     if not ({"R", "G", "B"} <= names or "Y" in names):
         raise UnsupportedImageError(f"{path} has EXR channels {list(header.channels)}, not R,G,B or Y: "
                                     f"save it with standard channel names")
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as e:
-        raise UnreadableImageError(f"{path} could not be decoded as EXR ({one_line(e)}): "
-                                   f"the file may be truncated or corrupt; export it again") from e
-    if img is None:
-        raise UnreadableImageError(f"{path} could not be decoded as EXR: the file may be truncated or "
-                                   f"corrupt; export it again")
+    img = cv_decode(path, " as EXR")
     if img.shape[:2] != (header.height, header.width):
         raise UnreadableImageError(f"{path} decoded to {img.shape[1]}x{img.shape[0]} but its header says "
                                    f"{header.width}x{header.height}: export it again")

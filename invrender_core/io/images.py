@@ -28,7 +28,7 @@ from .errors import (
     UnsupportedImageError,
     one_line,
 )
-from .exr import EXR_MAGIC_BYTES, _decode_exr, read_exr_header
+from .exr import EXR_MAGIC_BYTES, _decode_exr, cv_decode, read_exr_header
 
 DEFAULT_MAX_MEGAPIXELS = 64.0
 MIN_SIDE = 16
@@ -169,7 +169,7 @@ def _hdr_size(path: Path) -> tuple[int, int]:
 def _load_hdr(path: Path, max_megapixels: float) -> LoadedImage:
     width, height = _hdr_size(path)
     _check_size(path, width, height, max_megapixels)
-    img = _cv_decode(path)
+    img = cv_decode(path)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.float32:
         raise UnreadableImageError(f"{path} decoded to an unexpected layout {img.shape} {img.dtype}: "
                                    f"export it again as RGB HDR or EXR")
@@ -178,19 +178,6 @@ def _load_hdr(path: Path, max_megapixels: float) -> LoadedImage:
                                     f"the standard '-Y H +X W' layout or as EXR")
     rgb = np.ascontiguousarray(img[..., ::-1])  # BGR -> RGB
     return LoadedImage(rgb, None, None, 32, path, (width, height))
-
-
-def _cv_decode(path: Path) -> np.ndarray:
-    """OpenCV decode with IMREAD_UNCHANGED (no orientation applied, 16-bit and float kept; BGR order)."""
-    try:
-        img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as e:
-        raise UnreadableImageError(f"{path} could not be decoded ({one_line(e)}): the file may be truncated "
-                                   f"or corrupt; export it again") from e
-    if img is None:
-        raise UnreadableImageError(f"{path} could not be decoded: the file may be truncated or corrupt; "
-                                   f"export it again")
-    return img
 
 
 # --- integer formats via Pillow ------------------------------------------------------------------------
@@ -250,7 +237,7 @@ def _integer_pixels(im: Image.Image, path: Path, stored_bits: int) -> tuple[np.n
     if stored_bits == 16 and not mode.startswith("I"):
         # Pillow has no 16-bit colour modes; OpenCV keeps all 16 bits (the file is known to be intact
         # because Pillow just decoded it).
-        img = _cv_decode(path)
+        img = cv_decode(path)
         if img.dtype != np.uint16 or img.shape[:2] != (im.size[1], im.size[0]):
             raise UnsupportedImageError(f"{path} has an unusual 16-bit layout ({img.shape}, {img.dtype}): "
                                         f"convert it to 16-bit RGB PNG or EXR")
