@@ -13,31 +13,9 @@ from invrender_core.camera import Camera
 from invrender_core.scene import SceneEstimate, scene_assets
 
 
-def sphere_on_plane(camera: Camera):
-    """Analytic depth and camera-frame normals: a sphere in front of a tilted back plane."""
-    rays = camera.rays()  # (H, W, 3), points at depth 1
-    centre, radius = np.array([0.1, -0.05, -3.0]), 0.8
-    plane_n, plane_c = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0]), -5.0
-    # Plane n.X = c along X = d * ray  ->  d = c / (n . ray).
-    depth = plane_c / (rays @ plane_n)
-    normals = np.broadcast_to(plane_n, rays.shape).copy()
-    # Sphere |d * ray - centre|^2 = r^2, nearest root.
-    a = (rays * rays).sum(-1)
-    b = -2.0 * (rays @ centre)
-    c = centre @ centre - radius**2
-    disc = b * b - 4 * a * c
-    hit = disc > 0
-    d_sphere = np.where(hit, (-b - np.sqrt(np.where(hit, disc, 0.0))) / (2 * a), np.inf)
-    on_sphere = hit & (d_sphere < depth)
-    depth = np.where(on_sphere, d_sphere, depth)
-    points = depth[..., None] * rays
-    sphere_normals = (points - centre) / radius
-    normals[on_sphere] = sphere_normals[on_sphere]
-    return depth.astype(np.float32), normals.astype(np.float32)
-
-
 def synthetic_estimate(camera: Camera, lighting: np.ndarray) -> SceneEstimate:
-    depth, normals = sphere_on_plane(camera)
+    depth, normals, _ = geometry.synthetic_sphere_plane(camera)
+    depth, normals = depth.astype(np.float32), normals.astype(np.float32)
     u, v = camera.pixel_grid()
     checker = ((u // 8 + v // 8) % 2).astype(np.float32)
     albedo = np.stack([0.3 + 0.4 * checker, 0.5 * np.ones_like(checker), 0.6 - 0.3 * checker], -1)

@@ -1,0 +1,337 @@
+"""Depth-map geometry: back-projection, normals from depth, discontinuities, grid meshing, PLY output.
+
+All points and normals are in the camera frame of `camera.py` (x right, y up, z towards the viewer;
+depth = -z > 0). A pixel's depth is *valid* when it is finite, > 0 and not masked out; everything
+else is unknown and never produces geometry.
+
+Depth discontinuities are judged by the *relative* jump between two neighbouring pixels,
+``|d_a - d_b| / min(d_a, d_b)``, so one threshold works at any depth scale (metric or the relative
+depth of a monocular network) and for near and far surfaces alike: 0.05 cuts where one neighbour is
+more than 5 % further away than the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .camera import Camera
+
+DEFAULT_DISCONTINUITY_THRESHOLD = 0.05
+# Normal for pixels where none can be estimated: facing the camera, so shading stays finite.
+FALLBACK_NORMAL = (0.0, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# checks and small helpers
+
+
+def _as_depth(depth, camera: Camera | None = None) -> np.ndarray:
+    """depth as a float64 (H, W) array, checked against the camera's size."""
+    depth = np.asarray(depth, dtype=np.float64)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must have shape (H, W), got {depth.shape}")
+    if camera is not None and depth.shape != (camera.height, camera.width):
+        raise ValueError(f"depth has shape {depth.shape}, expected {(camera.height, camera.width)} to match "
+                         f"the camera ({camera.width}x{camera.height})")
+    return depth
+
+
+def valid_mask(depth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: depth (H, W) is finite and > 0, and mask (H, W) bool (if given) is True."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must have shape (H, W), got {depth.shape}")
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(depth) & (depth > 0)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != depth.shape:
+            raise ValueError(f"mask has shape {mask.shape}, expected {depth.shape} to match depth")
+        valid &= mask.astype(bool)
+    return valid
+
+
+def continuous(da: np.ndarray, db: np.ndarray, va: np.ndarray, vb: np.ndarray,
+               threshold: float | None) -> np.ndarray:
+    """Bool array: both depths valid (va, vb) and their relative jump |da - db| / min(da, db) <= threshold.
+
+    All four arrays share one shape; threshold None accepts any jump between valid depths.
+    """
+    both = va & vb
+    if threshold is None:
+        return both
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # Written as a product so that no division is needed; NaNs of invalid pixels compare False.
+        small = np.abs(da - db) <= threshold * np.minimum(da, db)
+    return both & small
+
+
+def _pixel_rays(camera: Camera, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """(N, 3) depth-1 rays through the centres of pixels (i, j) (N,) each, as camera.rays() gives."""
+    return np.stack([(j + 0.5 - camera.cx) / camera.fx, -(i + 0.5 - camera.cy) / camera.fy,
+                     -np.ones(i.shape)], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# back-projection, normals, discontinuities
+
+
+def backproject(depth: np.ndarray, camera: Camera) -> np.ndarray:
+    """Planar depth (H, W) -> camera-frame points (H, W, 3) float32: depth * ray through each pixel centre.
+
+    Non-finite depths give non-finite points; the caller decides which pixels are valid (`valid_mask`).
+    """
+    d = _as_depth(depth, camera)
+    return (d[..., None] * camera.rays()).astype(np.float32)
+
+
+def depth_discontinuities(depth: np.ndarray, threshold: float = DEFAULT_DISCONTINUITY_THRESHOLD,
+                          mask: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: True at valid pixels whose relative depth jump to a valid 4-neighbour exceeds threshold.
+
+    depth (H, W); mask (H, W) bool or None. The jump between pixels a and b is
+    ``|d_a - d_b| / min(d_a, d_b)`` (relative, so scale-free); both pixels of a jumping pair are
+    marked, so a step is marked on both its sides. Invalid or masked pixels are never marked and do
+    not mark their neighbours (unknown is not a discontinuity).
+    """
+    d = _as_depth(depth)
+    valid = valid_mask(d, mask)
+    out = np.zeros(d.shape, dtype=bool)
+    jump_h = (valid[:, :-1] & valid[:, 1:]) & ~continuous(d[:, :-1], d[:, 1:], valid[:, :-1], valid[:, 1:],
+                                                          threshold)  # (H, W-1)
+    jump_v = (valid[:-1] & valid[1:]) & ~continuous(d[:-1], d[1:], valid[:-1], valid[1:],
+                                                    threshold)  # (H-1, W)
+    out[:, :-1] |= jump_h
+    out[:, 1:] |= jump_h
+    out[:-1] |= jump_v
+    out[1:] |= jump_v
+    return out
+
+
+def _derivative(P: np.ndarray, link: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Derivative of points P (H, W, 3) along axis 1 (columns) or 0 (rows), and where it exists (H, W).
+
+    link (H, W-1) or (H-1, W) says which neighbour pairs may be differenced. A pixel with both
+    neighbours linked gets the central difference (mean of forward and backward ones), with one the
+    one-sided difference, with none no derivative.
+    """
+    diff = np.diff(P, axis=axis)  # (H, W-1, 3) or (H-1, W, 3)
+    diff[~link] = 0.0
+    total = np.zeros_like(P)
+    count = np.zeros(P.shape[:2], dtype=np.int8)
+    lead = (slice(None),) * axis
+    total[lead + (slice(None, -1),)] += diff  # forward difference of each pixel
+    total[lead + (slice(1, None),)] += diff  # backward difference
+    count[lead + (slice(None, -1),)] += link
+    count[lead + (slice(1, None),)] += link
+    return total / np.maximum(count, 1)[..., None], count > 0
+
+
+def normals_from_depth(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
+                       discontinuity_threshold: float | None = DEFAULT_DISCONTINUITY_THRESHOLD) -> np.ndarray:
+    """Unit camera-frame normals (H, W, 3) float32 of the surface seen in depth (H, W).
+
+    Tangents are central differences of back-projected points, one-sided where a neighbour is
+    missing: image border, invalid or masked (mask (H, W) bool) pixel, or across a depth
+    discontinuity (relative jump > discontinuity_threshold; None: difference across any jump).
+    Normals face the viewer (n . point < 0). Pixels with no estimate (invalid, or no neighbour along
+    a direction) get (0, 0, 1); the output is NaN-free.
+    """
+    d = _as_depth(depth, camera)
+    valid = valid_mask(d, mask)
+    P = np.where(valid, d, 0.0)[..., None] * camera.rays()  # (H, W, 3) float64
+    link_u = continuous(d[:, :-1], d[:, 1:], valid[:, :-1], valid[:, 1:], discontinuity_threshold)  # (H, W-1)
+    link_v = continuous(d[:-1], d[1:], valid[:-1], valid[1:], discontinuity_threshold)  # (H-1, W)
+    dP_du, has_u = _derivative(P, link_u, axis=1)  # towards the right of the image
+    dP_dv, has_v = _derivative(P, link_v, axis=0)  # towards the bottom of the image
+    # (down) x (right) points towards the viewer for the image's orientation (y up, v down).
+    n = np.cross(dP_dv, dP_du)  # (H, W, 3)
+    length = np.linalg.norm(n, axis=-1)  # (H, W)
+    ok = valid & has_u & has_v & (length > 0)
+    n /= np.where(ok, length, 1.0)[..., None]
+    # A depth map only shows front faces; the flip guards degenerate numerical cases.
+    flip = (n * P).sum(-1) > 0
+    n[flip] *= -1.0
+    n[~ok] = FALLBACK_NORMAL
+    return n.astype(np.float32)
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, 3) smallest rotation R with R @ a/|a| = b/|b| for vectors a (3,), b (3,) (Rodrigues).
+
+    Opposite vectors are related by a half turn about an axis perpendicular to a.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != (3,) or b.shape != (3,):
+        raise ValueError(f"a and b must have shape (3,), got {a.shape} and {b.shape}")
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if not (na > 0 and nb > 0 and np.isfinite(na) and np.isfinite(nb)):
+        raise ValueError("a and b must be finite non-zero vectors")
+    a, b = a / na, b / nb
+    v = np.cross(a, b)
+    c = float(a @ b)
+    if c < -1.0 + 1e-12:
+        # Half turn about the axis perpendicular to a that is best conditioned.
+        axis = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
+        axis /= np.linalg.norm(axis)
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
+# ----------------------------------------------------------------------------------------------------
+# meshing and PLY
+
+
+@dataclass
+class Mesh:
+    """Triangle mesh of a depth map, in the camera frame.
+
+    vertices (V, 3) float32 camera-frame points; faces (F, 3) int32 vertex indices wound
+    counter-clockwise as seen from the camera (face normals point towards the camera); uvs (V, 2)
+    float32 Blender UVs (origin bottom-left): u = (j + 0.5) / W, v = 1 - (i + 0.5) / H for the
+    vertex's pixel (i, j); pixel_index (V,) int64 flat index i * W + j of that pixel (colour lookup).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray
+    pixel_index: np.ndarray
+
+    def __post_init__(self):
+        v = self.vertices.shape[0] if self.vertices.ndim == 2 else -1
+        for name, arr, shape in (("vertices", self.vertices, (v, 3)), ("faces", self.faces, (-1, 3)),
+                                 ("uvs", self.uvs, (v, 2)), ("pixel_index", self.pixel_index, (v,))):
+            if arr.ndim != len(shape) or any(s not in (-1, t) for s, t in zip(shape, arr.shape, strict=True)):
+                raise ValueError(f"mesh {name} has shape {arr.shape}, expected {shape} "
+                                 f"(V = {v} vertices, -1 = any)")
+
+
+def grid_mesh(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
+              discontinuity_threshold: float | None = DEFAULT_DISCONTINUITY_THRESHOLD, step: int = 1) -> Mesh:
+    """Triangulate depth (H, W) into a Mesh with one vertex per used pixel centre.
+
+    Vertices lie on the pixels (i, j) with i % step == 0 and j % step == 0 that are valid (finite,
+    > 0, mask (H, W) True). Each cell of 2x2 neighbouring grid vertices gives two triangles split
+    along its TL-BR diagonal; if that split is impossible but the TR-BL one works, that one is used;
+    failing both, the cell gives the one triangle that is possible (e.g. three valid corners), if
+    any. A triangle is possible when its three edges join valid vertices with a relative depth jump
+    <= discontinuity_threshold (None: no cut), so no face bridges an occlusion ("rubber sheet").
+    Vertices used by no face are dropped and indices compacted.
+    """
+    d = _as_depth(depth, camera)
+    if int(step) != step or step < 1:
+        raise ValueError(f"step must be a positive integer, got {step}")
+    step = int(step)
+    valid = valid_mask(d, mask)
+    ds, vs = d[::step, ::step], valid[::step, ::step]  # (h, w) grid vertices
+    h, w = ds.shape
+    thr = discontinuity_threshold
+    # Corner depths and validity of each cell, (h-1, w-1) each.
+    corners = {name: (ds[r], vs[r]) for name, r in (
+        ("tl", np.s_[:-1, :-1]), ("tr", np.s_[:-1, 1:]), ("bl", np.s_[1:, :-1]), ("br", np.s_[1:, 1:]))}
+
+    def edge(a, b):
+        return continuous(corners[a][0], corners[b][0], corners[a][1], corners[b][1], thr)
+
+    top, bottom, left, right = edge("tl", "tr"), edge("bl", "br"), edge("tl", "bl"), edge("tr", "br")
+    diag, anti = edge("tl", "br"), edge("tr", "bl")
+    t1 = left & bottom & diag  # (tl, bl, br)
+    t2 = diag & right & top  # (tl, br, tr)
+    t3 = left & anti & top  # (tl, bl, tr)
+    t4 = bottom & right & anti  # (bl, br, tr)
+    main = t1 & t2
+    alt = ~main & t3 & t4
+    single = ~main & ~alt  # at most one triangle, first possible of t1..t4: they overlap pairwise
+    use = (main | (single & t1),
+           main | (single & ~t1 & t2),
+           alt | (single & ~t1 & ~t2 & t3),
+           alt | (single & ~t1 & ~t2 & ~t3 & t4))
+
+    # Grid vertex ids of the corners of every cell, (h-1, w-1) each; cells are row-major like pixels.
+    ids = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    tl, tr, bl, br = ids[:-1, :-1], ids[:-1, 1:], ids[1:, :-1], ids[1:, 1:]
+    # Counter-clockwise on screen (x right, y up): e.g. tl -> bl -> br turns left.
+    triangles = ((tl, bl, br), (tl, br, tr), (tl, bl, tr), (bl, br, tr))
+    faces = np.concatenate([np.stack([c[sel] for c in tri], axis=-1)
+                            for tri, sel in zip(triangles, use, strict=True)])  # (F, 3) grid ids
+
+    used = np.zeros(h * w, dtype=bool)
+    used[faces.ravel()] = True
+    grid_ids = np.flatnonzero(used)  # (V,) grid vertex ids, ascending
+    remap = np.cumsum(used) - 1
+    faces = remap[faces].astype(np.int32)
+
+    i = (grid_ids // w) * step  # (V,) pixel rows
+    j = (grid_ids % w) * step  # (V,) pixel columns
+    vertices = d[i, j][:, None] * _pixel_rays(camera, i.astype(np.float64), j.astype(np.float64))
+    uvs = np.stack([(j + 0.5) / camera.width, 1.0 - (i + 0.5) / camera.height], axis=-1)
+    return Mesh(vertices=vertices.astype(np.float32), faces=faces, uvs=uvs.astype(np.float32),
+                pixel_index=(i * camera.width + j).astype(np.int64))
+
+
+def write_ply(path: str | Path, mesh: Mesh) -> None:
+    """Write mesh as binary little-endian PLY: vertex x, y, z, s, t (float) and triangle faces (int).
+
+    s, t are the Blender UVs (mesh.uvs); coordinates are in the camera frame.
+    """
+    vertices = np.asarray(mesh.vertices, dtype=np.float32)
+    faces = np.asarray(mesh.faces)
+    uvs = np.asarray(mesh.uvs, dtype=np.float32)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or uvs.shape != (vertices.shape[0], 2):
+        raise ValueError(f"mesh vertices (V, 3) and uvs (V, 2) expected, "
+                         f"got {vertices.shape} and {uvs.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"mesh faces must have shape (F, 3), got {faces.shape}")
+    vertex_rows = np.empty(len(vertices), dtype=[("xyz", "<f4", (3,)), ("st", "<f4", (2,))])
+    vertex_rows["xyz"] = vertices
+    vertex_rows["st"] = uvs
+    face_rows = np.empty(len(faces), dtype=[("n", "u1"), ("idx", "<i4", (3,))])
+    face_rows["n"] = 3
+    face_rows["idx"] = faces
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              "comment InvRender depth mesh, camera frame: x right, y up, z towards the viewer\n"
+              f"element vertex {len(vertices)}\n"
+              "property float x\nproperty float y\nproperty float z\nproperty float s\nproperty float t\n"
+              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(vertex_rows.tobytes())
+        f.write(face_rows.tobytes())
+
+
+# ----------------------------------------------------------------------------------------------------
+# analytic test scene (tests, benchmarks, examples)
+
+
+def synthetic_sphere_plane(camera: Camera, centre=(0.1, -0.05, -3.0), radius: float = 0.8,
+                           plane_normal=(0.0, 0.3, 1.0), plane_offset: float = -5.0):
+    """Exact depth and normals of a sphere in front of a tilted plane, ray-cast through pixel centres.
+
+    The plane is {X : n . X = plane_offset} with n = plane_normal / |plane_normal| (it must face the
+    camera, n_z > 0, and lie in front of it, plane_offset < 0); the sphere has the given camera-frame
+    centre (3,) and radius. Returns (depth (H, W) float64, normals (H, W, 3) float64 unit and facing
+    the camera, on_sphere (H, W) bool). Every ray must hit the plane.
+    """
+    rays = camera.rays()  # (H, W, 3) at depth 1
+    n = np.asarray(plane_normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    c = np.asarray(centre, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        depth = plane_offset / (rays @ n)  # n . (d r) = offset
+    if not (np.isfinite(depth).all() and (depth > 0).all()):
+        raise ValueError("some camera rays miss the plane: tilt it less or move it in front of the camera")
+    # |d r - c|^2 = radius^2: a d^2 + b d + k = 0, nearest root.
+    a = (rays * rays).sum(-1)
+    b = -2.0 * (rays @ c)
+    k = c @ c - radius**2
+    disc = b * b - 4.0 * a * k
+    d_sphere = (-b - np.sqrt(np.maximum(disc, 0.0))) / (2.0 * a)
+    on_sphere = (disc > 0) & (d_sphere > 0) & (d_sphere < depth)
+    depth = np.where(on_sphere, d_sphere, depth)
+    normals = np.where(on_sphere[..., None], (depth[..., None] * rays - c) / radius, n)
+    return depth, normals, on_sphere
