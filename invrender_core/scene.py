@@ -21,7 +21,6 @@ from .camera import Camera
 from .illumination_prior import IlluminationPrior
 from .io import save_preview_sheet, srgb_to_linear, write_exr
 
-LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 / linear sRGB
 # Albedo and light intensity are only known up to a common scale; we fix it by giving the median
 # albedo this luminance (a typical outdoor material).
 MEDIAN_ALBEDO_LUMINANCE = 0.4
@@ -84,7 +83,7 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
     lighting = sh.fit_lighting(image, np.ones_like(image), normals, mask=valid, prior=prior)
     shading = sh.shading(normals, lighting).astype(np.float32)  # (H, W, 3)
     albedo = image / np.maximum(shading, MIN_SHADING)
-    median = float(np.median(albedo[valid] @ LUMINANCE))
+    median = float(np.median(albedo[valid] @ sh.LUMINANCE))
     scale = MEDIAN_ALBEDO_LUMINANCE / max(median, 1e-6)
     albedo = np.clip(albedo * scale, 0.0, 1.0).astype(np.float32)
     lighting = (lighting / scale).astype(np.float32)
@@ -122,6 +121,9 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
             ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
             ("depth (fused)", _depth_for_display(estimate)),
         ])
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the output is an ordinary one
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -153,7 +155,8 @@ def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
     return np.array([np.sin(a) * np.cos(e), -np.cos(a) * np.cos(e), np.sin(e)])
 
 
-def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1, discontinuity_threshold: float = 0.05,
+def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
+                 discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD,
                  environment_height: int = 128, sun_fraction: float = 0.6,
                  relight_sun: tuple[float, float] | None = None) -> dict:
     """Everything addon/build/scene.SceneAssets needs, computed without bpy.

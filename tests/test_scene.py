@@ -47,7 +47,7 @@ def test_estimate_recovers_uniform_albedo_and_lighting(uniform_albedo_scene):
     np.testing.assert_allclose(est.albedo[on], np.broadcast_to(albedo * k, image[on].shape), rtol=1e-3)
     np.testing.assert_allclose(est.lighting * k, LIGHT, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose((est.albedo * est.shading)[on], image[on], rtol=1e-3, atol=1e-5)
-    luminance = float(np.median(est.albedo[on] @ scene.LUMINANCE))
+    luminance = float(np.median(est.albedo[on] @ sh.LUMINANCE))
     assert luminance == pytest.approx(scene.MEDIAN_ALBEDO_LUMINANCE, rel=1e-3)
     # Exact inputs stay put, up to the first-order tangent model on a curved surface (worst at the rim).
     rel = np.abs(est.depth_fused[on] / depth[on] - 1)

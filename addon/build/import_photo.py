@@ -7,6 +7,7 @@ from pathlib import Path
 
 import bpy
 
+from invrender_core import geometry
 from invrender_core import scene as core_scene
 from invrender_core.camera import Camera
 from invrender_core.io import load_image, read_exr
@@ -25,7 +26,7 @@ class ImportSettings:
     fov_deg: float | None = None
     fusion_lambda: float = 0.1
     mesh_step: int = 1
-    discontinuity_threshold: float = 0.05
+    discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD
     sun_fraction: float = 0.6
     relight_sun: tuple[float, float] | None = None
 
