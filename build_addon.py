@@ -22,6 +22,7 @@ ADDON = ROOT / "addon"
 
 def build_project_wheel(out_dir: Path) -> Path:
     """A pure-Python wheel of this project (invrender_core), built by pip without dependencies."""
+    # No build isolation: works offline, with the setuptools the test extras install.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(out_dir), str(ROOT)], check=True)
     wheels = sorted(out_dir.glob("invrender-*.whl"))
