@@ -80,6 +80,26 @@ def cmd_scene(args) -> None:
     headless.build_and_render(args, atomic_output=atomic_output, progress=_progress)
 
 
+def cmd_weights_import(args) -> None:
+    from .nets import weights
+
+    _progress(f"importing {args.model} weights from {args.checkpoint}")
+    out = weights.import_megadepth_checkpoint(args.checkpoint, args.weights_dir)  # atomic; registers it
+    _progress(f"wrote {out} and registered it as {weights.MEGADEPTH_NAME!r}")
+
+
+def cmd_weights_list(args) -> None:
+    from .nets import weights
+
+    folder = args.weights_dir if args.weights_dir is not None else weights.user_weights_dir()
+    entries = weights.read_registry(folder / weights.REGISTRY_FILE)
+    if not entries:
+        print(f"no weights registered in {folder}")
+    for entry in entries.values():
+        present = "" if (folder / entry.file).is_file() else "  (file missing)"
+        print(f"{entry.name}\t{folder / entry.file}\tsha256 {entry.sha256[:12]}\t{entry.licence}{present}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invrender", description="Photos to relightable 3D scenes.")
     parser.add_argument("--verbose", action="store_true", help="show the full traceback on errors")
@@ -112,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
     scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
     scene.set_defaults(func=cmd_scene)
+
+    weights = sub.add_parser("weights", help="import and list network weights (safetensors registry)")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    w_import = weights_sub.add_parser("import", help="convert a released checkpoint to safetensors and register it")
+    w_import.add_argument("model", choices=["megadepth"], help="which network the checkpoint is for")
+    w_import.add_argument("checkpoint", type=Path, help="the released .pth (e.g. best_generalization_net_G.pth)")
+    w_import.add_argument("--weights-dir", type=Path, help="weights folder (default $INVRENDER_WEIGHTS_DIR or "
+                          "~/.local/share/invrender/models)")
+    w_import.set_defaults(func=cmd_weights_import)
+    w_list = weights_sub.add_parser("list", help="list the registered weights")
+    w_list.add_argument("--weights-dir", type=Path, help="weights folder (default as for import)")
+    w_list.set_defaults(func=cmd_weights_list)
     return parser
 
 
