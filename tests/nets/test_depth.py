@@ -1,25 +1,10 @@
 """MegaDepth hourglass: exact layout of the released checkpoint, shapes, errors, width variant, gradients."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from invrender_core.nets.depth import MegaDepthHourglass, add_dataparallel, strip_dataparallel
-
-KEYS_FILE = (Path(__file__).resolve().parents[3] / "shared" / "data" / "checkpoint_layouts"
-             / "megadepth_best_generalization_net_G.keys.txt")
-
-
-def released_layout() -> dict[str, list[int]]:
-    """Names (with `module.`) -> shapes of the released best_generalization_net_G.pth, in file order."""
-    if not KEYS_FILE.is_file():
-        pytest.skip(f"{KEYS_FILE} not available (../shared absent)")
-    layout = {}
-    for line in KEYS_FILE.read_text().splitlines():
-        name, shape = line.split("\t")
-        layout[name] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
-    return layout
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +13,8 @@ def model():
     return MegaDepthHourglass()
 
 
-def test_state_dict_equals_released_layout(model):
-    layout = released_layout()
+def test_state_dict_equals_released_layout(model, released_layout):
+    layout = released_layout
     mine = {k: list(v.shape) for k, v in add_dataparallel(model.state_dict()).items()}
     assert len(layout) == 624
     assert set(mine) - set(layout) == set()
@@ -38,10 +23,10 @@ def test_state_dict_equals_released_layout(model):
     assert not any(k.endswith("num_batches_tracked") for k in mine)
 
 
-def test_random_released_dict_loads_strictly():
+def test_random_released_dict_loads_strictly(released_layout):
     model = MegaDepthHourglass()  # not the shared fixture: random positive weights would overflow its forward
     gen = torch.Generator().manual_seed(1)
-    state = {k: torch.rand(shape, generator=gen) + 0.5 for k, shape in released_layout().items()}
+    state = {k: torch.rand(shape, generator=gen) + 0.5 for k, shape in released_layout.items()}
     result = model.load_state_dict(strip_dataparallel(state), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert torch.equal(model.state_dict()["0.weight"], state["module.0.weight"])

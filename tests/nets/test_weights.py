@@ -11,26 +11,12 @@ from invrender_core import cli
 from invrender_core.nets import weights
 from invrender_core.nets.depth import MegaDepthHourglass
 
-KEYS_FILE = (Path(__file__).resolve().parents[3] / "shared" / "data" / "checkpoint_layouts"
-             / "megadepth_best_generalization_net_G.keys.txt")
 
-
-def released_layout() -> dict[str, list[int]]:
-    """Names (with `module.`) -> shapes of the released best_generalization_net_G.pth."""
-    if not KEYS_FILE.is_file():
-        pytest.skip(f"{KEYS_FILE} not available (../shared absent)")
-    layout = {}
-    for line in KEYS_FILE.read_text().splitlines():
-        name, shape = line.split("\t")
-        layout[name] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
-    return layout
-
-
-@pytest.fixture(scope="module")
-def released_state() -> dict[str, torch.Tensor]:
+@pytest.fixture(scope="session")
+def released_state(released_layout) -> dict[str, torch.Tensor]:
     """A random state dict with the released names (DataParallel `module.` prefix) and shapes."""
     gen = torch.Generator().manual_seed(0)
-    return {k: torch.randn(shape, generator=gen) for k, shape in released_layout().items()}
+    return {k: torch.randn(shape, generator=gen) for k, shape in released_layout.items()}
 
 
 class _RunsCode:
