@@ -458,6 +458,22 @@ def _fit_with_illumination_prior(prior, H, rhs, G, g, count) -> np.ndarray:
     return L
 
 
+def basis_torch(normals):
+    """Torch twin of `basis` for image batches: unit normals (B, 3, H, W) -> (B, 9, H, W), differentiable."""
+    import torch
+
+    x, y, z = normals[:, 0], normals[:, 1], normals[:, 2]  # (B, H, W)
+    return torch.stack([torch.full_like(x, C4), 2 * C2 * y, 2 * C2 * z, 2 * C2 * x, 2 * C1 * x * y,
+                        2 * C1 * y * z, C3 * z * z - C5, 2 * C1 * x * z, C1 * (x * x - y * y)], dim=1)
+
+
+def shading_torch(normals, L):
+    """Torch twin of `shading`: normals (B, 3, H, W), lighting (B, 9, 3) -> E(n) (B, 3, H, W)."""
+    import torch
+
+    return torch.einsum("bkhw,bkc->bchw", basis_torch(normals), L)
+
+
 def fit_lighting_torch(image, albedo, normals, mask=None, shadow=None, prior_mean=None, prior_precision=None,
                        ridge: float = 1e-6):
     """Differentiable batched `fit_lighting`: returns L (B, 9, 3) in the dtype of `image`.
@@ -494,10 +510,7 @@ def fit_lighting_torch(image, albedo, normals, mask=None, shadow=None, prior_mea
     norm = normals.norm(dim=1, keepdim=True)  # (B, 1, H, W)
     weight = weight * (norm.detach() > 1e-6).to(image.dtype)
     n = normals / norm.clamp_min(1e-6)
-    x, y, z = n[:, 0], n[:, 1], n[:, 2]  # (B, H, W)
-    B_ = torch.stack([torch.full_like(x, C4), 2 * C2 * y, 2 * C2 * z, 2 * C2 * x, 2 * C1 * x * y,
-                      2 * C1 * y * z, C3 * z * z - C5, 2 * C1 * x * z, C1 * (x * x - y * y)], dim=1)
-    B_ = B_.reshape(b, 9, -1)  # (B, 9, N)
+    B_ = basis_torch(n).reshape(b, 9, -1)  # (B, 9, N)
     a = albedo.reshape(b, 3, -1)  # (B, 3, N)
     wt = weight.reshape(b, 1, -1)  # (B, 1, N)
     img = image.reshape(b, 3, -1)  # (B, 3, N)

@@ -417,3 +417,12 @@ def test_directional_and_extract_sun():
         sh.extract_sun(sky, 1.5)
     with pytest.raises(ValueError, match=r"\(3,\)"):
         sh.directional([1.0, 0.0], 1.0)
+
+
+def test_basis_and_shading_torch_match_numpy():
+    n = torch.nn.functional.normalize(torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(3)), dim=1)
+    ref = sh.basis(n.permute(0, 2, 3, 1).double().numpy())  # (B, H, W, 9)
+    np.testing.assert_allclose(sh.basis_torch(n.double()).permute(0, 2, 3, 1).numpy(), ref, rtol=1e-12)
+    L = torch.randn(2, 9, 3, dtype=torch.float64)
+    ref_e = np.einsum("bhwk,bkc->bchw", ref, L.numpy())
+    np.testing.assert_allclose(sh.shading_torch(n.double(), L).numpy(), ref_e, rtol=1e-12)
