@@ -15,6 +15,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from .fusion import DEFAULT_LAMBDA
+
 EXIT_FAILURE = 2
 
 
@@ -111,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--camera", type=Path, required=True, help="camera.json (width, height, fx, fy, cx, cy)")
     fuse.add_argument("--confidence", type=Path, help="per-pixel depth confidence in [0, 1], one-channel EXR")
     fuse.add_argument("-o", "--output", type=Path, required=True, help="fused depth EXR to write")
-    fuse.add_argument("--lambda", dest="lam", type=float, default=0.1,
-                      help="weight of the depth against the normals (default 0.1)")
+    fuse.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
+                      help=f"weight of the depth against the normals (default {DEFAULT_LAMBDA})")
     fuse.add_argument("--mesh", type=Path, help="also write the fused mesh as a binary PLY")
     fuse.set_defaults(func=cmd_fuse)
 
@@ -127,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--samples", type=int, default=32, help="Cycles samples for --render (default 32)")
     scene.add_argument("--relight-sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
                        help="move the sun to this elevation and azimuth (0 = behind the camera, 90 = right)")
-    scene.add_argument("--lambda", dest="lam", type=float, default=0.1,
-                       help="fusion weight of the depth against the normals (default 0.1; lower for noisier depth)")
+    scene.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
+                       help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA}; "
+                       "lower for noisier depth)")
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
     scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
     scene.set_defaults(func=cmd_scene)

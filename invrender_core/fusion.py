@@ -59,6 +59,7 @@ MIN_CONFIDENCE = 1e-3
 # Relative residual of the scaled normal equations. On the analytic scene of bench/bench_fusion.py,
 # 1e-4 leaves the result within 1e-3 of its own error from the converged solution (and 1e-6 costs
 # two more AMG iterations for nothing visible).
+DEFAULT_LAMBDA = 0.1  # the weight of positions against tangents asked for by Nehab-style fusion
 DEFAULT_TOL = 1e-4
 DEFAULT_MAXITER = {"amg": 200, "cg-jacobi": 5000, "lsqr": 50000}
 
@@ -287,7 +288,7 @@ class _SmoothedAggregation:
 
 
 def fuse(depth: np.ndarray, normals: np.ndarray, camera: Camera, confidence: np.ndarray | None = None,
-         lam: float = 0.1, mask: np.ndarray | None = None,
+         lam: float = DEFAULT_LAMBDA, mask: np.ndarray | None = None,
          discontinuity_threshold: float | None = geometry.DEFAULT_DISCONTINUITY_THRESHOLD,
          tol: float = DEFAULT_TOL, maxiter: int | None = None, solver: str = "amg",
          return_info: bool = False):

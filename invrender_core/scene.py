@@ -25,6 +25,8 @@ from .io import save_preview_sheet, srgb_to_linear, write_exr
 # albedo this luminance (a typical outdoor material).
 MEDIAN_ALBEDO_LUMINANCE = 0.4
 MIN_SHADING = 1e-3
+# Share of the lighting's directional part that becomes a sun lamp (the rest stays in the environment).
+DEFAULT_SUN_FRACTION = 0.6
 
 
 @dataclass
@@ -57,7 +59,8 @@ def _check_maps(image, depth, normals, camera):
 
 
 def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.ndarray, camera: Camera,
-                           confidence: np.ndarray | None = None, lam: float = 0.1, use_prior: bool = True,
+                           confidence: np.ndarray | None = None, lam: float = fusion.DEFAULT_LAMBDA,
+                           use_prior: bool = True,
                            source: str = "depth and normal maps") -> SceneEstimate:
     """Fuse depth with normals, fit order-2 SH lighting, derive albedo.
 
@@ -75,7 +78,7 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
     _check_maps(image, depth, normals, camera)
     if confidence is None:
         confidence = np.ones(depth.shape, np.float32)
-    valid = np.isfinite(depth) & (depth > 0) & np.isfinite(normals).all(-1)
+    valid = geometry.valid_mask(depth) & np.isfinite(normals).all(-1)
 
     depth_fused = fusion.fuse(depth, normals, camera, confidence=confidence, lam=lam, mask=valid)
 
@@ -157,7 +160,7 @@ def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
 
 def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
                  discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD,
-                 environment_height: int = 128, sun_fraction: float = 0.6,
+                 environment_height: int = 128, sun_fraction: float = DEFAULT_SUN_FRACTION,
                  relight_sun: tuple[float, float] | None = None) -> dict:
     """Everything addon/build/scene.SceneAssets needs, computed without bpy.
 

@@ -68,3 +68,4 @@ def test_scene_without_maps_says_what_to_do(tmp_path, capsys):
     assert code == cli.EXIT_FAILURE
     assert "--depth" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+

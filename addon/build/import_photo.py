@@ -7,7 +7,7 @@ from pathlib import Path
 
 import bpy
 
-from invrender_core import geometry
+from invrender_core import fusion, geometry
 from invrender_core import scene as core_scene
 from invrender_core.camera import Camera
 from invrender_core.io import load_image, read_exr
@@ -24,10 +24,10 @@ class ImportSettings:
     normals: Path
     camera_json: Path | None = None
     fov_deg: float | None = None
-    fusion_lambda: float = 0.1
+    fusion_lambda: float = fusion.DEFAULT_LAMBDA
     mesh_step: int = 1
     discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD
-    sun_fraction: float = 0.6
+    sun_fraction: float = core_scene.DEFAULT_SUN_FRACTION
     relight_sun: tuple[float, float] | None = None
 
 
