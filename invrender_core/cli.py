@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .fusion import DEFAULT_LAMBDA
+from .scene import DEFAULT_DEPTH, DEFAULT_IRN, DEFAULT_MAX_SIDE  # scene imports torch only when it runs
 
 EXIT_FAILURE = 2
 
@@ -70,10 +71,33 @@ def cmd_fuse(args) -> None:
     _progress(f"wrote {args.output}" + (f" and {args.mesh}" if args.mesh else ""))
 
 
+def _decompose(args, image: Path, irn: str, depth: str):
+    """scene.decompose with the shared network options of `args`, reporting each stage as a progress line."""
+    from .scene import decompose
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage != "done":
+            _progress(f"{stage} ({fraction:.0%})")
+
+    return decompose(image, fov_deg=args.fov, device=args.device, max_side=args.max_side, irn=irn,
+                     depth=depth, weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
+
+
+def cmd_decompose(args) -> None:
+    from .scene import write_estimate
+
+    _progress(f"decomposing {args.image}")
+    estimate = _decompose(args, args.image, args.irn, args.depth)
+    write_estimate(estimate, args.output)  # atomic: the folder appears complete or not at all
+    timings = estimate.metadata["timings_s"]
+    w, h = estimate.metadata["working_size"]
+    _progress(f"wrote {args.output} ({estimate.camera.width}x{estimate.camera.height}, networks at {w}x{h} on "
+              f"{estimate.metadata['device']}, {timings['total']:.1f} s)")
+
+
 def cmd_scene(args) -> None:
-    if args.depth is None or args.normal is None:
-        raise CLIError("the depth and normal networks are not available yet: give --depth D.exr and "
-                       "--normal N.exr for the photo")
+    if (args.depth is None) != (args.normal is None):
+        raise CLIError("give both --depth and --normal for the photo, or neither to estimate them with the networks")
     try:  # the Blender side lives in the add-on package; the core itself never imports bpy
         from invrender_addon.build import headless
     except ImportError as e:
@@ -102,6 +126,22 @@ def cmd_weights_list(args) -> None:
         print(f"{entry.name}\t{folder / entry.file}\tsha256 {entry.sha256[:12]}\t{entry.licence}{present}")
 
 
+def _add_network_options(parser: argparse.ArgumentParser, with_lambda: bool = True) -> None:
+    """Options shared by the commands that run the networks (decompose, scene without maps)."""
+    parser.add_argument("--fov", type=float, help="horizontal field of view in degrees (default: EXIF focal "
+                        "length, else 60)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the networks run (default auto: CUDA when available)")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help=f"longer side of the networks' working resolution (default {DEFAULT_MAX_SIDE}; "
+                        "rounded to a multiple of 16)")
+    parser.add_argument("--weights-dir", type=Path, help="weights folder searched before the shipped weights "
+                        "(default $INVRENDER_WEIGHTS_DIR or ~/.local/share/invrender/models)")
+    if with_lambda:
+        parser.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
+                            help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invrender", description="Photos to relightable 3D scenes.")
     parser.add_argument("--verbose", action="store_true", help="show the full traceback on errors")
@@ -118,12 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--mesh", type=Path, help="also write the fused mesh as a binary PLY")
     fuse.set_defaults(func=cmd_fuse)
 
-    scene = sub.add_parser("scene", help="build a relightable .blend from a photo (+ depth and normal maps)")
+    decompose = sub.add_parser("decompose", help="one photo -> albedo, shading, shadow, normals, depth, lighting "
+                               "(EXR + JSON) with the networks")
+    decompose.add_argument("image", type=Path, help="the photo (PNG, JPEG, TIFF, EXR, HDR)")
+    decompose.add_argument("-o", "--output", type=Path, required=True,
+                           help="output folder (written atomically; an existing one is replaced only if it holds "
+                           "a previous output)")
+    decompose.add_argument("--irn", default=DEFAULT_IRN, metavar="NAME|PATH",
+                           help=f"InverseRenderNet weights: registry name or .safetensors file (default {DEFAULT_IRN})")
+    decompose.add_argument("--depth", default=DEFAULT_DEPTH, metavar="NAME|PATH",
+                           help=f"depth network weights: registry name or .safetensors file (default {DEFAULT_DEPTH})")
+    _add_network_options(decompose)
+    decompose.set_defaults(func=cmd_decompose)
+
+    scene = sub.add_parser("scene", help="build a relightable .blend from a photo (networks, or depth and normal maps)")
     scene.add_argument("photo", type=Path)
-    scene.add_argument("--depth", type=Path, help="planar depth of the photo, one-channel EXR")
-    scene.add_argument("--normal", type=Path, help="camera-frame normals of the photo, RGB EXR")
+    scene.add_argument("--depth", type=Path, help="planar depth of the photo, one-channel EXR (default: estimated "
+                       "by the networks)")
+    scene.add_argument("--normal", type=Path, help="camera-frame normals of the photo, RGB EXR (default: estimated)")
+    scene.add_argument("--irn", default=DEFAULT_IRN, metavar="NAME|PATH",
+                       help=f"without maps: InverseRenderNet weights (default {DEFAULT_IRN})")
+    scene.add_argument("--depth-net", default=DEFAULT_DEPTH, metavar="NAME|PATH",
+                       help=f"without maps: depth network weights (default {DEFAULT_DEPTH})")
     scene.add_argument("--camera", type=Path, help="camera.json with the photo's intrinsics")
-    scene.add_argument("--fov", type=float, help="horizontal field of view in degrees (overrides EXIF)")
     scene.add_argument("-o", "--output", type=Path, required=True, help=".blend file to write")
     scene.add_argument("--render", type=Path, help="render the scene with Cycles to this PNG")
     scene.add_argument("--samples", type=int, default=32, help="Cycles samples for --render (default 32)")
@@ -134,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "lower for noisier depth)")
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
     scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
+    _add_network_options(scene, with_lambda=False)
     scene.set_defaults(func=cmd_scene)
 
     weights = sub.add_parser("weights", help="import and list network weights (safetensors registry)")
@@ -147,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     w_list = weights_sub.add_parser("list", help="list the registered weights")
     w_list.add_argument("--weights-dir", type=Path, help="weights folder (default as for import)")
     w_list.set_defaults(func=cmd_weights_list)
+    from .train.cli import add_train_parser  # argparse only: torch is imported when training runs
+
+    add_train_parser(sub)
     return parser
 
 
@@ -155,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("invrender: interrupted; no output was written", file=sys.stderr)
+        print("invrender: interrupted" + ("; the last checkpoint is kept (resume with --resume)"
+              if args.command == "train" else "; no output was written"), file=sys.stderr)
         return EXIT_FAILURE
     except (CLIError, ValueError, OSError, MemoryError) as e:
         if args.verbose:

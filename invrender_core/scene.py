@@ -1,25 +1,33 @@
 """Photo -> SceneEstimate: the one pipeline the add-on and the CLI call.
 
-Until the inverse-rendering and depth networks land, geometry comes from the caller (depth and normal
-maps, e.g. from an RGB-D capture); `estimate_from_geometry` fuses them (Nehab et al. 2005), fits SH
-lighting and derives albedo. The networks will supply depth and normals to the same function.
+`decompose` runs the networks on one photo: InverseRenderNet (albedo, normals, shadow, SH lighting) and the
+MegaDepth-style hourglass (relative depth) at a working resolution, edge-aware upsampling to the photo's
+resolution (`filtering`), SH lighting refitted at full resolution, albedo = photo / (shadow · shading) at full
+resolution (so texture survives), and Nehab fusion of the network depth with the network normals, weighted
+by how well the two networks agree. `estimate_from_geometry` is the RGB-D path: depth and normal maps from
+the caller (e.g. a capture) are fused, SH lighting is fitted and albedo derived.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import fusion, geometry, sh
+from . import filtering, fusion, geometry, sh
 from .camera import Camera
 from .illumination_prior import IlluminationPrior
-from .io import save_preview_sheet, srgb_to_linear, write_exr
+from .io import LoadedImage, linear_to_srgb, load_image, resize_linear, save_preview_sheet, srgb_to_linear, write_exr
 
 # Albedo and light intensity are only known up to a common scale; we fix it by giving the median
 # albedo this luminance (a typical outdoor material).
@@ -35,7 +43,8 @@ class SceneEstimate:
 
     image (H, W, 3) linear RGB; albedo (H, W, 3); shading (H, W, 3) = E(normal); normals (H, W, 3)
     camera frame; depth (H, W) input depth; depth_fused (H, W); confidence (H, W) in [0, 1];
-    lighting (9, 3) SH in the camera frame; camera the photo's intrinsics.
+    lighting (9, 3) SH in the camera frame; camera the photo's intrinsics; shadow (H, W) in [0, 1]
+    (None: no shadow, written as ones), so that image ≈ albedo * shadow * shading.
     """
 
     image: np.ndarray
@@ -48,6 +57,7 @@ class SceneEstimate:
     lighting: np.ndarray
     camera: Camera
     metadata: dict = field(default_factory=dict)
+    shadow: np.ndarray | None = None
 
 
 def _check_maps(image, depth, normals, camera):
@@ -94,35 +104,56 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
 
     return SceneEstimate(image=image, albedo=albedo, shading=shading, normals=normals, depth=depth,
                          depth_fused=depth_fused.astype(np.float32), confidence=confidence.astype(np.float32),
-                         lighting=lighting, camera=camera,
+                         lighting=lighting, camera=camera, shadow=np.ones(depth.shape, np.float32),
                          metadata={"geometry_source": source, "depth_scale": "relative", "fusion_lambda": lam})
 
 
+CONTRACT_FILES = ("albedo.exr", "shading.exr", "shadow.exr", "normal.exr", "depth.exr", "depth_fused.exr",
+                  "confidence.exr", "lighting.json", "camera.json", "preview.png")
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """An existing out_dir may be replaced only when it is empty or a previous output (contract files only)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder: choose another output folder")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in CONTRACT_FILES)
+    if others:
+        raise ValueError(f"{out_dir} exists and holds files that are not invrender output (e.g. {others[0]}): "
+                         f"choose a new or empty output folder")
+
+
 def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
-    """Write the DESIGN.md file contract into out_dir, atomically: all files or none.
+    """Write the DESIGN.md file contract (`CONTRACT_FILES`) into out_dir, atomically: all files or none.
 
     Files go to a temporary sibling folder that is renamed at the end, so a failure leaves no partial
-    output. An existing out_dir is replaced only after everything was written.
+    output. An existing out_dir is replaced only after everything was written, and only when it is empty or
+    holds nothing but a previous output (anything else raises ValueError before writing).
     """
     out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    shadow = estimate.shadow if estimate.shadow is not None else np.ones(estimate.depth.shape, np.float32)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         write_exr(tmp / "albedo.exr", estimate.albedo)
         write_exr(tmp / "shading.exr", estimate.shading)
+        write_exr(tmp / "shadow.exr", shadow)
         write_exr(tmp / "normal.exr", estimate.normals)
         write_exr(tmp / "depth.exr", estimate.depth)
         write_exr(tmp / "depth_fused.exr", estimate.depth_fused)
         write_exr(tmp / "confidence.exr", estimate.confidence)
         (tmp / "lighting.json").write_text(json.dumps(
-            {"sh": estimate.lighting.tolist(), "frame": "camera", "convention": "ramamoorthi-hanrahan"},
+            {"sh": np.asarray(estimate.lighting).tolist(), "frame": "camera", "convention": "ramamoorthi-hanrahan"},
             indent=2) + "\n")
         (tmp / "camera.json").write_text(json.dumps(
-            {**estimate.camera.to_dict(), **estimate.metadata}, indent=2) + "\n")
+            {**estimate.camera.to_dict(), "depth_scale": "relative", **estimate.metadata}, indent=2) + "\n")
         save_preview_sheet(tmp / "preview.png", [
             ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
+            ("shadow", shadow),
             ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
-            ("depth (fused)", _depth_for_display(estimate)),
+            ("depth (fused)", _depth_for_display(estimate)), ("confidence", estimate.confidence),
         ])
         umask = os.umask(0)
         os.umask(umask)
@@ -202,3 +233,386 @@ def read_json(path: str | Path) -> dict:
         raise ValueError(f"{path} does not exist: check the path") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}): give a camera.json written by invrender") from e
+
+
+# ----------------------------------------------------------------------------------------------------
+# decompose: one photo through the networks
+
+DEFAULT_IRN = "irn-small"
+DEFAULT_DEPTH = "depth-small"
+# Working resolution of the networks (longer side). 320 keeps both small nets well under a second on a CPU.
+DEFAULT_MAX_SIDE = 320
+# Fusion runs at the photo's resolution up to this longer side, above it on a downscaled grid (then the
+# fused depth is upsampled edge-aware): the network depth has no detail finer than the working resolution,
+# and the normals' extra detail beyond ~1 MP does not pay for the solver's time and memory.
+DEFAULT_FUSION_MAX_SIDE = 1024
+WORK_MULTIPLE = 16  # both networks pool four times
+# Network log depth is centred on its median and clipped to +-ln(1e4): depth stays finite and positive.
+MAX_LOG_DEPTH = math.log(1e4)
+# Sky: pixels the depth net puts more than SKY_DEPTH_RATIO times further than the 10th-percentile depth.
+SKY_DEPTH_RATIO = 30.0
+SKY_REFERENCE_PERCENTILE = 10.0
+SHADOW_UPSAMPLE_EPS = 1e-3  # shadow edges should follow the photo's edges closely (normals and depth: default)
+NOISE_JUMPS = 5.0  # discontinuities jump this many noise spreads at least (discontinuity_threshold)
+BAND_RADIUS = 1  # pixels on each side of a depth discontinuity that get zero confidence and are not fused
+MIN_FUSED_PIXELS = 16
+SHADING_ROWS = 256
+STAGES = ("models", "irn", "depth", "upsample", "lighting", "fusion", "done")
+# Overall progress fraction at the start of each stage (roughly their share of a CPU run at 1 MP).
+_STAGE_START = {"models": 0.0, "irn": 0.05, "depth": 0.2, "upsample": 0.4, "lighting": 0.55, "fusion": 0.65,
+                "done": 1.0}
+
+
+class Cancelled(Exception):
+    """decompose was cancelled: its `cancel` check was true between two stages. Nothing is returned."""
+
+
+def resolve_device(device: str = "auto"):
+    """torch.device for "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Raises ValueError (one line) for an unknown name or CUDA asked for where it is not available.
+    """
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use auto, cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine: "
+                         f"use device cpu (or auto)")
+    return dev
+
+
+def working_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """(w, h) the networks run at for a width x height photo: both multiples of 16, longer side <= max_side.
+
+    The photo is resized (not padded: padding would show the networks borders that are not in the photo and
+    give the lighting solve pixels to explain). The longer side is min(max_side, the photo's) rounded down
+    to a multiple of 16, the shorter one scaled alike and rounded to the nearest multiple of 16 (at least
+    16), so the aspect ratio changes by at most half a multiple (3 % at 256 x 170); the camera is resized
+    with the same per-axis factors, so geometry stays exact.
+    """
+    if int(max_side) != max_side or max_side < WORK_MULTIPLE:
+        raise ValueError(f"max_side must be an integer >= {WORK_MULTIPLE}, got {max_side}")
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    longer, shorter = max(width, height), min(width, height)
+    long_w = max(WORK_MULTIPLE, min(int(max_side), longer) // WORK_MULTIPLE * WORK_MULTIPLE)
+    short_w = max(WORK_MULTIPLE, int(round(shorter * long_w / longer / WORK_MULTIPLE)) * WORK_MULTIPLE)
+    return (long_w, short_w) if width >= height else (short_w, long_w)
+
+
+def _fusion_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    if max(width, height) <= max_side:
+        return width, height
+    s = max_side / max(width, height)
+    return max(2, round(width * s)), max(2, round(height * s))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """(H, W) bool grown by `radius` pixels (square neighbourhood)."""
+    if radius <= 0 or not mask.any():
+        return mask
+    return filtering.box_filter(mask.astype(np.float32), radius) > 1e-6
+
+
+def discontinuity_threshold(depth: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Relative depth jump (see geometry.py) above which neighbours of depth (H, W) count as discontinuous.
+
+    geometry's default (5 %), raised for noisy depth to NOISE_JUMPS times the spread of the pixel-to-pixel
+    log-depth noise: a threshold inside the noise would cut the tangent rows that let fusion remove it. The
+    noise is measured on second differences along rows and columns (of three valid pixels; mask (H, W) bool
+    limits them), which a sloping surface does not raise: for white noise of spread s in log depth they
+    spread by s √6 and first differences by s √2, so the jump spread is 1.4826 median(|Δ²|) / √3.
+    """
+    d = np.asarray(depth, dtype=np.float64)
+    valid = geometry.valid_mask(d, mask)
+    log_d = np.log(np.where(valid, d, 1.0))
+    second = np.concatenate([np.abs(np.diff(log_d, 2, axis=1))[valid[:, 2:] & valid[:, 1:-1] & valid[:, :-2]],
+                             np.abs(np.diff(log_d, 2, axis=0))[valid[2:] & valid[1:-1] & valid[:-2]]])
+    if second.size == 0:
+        return geometry.DEFAULT_DISCONTINUITY_THRESHOLD
+    jump_spread = 1.4826 * float(np.median(second)) / np.sqrt(3.0)
+    return max(geometry.DEFAULT_DISCONTINUITY_THRESHOLD, float(np.expm1(NOISE_JUMPS * jump_spread)))
+
+
+def depth_confidence(depth: np.ndarray, normals: np.ndarray, camera: Camera, exclude: np.ndarray | None = None,
+                     threshold: float | None = None, radius: int = BAND_RADIUS) -> np.ndarray:
+    """How far network depth (H, W) can be trusted against network normals (H, W, 3): (H, W) float32 in [0, 1].
+
+    The agreement of the two networks: max(0, cos) of the angle between the normals of the depth map
+    (`geometry.normals_from_depth`) and the predicted normals, averaged over a (2 radius + 1)² window; zero
+    within `radius` pixels of a depth discontinuity (relative jump > threshold, default
+    `discontinuity_threshold(depth)`; depth networks blur foreground into background there), at invalid depth
+    and where `exclude` (H, W) bool (e.g. sky) is set.
+    """
+    d = np.asarray(depth, dtype=np.float64)
+    if d.shape != (camera.height, camera.width) or np.shape(normals) != d.shape + (3,):
+        raise ValueError(f"depth {d.shape} and normals {np.shape(normals)} must be (H, W) and (H, W, 3) with "
+                         f"(H, W) = {(camera.height, camera.width)} of the camera")
+    valid = geometry.valid_mask(d, None if exclude is None else ~np.asarray(exclude, bool))
+    if threshold is None:
+        threshold = discontinuity_threshold(d, valid)
+    n_depth = geometry.normals_from_depth(d, camera, mask=valid, discontinuity_threshold=threshold)
+    agree = np.clip((n_depth * np.asarray(normals, np.float32)).sum(-1), 0.0, 1.0)
+    agree[~valid] = 0.0
+    confidence = filtering.box_filter(agree, radius) if radius > 0 else agree
+    band = _dilate(geometry.depth_discontinuities(d, threshold, mask=valid), radius)
+    confidence[band | ~valid] = 0.0
+    return np.clip(confidence, 0.0, 1.0).astype(np.float32)
+
+
+def fuse_network_depth(depth: np.ndarray, normals: np.ndarray, camera: Camera, lam: float = fusion.DEFAULT_LAMBDA,
+                       confidence: np.ndarray | None = None, exclude: np.ndarray | None = None,
+                       threshold: float | None = None) -> np.ndarray:
+    """Nehab fusion of a network's depth (H, W) with a network's unit normals (H, W, 3): (H, W) float32.
+
+    confidence (H, W) weights the depth per pixel (default `depth_confidence`). Pixels within BAND_RADIUS of a
+    depth discontinuity (relative jump > threshold, default `discontinuity_threshold(depth)`) and those in
+    `exclude` (H, W) bool (sky) are not fused: they keep the input depth, and since they carry no unknowns no
+    tangent row links the two sides of a discontinuity (the step is kept).
+    The output is finite wherever the input depth is valid (finite, > 0), NaN elsewhere.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    if d.shape != (camera.height, camera.width) or np.shape(normals) != d.shape + (3,):
+        raise ValueError(f"depth {d.shape} and normals {np.shape(normals)} must be (H, W) and (H, W, 3) with "
+                         f"(H, W) = {(camera.height, camera.width)} of the camera")
+    exclude = np.zeros(d.shape, bool) if exclude is None else np.asarray(exclude, bool)
+    if exclude.shape != d.shape:
+        raise ValueError(f"exclude has shape {exclude.shape}, expected {d.shape} to match depth")
+    valid = geometry.valid_mask(d)
+    if threshold is None:
+        threshold = discontinuity_threshold(d, valid & ~exclude)
+    if confidence is None:
+        confidence = depth_confidence(d, normals, camera, exclude, threshold)
+    band = _dilate(geometry.depth_discontinuities(d, threshold, mask=valid & ~exclude), BAND_RADIUS)
+    mask = valid & ~exclude & ~band
+    out = np.where(valid, d, np.nan).astype(np.float32)
+    if mask.sum() >= MIN_FUSED_PIXELS:
+        fused = fusion.fuse(d, normals, camera, confidence=confidence, lam=lam, mask=mask,
+                            discontinuity_threshold=threshold)
+        ok = mask & np.isfinite(fused) & (fused > 0)
+        out[ok] = fused[ok]
+    return out
+
+
+class _Stages:
+    """Progress, cancel checks and per-stage timings for decompose."""
+
+    def __init__(self, progress, cancel):
+        self.progress, self.cancel = progress, cancel
+        self.timings: dict[str, float] = {}
+        self.current, self.t0, self.start = None, time.perf_counter(), time.perf_counter()
+
+    def cancelled(self) -> bool:
+        if self.cancel is None:
+            return False
+        if isinstance(self.cancel, threading.Event):
+            return self.cancel.is_set()
+        return bool(self.cancel())
+
+    def enter(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.timings[self.current] = round(now - self.t0, 4)
+        if stage != "done" and self.cancelled():
+            raise Cancelled(f"cancelled before the {stage} stage")
+        self.current, self.t0 = (None if stage == "done" else stage), now
+        if stage == "done":
+            self.timings["total"] = round(now - self.start, 4)
+        if self.progress is not None:
+            self.progress(stage, _STAGE_START[stage])
+
+
+def _load_network(spec, expect: str, weights_dir, device):
+    """(model in eval() on device, description for the metadata) for a name, a path or a ready nn.Module."""
+    from torch import nn
+
+    from .nets import weights
+
+    if isinstance(spec, nn.Module):
+        return spec.to(device).eval(), {"name": type(spec).__name__, "source": "module given by the caller"}
+    model, entry, path = weights.load_named(spec, weights_dir, expect=expect, device=device, return_entry=True)
+    arch, config = weights.architecture_of(entry)
+    return model, {"name": entry.name, "architecture": arch, "config": config, "sha256": entry.sha256,
+                   "file": str(path)}
+
+
+def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages) -> dict:
+    """Both networks on the working-resolution image (h, w, 3) linear -> numpy maps, NaN-free."""
+    import torch
+
+    h, w = image_w.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(np.clip(image_w, 0.0, 1.0).transpose(2, 0, 1))[None]).to(device)
+    try:
+        with torch.inference_mode():
+            out = irn(x)
+            albedo = out.albedo[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
+            normals = out.normals[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
+            shadow = out.shadow[0, 0].float().cpu().numpy()  # (h, w)
+            lighting = out.lighting[0].double().cpu().numpy()  # (9, 3)
+            stages.enter("depth")
+            # The depth net takes sRGB-encoded input, as it was trained (train/depth_task.depth_input).
+            xd = torch.from_numpy(np.ascontiguousarray(linear_to_srgb(np.clip(image_w, 0.0, 1.0)).transpose(2, 0, 1))
+                                  [None].astype(np.float32)).to(device)
+            log_depth = depth_net(xd)
+            if tuple(log_depth.shape) != (1, 1, h, w):
+                raise ValueError(f"the depth network returned shape {tuple(log_depth.shape)}, expected {(1, 1, h, w)}")
+            log_depth = log_depth[0, 0].double().cpu().numpy()  # (h, w)
+    except torch.OutOfMemoryError as e:  # also torch.cuda.OutOfMemoryError
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise MemoryError(f"out of {device.type.upper()} memory running the networks at {w}x{h}: lower max_side "
+                          f"(--max-side) or use the CPU (--device cpu)") from e
+    # Untrained or broken weights can give non-finite values: neutral stand-ins keep the outputs usable.
+    return {"albedo": np.nan_to_num(albedo, nan=0.5, posinf=1.0, neginf=0.0),
+            "normals": filtering.renormalise_normals(normals),
+            "shadow": np.clip(np.nan_to_num(shadow, nan=1.0), 0.0, 1.0),
+            "lighting": np.nan_to_num(lighting),
+            "log_depth": np.nan_to_num(log_depth, nan=0.0, posinf=MAX_LOG_DEPTH, neginf=-MAX_LOG_DEPTH)}
+
+
+def _relative_depth(log_depth: np.ndarray) -> tuple[np.ndarray, float]:
+    """Network log depth (h, w) -> depth (h, w) float64 with median 1 over non-sky pixels, and the sky threshold.
+
+    Sky: depth above SKY_DEPTH_RATIO times the SKY_REFERENCE_PERCENTILE-th percentile (depth nets put sky far).
+    """
+    log_d = np.clip(log_depth - np.median(log_depth), -MAX_LOG_DEPTH, MAX_LOG_DEPTH)
+    d = np.exp(log_d)
+    far = SKY_DEPTH_RATIO * float(np.percentile(d, SKY_REFERENCE_PERCENTILE))
+    ground = d <= far
+    scale = float(np.median(d[ground])) if ground.any() else 1.0
+    return d / scale, far / scale
+
+
+def _load_input(image, fov_deg) -> tuple[np.ndarray, Camera, str]:
+    if isinstance(image, LoadedImage):
+        return image.rgb, image.camera(fov_deg), str(image.path)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"image must have shape (H, W, 3) (linear RGB), got {image.shape}")
+        h, w = image.shape[:2]
+        return image, Camera.from_fov(w, h, fov_deg) if fov_deg is not None else Camera.from_fov(w, h), "array"
+    loaded = load_image(image)
+    return loaded.rgb, loaded.camera(fov_deg), str(loaded.path)
+
+
+def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | None = None,
+              camera: Camera | None = None, device: str = "auto",
+              max_side: int = DEFAULT_MAX_SIDE, irn=DEFAULT_IRN, depth=DEFAULT_DEPTH,
+              weights_dir: str | Path | None = None, fusion_lambda: float = fusion.DEFAULT_LAMBDA,
+              fusion_max_side: int = DEFAULT_FUSION_MAX_SIDE,
+              progress: Callable[[str, float], None] | None = None,
+              cancel: threading.Event | Callable[[], bool] | None = None) -> SceneEstimate:
+    """One photo -> SceneEstimate (albedo, shading, shadow, normals, depth, fused depth, confidence, lighting).
+
+    image: a LoadedImage, a file path (`io.load_image`), or a linear RGB array (H, W, 3). Camera: `camera`
+    (intrinsics for the photo's W x H) if given, else fov_deg (horizontal, degrees), else the photo's EXIF
+    focal length, else 60 degrees.
+    irn / depth: registry names (user weights folder `weights_dir` first, then the shipped weights), paths to
+    .safetensors files, or ready nn.Modules (InverseRenderNet-like: image (1, 3, h, w) -> IRNOutput;
+    depth: sRGB image (1, 3, h, w) -> log depth (1, 1, h, w)). device: "auto", "cpu", "cuda".
+    Steps (stage names for `progress(stage, fraction)`): "models" load the weights; "irn" and "depth" run the
+    networks at `working_size(W, H, max_side)`; "upsample" brings normals (renormalised), shadow and log depth
+    to (H, W) with the photo as guide (`filtering.guided_upsample`); "lighting": the IRN's SH lighting (solved
+    in its forward pass, camera frame), shading = max(E(normals), 0) and albedo = clip(image / max(shadow *
+    shading, MIN_SHADING), 0, 1) at full resolution, so image = albedo * shadow * shading wherever albedo is not
+    clipped; "fusion" fuses the depth with the normals (`fuse_network_depth`, at most `fusion_max_side` pixels
+    on the longer side, lam = fusion_lambda) weighted by `depth_confidence`; "done" at fraction 1. `cancel` (a
+    threading.Event or a callable returning True) is checked between stages and raises `Cancelled`.
+    Returns maps at the photo's (H, W); depth is relative (median 1 over non-sky pixels); metadata holds the
+    models, sizes, sky fraction and per-stage timings (seconds). Errors: ValueError (bad image, missing or
+    mismatched weights, unavailable device), MemoryError (out of GPU memory: lower max_side or use the CPU).
+    """
+    if not 0.0 < fusion_lambda <= 1.0:  # checked before anything runs
+        raise ValueError(f"fusion_lambda must be in (0, 1], got {fusion_lambda}")
+    if int(fusion_max_side) != fusion_max_side or fusion_max_side < WORK_MULTIPLE:
+        raise ValueError(f"fusion_max_side must be an integer >= {WORK_MULTIPLE}, got {fusion_max_side}")
+    stages = _Stages(progress, cancel)
+    stages.enter("models")
+    rgb, photo_camera, source = _load_input(image, fov_deg)
+    camera = photo_camera if camera is None else camera
+    rgb = np.maximum(np.nan_to_num(np.asarray(rgb, dtype=np.float32), nan=0.0, posinf=0.0), 0.0)
+    H, W = rgb.shape[:2]
+    if (camera.width, camera.height) != (W, H):
+        raise ValueError(f"the camera is {camera.width}x{camera.height} but the photo is {W}x{H}: give intrinsics "
+                         f"for the photo as loaded (after EXIF orientation)")
+    w, h = working_size(W, H, max_side)
+    dev = resolve_device(device)
+    irn_model, irn_info = _load_network(irn, "irn", weights_dir, dev)
+    depth_model, depth_info = _load_network(depth, "megadepth", weights_dir, dev)
+
+    stages.enter("irn")
+    image_w = rgb if (w, h) == (W, H) else resize_linear(rgb, w, h)  # (h, w, 3), area average
+    net = _run_networks(irn_model, depth_model, image_w, dev, stages)
+    depth_w, sky_depth = _relative_depth(net["log_depth"])  # (h, w), sky above sky_depth
+
+    stages.enter("upsample")
+    guide = linear_to_srgb(np.clip(rgb, 0.0, 1.0)).astype(np.float32)  # (H, W, 3): edges as seen, not linear
+    normals = filtering.upsample_normals(net["normals"], guide)  # (H, W, 3)
+    shadow = np.clip(filtering.guided_upsample(net["shadow"], guide, eps=SHADOW_UPSAMPLE_EPS), 0.0, 1.0)  # (H, W)
+    log_depth_full = filtering.guided_upsample(np.log(depth_w), guide)  # (H, W)
+    depth_full = np.exp(log_depth_full).astype(np.float32)
+    sky = depth_full > sky_depth
+
+    stages.enter("lighting")
+    # The network's lighting, not a refit on the upsampled normals: the IRN solved it by least squares with
+    # the prior from its own maps, while a refit at full resolution is biased by the normals the upsampling
+    # can not know (mixed pixels at silhouettes) and by any texture carried into them.
+    lighting = net["lighting"]  # (9, 3) camera frame
+    shading = np.empty_like(rgb)  # (H, W, 3)
+    for r in range(0, H, SHADING_ROWS):  # in row blocks: the SH basis is 9 float64 values per pixel
+        shading[r:r + SHADING_ROWS] = np.maximum(sh.shading(normals[r:r + SHADING_ROWS], lighting), 0.0)
+    albedo = np.clip(rgb / np.maximum(shadow[..., None] * shading, MIN_SHADING), 0.0, 1.0).astype(np.float32)
+
+    stages.enter("fusion")
+    fw, fh = _fusion_size(W, H, fusion_max_side)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        depth_fused, confidence = _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky_depth,
+                                           fusion_lambda)
+    stages.enter("done")
+
+    metadata = {
+        "source": source, "geometry_source": "networks", "depth_scale": "relative",
+        "models": {"irn": irn_info, "depth": depth_info}, "device": str(dev),
+        "working_size": [w, h], "fusion_size": [fw, fh], "fusion_lambda": fusion_lambda,
+        "lighting_source": "network (least squares at the working resolution)",
+        "sky_fraction": round(float(sky.mean()), 6),
+        "timings_s": stages.timings,
+    }
+    if caught:
+        metadata["warnings"] = [str(c.message) for c in caught]
+    return SceneEstimate(image=rgb, albedo=albedo, shading=shading, normals=normals, depth=depth_full,
+                         depth_fused=depth_fused, confidence=confidence, lighting=lighting.astype(np.float32),
+                         camera=camera, metadata=metadata, shadow=shadow.astype(np.float32))
+
+
+def _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky_depth, lam):
+    """Fused depth and confidence at (H, W), computed on a (fh, fw) grid."""
+    H, W = guide.shape[:2]
+    cam_f = camera.resized(fw, fh)
+    if (fw, fh) == (W, H):
+        normals_f, log_depth_f = normals, log_depth_full
+    else:
+        normals_f = filtering.renormalise_normals(resize_linear(normals, fw, fh))
+        log_depth_f = filtering.guided_upsample(np.log(depth_w), resize_linear(guide, fw, fh))
+    depth_f = np.exp(log_depth_f).astype(np.float32)
+    # Discontinuities the network drew at its own resolution, carried to the fusion grid (slightly dilated).
+    band_w = _dilate(geometry.depth_discontinuities(depth_w, discontinuity_threshold(depth_w)),
+                     BAND_RADIUS).astype(np.float32)
+    exclude = (depth_f > sky_depth) | (resize_linear(band_w, fw, fh) > 1e-6)
+    confidence = depth_confidence(depth_f, normals_f, cam_f, exclude=exclude)
+    fused = fuse_network_depth(depth_f, normals_f, cam_f, lam=lam, confidence=confidence, exclude=exclude)
+    fused = np.where(np.isfinite(fused) & (fused > 0), fused, depth_f)  # finite everywhere
+    if (fw, fh) != (W, H):
+        fused = np.exp(filtering.guided_upsample(np.log(fused), guide))  # log: ratios, as depth errors are
+        sky = log_depth_full > np.log(sky_depth)
+        fused[sky] = np.exp(log_depth_full[sky])  # not fused: the network's depth, as on the fusion grid
+        confidence = np.clip(resize_linear(confidence, W, H), 0.0, 1.0)
+    return fused.astype(np.float32), confidence.astype(np.float32)

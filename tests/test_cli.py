@@ -4,10 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from invrender_core import cli
+from invrender_core import cli, scene
 from invrender_core.camera import Camera
-from invrender_core.io import read_exr, write_exr
+from invrender_core.io import read_exr, write_exr, write_png
+from invrender_core.nets import weights
+from invrender_core.nets.depth import MegaDepthHourglass
+from invrender_core.nets.irn import InverseRenderNet
 
 
 def test_help_lists_subcommands(capsys):
@@ -15,7 +20,7 @@ def test_help_lists_subcommands(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("fuse", "scene"):
+    for command in ("fuse", "scene", "decompose"):
         assert command in out
 
 
@@ -63,9 +68,115 @@ def test_errors_are_one_line_exit_2_and_write_nothing(plane_maps, capsys):
     assert not (folder / "fused.exr").exists()
 
 
-def test_scene_without_maps_says_what_to_do(tmp_path, capsys):
+def test_scene_without_maps_and_a_missing_photo_writes_nothing(tmp_path, capsys):
     code = cli.main(["scene", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out.blend")])
     assert code == cli.EXIT_FAILURE
-    assert "--depth" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("invrender scene: error:") and "photo.png" in err[-1]
     assert list(tmp_path.iterdir()) == []
 
+
+def test_scene_with_only_one_map_says_what_to_do(tmp_path, capsys):
+    code = cli.main(["scene", str(tmp_path / "photo.png"), "--depth", str(tmp_path / "d.exr"),
+                     "-o", str(tmp_path / "out.blend")])
+    assert code == cli.EXIT_FAILURE
+    assert "give both --depth and --normal" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ decompose
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """Random-init width-1/16 networks registered as irn-test / depth-test in a weights folder."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    for name, arch, model in (("irn-test", "irn", InverseRenderNet(width=0.0625)),
+                              ("depth-test", "megadepth", MegaDepthHourglass(width=0.0625))):
+        path = folder / f"{name}-source.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        weights.register_shipped(path, name, arch, {"width": 0.0625}, licence="test", card_markdown="random init",
+                                 folder=folder)
+    return folder
+
+
+@pytest.fixture
+def photo_file(tmp_path):
+    rng = np.random.default_rng(0)
+    image = (0.2 + 0.6 * rng.random((40, 56, 3))).astype(np.float32)
+    write_png(tmp_path / "photo.png", image)
+    return tmp_path / "photo.png"
+
+
+@pytest.fixture
+def no_shipped_weights(tmp_path, monkeypatch):
+    """The package's shipped weights folder (filled later by training) must not change these tests."""
+    monkeypatch.setattr(weights, "SHIPPED_WEIGHTS_DIR", tmp_path / "no-shipped-weights")
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error:" in line]
+    assert len(errors) == 1 and err[-1] == errors[0] and err[-1].startswith(f"invrender {command}: error:")
+    assert not any("Traceback" in line for line in err)
+    return err[-1]
+
+
+def test_decompose_writes_the_file_contract(photo_file, nets, capsys):
+    out = photo_file.parent / "maps"
+    code = cli.main(["decompose", str(photo_file), "-o", str(out), "--irn", "irn-test", "--depth",
+                     str(nets / "depth-test.safetensors"), "--weights-dir", str(nets), "--max-side", "32",
+                     "--device", "cpu", "--fov", "45"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(scene.CONTRACT_FILES)
+    camera = json.loads((out / "camera.json").read_text())
+    assert camera["width"] == 56 and camera["fov_x_deg"] == pytest.approx(45.0)
+    assert camera["working_size"] == [32, 16] and camera["depth_scale"] == "relative"
+    assert read_exr(out / "albedo.exr").shape == (40, 56, 3) and read_exr(out / "shadow.exr").shape == (40, 56)
+    assert "wrote" in capsys.readouterr().err
+    assert sorted(p.name for p in photo_file.parent.iterdir()) == ["maps", "photo.png"]  # no temporary left
+
+
+@pytest.mark.parametrize("case", ["missing", "not-an-image", "missing-weights", "no-cuda", "foreign-folder"])
+def test_decompose_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, case, capsys, monkeypatch,
+                                                                no_shipped_weights):
+    folder = photo_file.parent
+    args = ["decompose", str(photo_file), "-o", str(folder / "maps"), "--irn", "irn-test", "--depth", "depth-test",
+            "--weights-dir", str(nets), "--max-side", "32"]
+    expected = {"missing": "missing.png does not exist", "not-an-image": "is not an image file",
+                "missing-weights": "no weights named 'irn-small'", "no-cuda": "CUDA is not available",
+                "foreign-folder": "holds files that are not invrender output"}[case]
+    if case == "missing":
+        args[1] = str(folder / "missing.png")
+    elif case == "not-an-image":
+        (folder / "notes.png").write_text("not a picture")
+        args[1] = str(folder / "notes.png")
+    elif case == "missing-weights":
+        args = args[:4] + ["--weights-dir", str(folder / "empty")]  # default network names
+    elif case == "no-cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        args += ["--device", "cuda"]
+    else:
+        (folder / "maps").mkdir()
+        (folder / "maps" / "thesis.tex").write_text("precious")
+    before = sorted(p.name for p in folder.iterdir())
+    assert cli.main(args) == cli.EXIT_FAILURE
+    assert expected in _one_error_line(capsys, "decompose")
+    assert sorted(p.name for p in folder.iterdir()) == before
+    if case == "foreign-folder":
+        assert sorted(p.name for p in (folder / "maps").iterdir()) == ["thesis.tex"]
+
+
+def test_scene_without_maps_runs_the_networks(photo_file, nets):
+    pytest.importorskip("bpy")
+    folder = photo_file.parent
+    code = cli.main(["scene", str(photo_file), "-o", str(folder / "out" / "scene.blend"), "--irn", "irn-test",
+                     "--depth-net", "depth-test", "--weights-dir", str(nets), "--max-side", "32", "--device", "cpu",
+                     "--maps-dir", str(folder / "out" / "maps")])
+    assert code == 0
+    assert sorted(p.name for p in (folder / "out").iterdir()) == ["maps", "scene.blend"]
+    assert sorted(p.name for p in (folder / "out" / "maps").iterdir()) == sorted(scene.CONTRACT_FILES)
+    assert json.loads((folder / "out" / "maps" / "camera.json").read_text())["geometry_source"] == "networks"
+    assert (folder / "out" / "scene.blend").stat().st_size > 0
+    assert sorted(p.name for p in folder.iterdir()) == ["out", "photo.png"]

@@ -1,13 +1,20 @@
 """scene.py: the photo -> SceneEstimate pipeline on analytic scenes, and the file contract."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from invrender_core import scene, sh
+from invrender_core import geometry, scene, sh
 from invrender_core.camera import Camera
-from invrender_core.io import read_exr
+from invrender_core.filtering import renormalise_normals
+from invrender_core.io import read_exr, read_exr_header, resize_linear, write_png
+from invrender_core.nets import weights
+from invrender_core.nets.depth import MegaDepthHourglass
+from invrender_core.nets.irn import InverseRenderNet, IRNOutput
 
 LIGHT = np.zeros((9, 3))
 LIGHT[0] = [1.0, 0.9, 0.8]
@@ -83,8 +90,9 @@ def test_write_estimate_file_contract(uniform_albedo_scene, tmp_path):
     est = scene.estimate_from_geometry(image, depth, normals, camera)
     out = scene.write_estimate(est, tmp_path / "maps")
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["albedo.exr", "shading.exr", "normal.exr", "depth.exr", "depth_fused.exr",
+    assert names == sorted(["albedo.exr", "shading.exr", "shadow.exr", "normal.exr", "depth.exr", "depth_fused.exr",
                             "confidence.exr", "lighting.json", "camera.json", "preview.png"])
+    np.testing.assert_array_equal(read_exr(out / "shadow.exr"), 1.0)  # the RGB-D path has no shadow
     np.testing.assert_allclose(read_exr(out / "albedo.exr"), est.albedo)
     np.testing.assert_allclose(read_exr(out / "depth_fused.exr"), est.depth_fused)
     lighting = json.loads((out / "lighting.json").read_text())
@@ -106,3 +114,308 @@ def test_sun_direction_convention():
     np.testing.assert_allclose(scene.sun_direction(0, 0), [0, -1, 0], atol=1e-12)  # behind the camera
     np.testing.assert_allclose(scene.sun_direction(0, 90), [1, 0, 0], atol=1e-12)  # from the right
     np.testing.assert_allclose(scene.sun_direction(90, 37), [0, 0, 1], atol=1e-12)  # zenith
+
+
+def test_write_estimate_refuses_to_replace_a_foreign_folder(uniform_albedo_scene, tmp_path):
+    camera, depth, normals, image, _ = uniform_albedo_scene
+    est = scene.estimate_from_geometry(image, depth, normals, camera)
+    out = scene.write_estimate(est, tmp_path / "maps")
+    scene.write_estimate(est, out)  # a previous output is replaced
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        scene.write_estimate(est, out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------------------------ decompose
+
+SIZE = (72, 104)  # (H, W): not multiples of 16, so the working size differs from the photo's
+
+
+def photo(sky_rows: int, seed: int = 0) -> np.ndarray:
+    """A linear test photo (H, W, 3): textured ground below `sky_rows` rows of smooth bright sky."""
+    rng = np.random.default_rng(seed)
+    h, w = SIZE
+    u, v = np.meshgrid(np.arange(w) / w, np.arange(h) / h)
+    ground = 0.15 + 0.25 * (((u * 6).astype(int) + (v * 4).astype(int)) % 2)[..., None] * [1.0, 0.8, 0.6]
+    ground = ground * (0.6 + 0.4 * u)[..., None] + 0.02 * rng.random((h, w, 3))
+    sky = np.stack([0.55 + 0.1 * v, 0.7 + 0.1 * v, np.full_like(v, 0.95)], -1)
+    img = np.where((np.arange(h) < sky_rows)[:, None, None], sky, ground)
+    return img.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """Random-init width-1/16 networks registered as irn-test / depth-test in a weights folder."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    for name, arch, model in (("irn-test", "irn", InverseRenderNet(width=0.0625)),
+                              ("depth-test", "megadepth", MegaDepthHourglass(width=0.0625))):
+        path = folder / f"{name}-source.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        weights.register_shipped(path, name, arch, {"width": 0.0625}, licence="test", card_markdown="random init",
+                                 folder=folder)
+    return folder
+
+
+def run(image, nets, **kwargs):
+    kwargs = {"irn": "irn-test", "depth": "depth-test", "weights_dir": nets, "device": "cpu", "max_side": 64,
+              **kwargs}
+    return scene.decompose(image, **kwargs)
+
+
+class FarTopDepth(torch.nn.Module):
+    """A depth 'network' that puts the top 40 % of the image 1000x further than the rest (log depth)."""
+
+    def forward(self, x):
+        h = x.shape[2]
+        log_depth = torch.zeros_like(x[:, :1])
+        log_depth[:, :, : int(0.4 * h)] = np.log(1000.0)
+        return log_depth + 0.01 * x[:, :1]
+
+
+def assert_valid_estimate(est, image):
+    h, w = SIZE
+    for name, shape in (("albedo", (h, w, 3)), ("shading", (h, w, 3)), ("normals", (h, w, 3)), ("shadow", (h, w)),
+                        ("depth", (h, w)), ("depth_fused", (h, w)), ("confidence", (h, w)), ("lighting", (9, 3))):
+        a = getattr(est, name)
+        assert a.shape == shape and a.dtype == np.float32, name
+        assert np.isfinite(a).all(), name
+    assert 0 <= est.albedo.min() and est.albedo.max() <= 1 and 0 <= est.shadow.min() and est.shadow.max() <= 1
+    assert 0 <= est.confidence.min() and est.confidence.max() <= 1 and est.shading.min() >= 0
+    assert est.depth.min() > 0 and est.depth_fused.min() > 0
+    np.testing.assert_allclose(np.linalg.norm(est.normals, axis=-1), 1.0, atol=1e-5)
+    assert (est.normals[..., 2] > 0).all()
+    # Image formation at full resolution, wherever albedo was not clipped and the shading not floored.
+    denominator = est.shadow[..., None] * est.shading
+    free = (est.albedo > 0) & (est.albedo < 1) & (denominator > scene.MIN_SHADING)
+    assert free.mean() > 0.3
+    np.testing.assert_allclose((est.albedo * denominator)[free], image[free], rtol=1e-5, atol=1e-6)
+    # The shading is the lighting's irradiance at the normals (clamped at 0).
+    np.testing.assert_allclose(est.shading, np.maximum(sh.shading(est.normals, est.lighting), 0), atol=1e-4)
+
+
+@pytest.mark.parametrize("sky_rows", [0, 50], ids=["no-sky", "large-sky"])
+def test_decompose_random_nets_end_to_end(nets, sky_rows):
+    image = photo(sky_rows)
+    est = run(image, nets, fov_deg=50.0)
+    assert_valid_estimate(est, image)
+    assert est.camera == Camera.from_fov(SIZE[1], SIZE[0], 50.0)
+    given = Camera(SIZE[1], SIZE[0], 90.0, 80.0, 50.0, 40.0)
+    assert run(image, nets, fov_deg=50.0, camera=given).camera == given  # intrinsics given win
+    meta = est.metadata
+    assert meta["working_size"] == [64, 48] and meta["depth_scale"] == "relative" and meta["device"] == "cpu"
+    assert meta["models"]["irn"]["sha256"] == weights.sha256_of(nets / "irn-test.safetensors")
+    assert meta["models"]["depth"]["config"] == {"width": 0.0625}
+    assert set(meta["timings_s"]) == {"models", "irn", "depth", "upsample", "lighting", "fusion", "total"}
+
+
+def test_decompose_sky_is_left_out_of_fusion(nets):
+    image = photo(29)  # the stub puts rows 0..28 of 72 far away (40 % of the working rows)
+    est = scene.decompose(image, irn="irn-test", depth=FarTopDepth(), weights_dir=nets, device="cpu", max_side=64)
+    assert_valid_estimate(est, image)
+    sky_rows = est.depth > 100 * np.median(est.depth)
+    assert est.metadata["sky_fraction"] == pytest.approx(sky_rows.mean(), abs=1e-6)
+    assert 0.35 < sky_rows.mean() < 0.45
+    assert (est.confidence[sky_rows] == 0).all()
+    np.testing.assert_array_equal(est.depth_fused[sky_rows], est.depth[sky_rows])  # kept, not fused
+    assert np.median(est.depth[~sky_rows]) == pytest.approx(1.0, rel=0.05)  # relative scale: ground median 1
+
+
+def test_decompose_from_a_file_and_the_file_contract(nets, tmp_path):
+    image = photo(20)
+    write_png(tmp_path / "photo.png", image)
+    est = run(tmp_path / "photo.png", nets)
+    assert est.camera.fov_x_deg == pytest.approx(60.0)  # no EXIF focal: the default
+    out = scene.write_estimate(est, tmp_path / "out")
+    assert sorted(p.name for p in out.iterdir()) == sorted(scene.CONTRACT_FILES)
+    channels = {name: read_exr_header(out / name).channels for name in scene.CONTRACT_FILES if name.endswith(".exr")}
+    for name in ("albedo.exr", "shading.exr", "normal.exr"):
+        assert set(channels[name]) == {"R", "G", "B"}, name
+    for name in ("shadow.exr", "depth.exr", "depth_fused.exr", "confidence.exr"):
+        assert channels[name] == ("Y",), name
+    lighting = json.loads((out / "lighting.json").read_text())
+    assert lighting["frame"] == "camera" and lighting["convention"] == "ramamoorthi-hanrahan"
+    camera = json.loads((out / "camera.json").read_text())
+    assert camera["depth_scale"] == "relative" and Camera.from_dict(camera) == est.camera
+    # Image formation on the files: photo ≈ albedo * shadow * E(normal) with the written lighting.
+    albedo, shadow, normals = read_exr(out / "albedo.exr"), read_exr(out / "shadow.exr"), read_exr(out / "normal.exr")
+    shading = np.maximum(sh.shading(normals, np.array(lighting["sh"])), 0)
+    np.testing.assert_allclose(read_exr(out / "shading.exr"), shading, atol=1e-4)
+    denominator = shadow[..., None] * shading
+    free = (albedo > 0) & (albedo < 1) & (denominator > scene.MIN_SHADING)
+    np.testing.assert_allclose((albedo * denominator)[free], est.image[free], rtol=1e-3, atol=1e-5)
+
+
+def test_decompose_progress_and_cancel(nets):
+    seen = []
+    run(photo(0), nets, progress=lambda stage, fraction: seen.append((stage, fraction)))
+    assert [s for s, _ in seen] == list(scene.STAGES)
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+
+    stop = threading.Event()
+    stages = []
+
+    def progress(stage, _):
+        stages.append(stage)
+        if stage == "irn":
+            stop.set()  # e.g. the user pressed ESC while the IRN ran
+
+    with pytest.raises(scene.Cancelled):
+        run(photo(0), nets, progress=progress, cancel=stop)
+    assert stages == ["models", "irn"]
+    with pytest.raises(scene.Cancelled):
+        run(photo(0), nets, cancel=lambda: True)
+
+
+def test_decompose_errors_are_one_line(nets, monkeypatch):
+    with pytest.raises(ValueError, match="no weights named 'irn-small'") as info:
+        scene.decompose(photo(0), weights_dir=nets, device="cpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="'depth-test' holds 'megadepth' weights, but 'irn' weights are needed"):
+        scene.decompose(photo(0), irn="depth-test", depth="depth-test", weights_dir=nets, device="cpu")
+    with pytest.raises(ValueError, match="the camera is 10x10 but the photo is 104x72"):
+        run(photo(0), nets, camera=Camera.from_fov(10, 10))
+    with pytest.raises(ValueError, match="unknown device"):
+        run(photo(0), nets, device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available.*use device cpu") as info:
+        scene.decompose(photo(0), irn="irn-test", depth="depth-test", weights_dir=nets, device="cuda")
+    assert "\n" not in str(info.value)
+    assert scene.resolve_device("auto").type == "cpu"
+
+
+def test_out_of_memory_says_what_to_do(nets):
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore text")
+
+    with pytest.raises(MemoryError, match=r"at 64x48: lower max_side \(--max-side\) or use the CPU") as info:
+        scene.decompose(photo(0), irn=Hungry(), depth="depth-test", weights_dir=nets, device="cpu", max_side=64)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("size", "max_side", "expected"), [
+    ((1224, 816), 320, (320, 208)),  # 816 * 320 / 1224 = 213.3 -> 208
+    ((816, 1224), 256, (176, 256)),  # portrait: 816 * 256 / 1224 = 170.7 -> 176
+    ((1000, 100), 320, (320, 32)),
+    ((40, 30), 320, (32, 32)),  # never upscaled beyond the photo's multiple of 16 (30 * 32 / 40 = 24 -> 32)
+    ((4000, 20), 320, (320, 16)),  # at least 16
+])
+def test_working_size(size, max_side, expected):
+    assert scene.working_size(*size, max_side) == expected
+    w, h = expected
+    assert w % 16 == 0 and h % 16 == 0
+
+
+def test_working_size_errors():
+    with pytest.raises(ValueError, match="max_side must be an integer >= 16"):
+        scene.working_size(100, 100, 8)
+
+
+def test_fuse_network_depth_keeps_exact_input_and_the_step():
+    """Two fronto-parallel planes (depth 2 left, 4 right) with exact normals: fusion changes nothing, the step
+    survives, and the confidence is 1 inside each plane, 0 at the step and where excluded."""
+    camera = Camera.from_fov(40, 30, 60.0)
+    depth = np.where(np.arange(40) < 20, 2.0, 4.0) * np.ones((30, 1), np.float32)
+    normals = np.zeros((30, 40, 3), np.float32)
+    normals[..., 2] = 1.0
+    exclude = np.zeros((30, 40), bool)
+    exclude[:5] = True
+    confidence = scene.depth_confidence(depth, normals, camera, exclude=exclude)
+    step = geometry.depth_discontinuities(depth)
+    assert (confidence[exclude] == 0).all() and (confidence[:, 18:22] == 0).all()
+    np.testing.assert_allclose(confidence[8:-2, 2:16], 1.0, atol=1e-5)
+    fused = scene.fuse_network_depth(depth, normals, camera, exclude=exclude)
+    np.testing.assert_allclose(fused, depth, rtol=1e-4)
+    assert step[:, 19].all() and (fused[:, 20] / fused[:, 19] > 1.9).all()
+
+    # Noisy depth, exact normals: fusion smooths the noise inside each plane and keeps the step.
+    rng = np.random.default_rng(0)
+    noisy = (depth * (1 + 0.01 * rng.standard_normal(depth.shape))).astype(np.float32)
+    fused = scene.fuse_network_depth(noisy, normals, camera)
+    inner = np.zeros(depth.shape, bool)
+    inner[3:-3, 3:16] = inner[3:-3, 24:-3] = True
+    assert np.std(fused[inner] / depth[inner]) < 0.3 * np.std(noisy[inner] / depth[inner])
+    assert (fused[:, 21] / fused[:, 18] > 1.9).all()
+    with pytest.raises(ValueError, match=r"depth \(30, 40\) and normals \(30, 39, 3\)"):
+        scene.fuse_network_depth(depth, normals[:, :-1], camera)
+
+
+class OracleIRN(torch.nn.Module):
+    """An 'InverseRenderNet' that returns the true maps, area-averaged to the working resolution."""
+
+    def __init__(self, albedo, normals, lighting):
+        super().__init__()
+        self.albedo, self.normals, self.lighting = albedo, normals, lighting
+
+    def forward(self, x):
+
+        h, w = x.shape[2:]
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].float()  # noqa: E731
+        albedo = as_t(resize_linear(self.albedo, w, h))
+        normals = as_t(renormalise_normals(resize_linear(self.normals, w, h)))
+        lighting = torch.from_numpy(self.lighting)[None].float()
+        return IRNOutput(albedo, normals, torch.ones_like(x[:, :1]), lighting, sh.shading_torch(normals, lighting))
+
+
+class OracleDepth(torch.nn.Module):
+    """A depth 'network': the true depth area-averaged to the working resolution, with relative noise."""
+
+    def __init__(self, depth, noise=0.0):
+        super().__init__()
+        self.depth, self.noise = depth, noise
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        noise = self.noise * np.random.default_rng(0).standard_normal((h, w))
+        return torch.from_numpy(np.log(resize_linear(self.depth, w, h)) + noise)[None, None].float()
+
+
+def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
+    """With networks that are right at the working resolution (half the photo's), the full-resolution pipeline
+    recovers albedo texture finer than the working resolution, the normals, the lighting and the geometry."""
+    camera = Camera.from_fov(128, 96, 60.0)
+    depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
+    u, v = camera.pixel_grid()
+    checker = ((u // 2 + v // 2) % 2)[..., None]  # 2-pixel cells: averaged away at half resolution
+    albedo = np.where(on_sphere[..., None], 0.7, 0.3 + 0.15 * checker) * np.array([1.0, 0.9, 0.8])
+    image = (albedo * sh.shading(normals, LIGHT)).astype(np.float32)
+    est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, LIGHT),
+                          depth=OracleDepth(depth, noise=0.02),
+                          device="cpu", max_side=64)
+    assert est.metadata["working_size"] == [64, 48]
+    rim = geometry.depth_discontinuities(depth, 0.05)
+    away = ~scene._dilate(rim, 3)  # silhouettes are where half-resolution maps are wrong
+    angle = np.degrees(np.arccos(np.clip((est.normals * normals).sum(-1), -1, 1)))
+    assert np.median(angle[away]) < 1.0
+    # Edge-aware: at the silhouette the normals follow the photo's edge, bilinear ones straddle it.
+    bilinear = renormalise_normals(resize_linear(renormalise_normals(resize_linear(normals, 64, 48)),
+                                                       128, 96))
+    angle_bilinear = np.degrees(np.arccos(np.clip((bilinear * normals).sum(-1), -1, 1)))
+    # (Rim pixels mix sphere and plane at half resolution: their grazing normals are in no upsampled map.)
+    assert np.median(angle[rim]) < 0.85 * np.median(angle_bilinear[rim])
+    assert np.percentile(angle[rim], 90) < np.percentile(angle_bilinear[rim], 90)
+    np.testing.assert_allclose(est.lighting, LIGHT, atol=1e-6)  # the network's lighting, as solved
+    rel = np.abs(est.albedo / albedo - 1)[away]
+    blurred = np.abs(resize_linear(resize_linear(albedo, 64, 48), 128, 96) / albedo - 1)[away]
+    assert np.median(rel) < 0.01 and np.median(blurred) > 0.1  # the texture is the photo's, not the network's
+
+    def depth_error(d):  # RMS relative error after fixing the (relative) scale
+        r = (d * np.median(depth / d) / depth - 1)[away]
+        return np.sqrt(np.mean(r * r))
+
+    assert depth_error(est.depth_fused) < 0.5 * depth_error(est.depth)  # the normals remove the depth's noise
+    assert est.metadata["sky_fraction"] == 0.0
+
+
+def test_discontinuity_threshold_rises_above_the_noise():
+    smooth = np.linspace(2.0, 3.0, 40)[None, :] * np.ones((30, 1))
+    assert scene.discontinuity_threshold(smooth) == geometry.DEFAULT_DISCONTINUITY_THRESHOLD
+    rng = np.random.default_rng(0)
+    noisy = smooth * np.exp(0.02 * rng.standard_normal(smooth.shape))
+    # Neighbour differences of 2 % log noise spread by 2.8 %: five spreads is exp(0.14) - 1 = 15 %.
+    assert scene.discontinuity_threshold(noisy) == pytest.approx(np.expm1(5 * 0.02 * np.sqrt(2)), rel=0.1)
+    stepped = noisy * np.where(np.arange(40) < 20, 1.0, 2.0)
+    assert geometry.depth_discontinuities(stepped, scene.discontinuity_threshold(stepped))[:, 19].all()

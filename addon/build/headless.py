@@ -16,10 +16,17 @@ def build_and_render(args, atomic_output, progress) -> None:
     """args: the parsed `invrender scene` arguments; atomic_output and progress come from the CLI."""
     settings = ImportSettings(
         photo=args.photo, depth=args.depth, normals=args.normal, camera_json=args.camera, fov_deg=args.fov,
-        fusion_lambda=args.lam, mesh_step=args.mesh_step,
+        irn=args.irn, depth_net=args.depth_net, device=args.device, max_side=args.max_side,
+        weights_dir=args.weights_dir, fusion_lambda=args.lam, mesh_step=args.mesh_step,
         relight_sun=tuple(args.relight_sun) if args.relight_sun else None)
-    progress(f"estimating geometry and lighting for {args.photo}")
-    result = estimate(settings)
+    source = "the given depth and normal maps" if args.depth is not None else "the networks"
+    progress(f"estimating geometry and lighting for {args.photo} from {source}")
+
+    def stage_progress(stage: str, fraction: float) -> None:
+        if stage != "done":
+            progress(f"{stage} ({fraction:.0%})")
+
+    result = estimate(settings, progress=stage_progress)
     if args.maps_dir:
         write_estimate(result, args.maps_dir)
         progress(f"wrote maps to {args.maps_dir}")

@@ -1,4 +1,8 @@
-"""Photo (+ depth and normal maps) -> relightable scene: the one call the operator and the CLI share."""
+"""Photo -> relightable scene: the one call the operator and the CLI share.
+
+Geometry and lighting come from the networks (`scene.decompose`), or from given depth and normal maps (an
+RGB-D capture) when the settings name both.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,19 @@ from .scene import BuiltScene, SceneAssets, build_scene
 
 @dataclass
 class ImportSettings:
-    """What an import needs. fov_deg overrides EXIF and the default; relight_sun = (elevation, azimuth)."""
+    """What an import needs. depth and normals: maps to use instead of the networks (both or neither); irn,
+    depth_net: network weights (registry names or paths); fov_deg overrides EXIF and the default;
+    relight_sun = (elevation, azimuth)."""
 
     photo: Path
-    depth: Path
-    normals: Path
+    depth: Path | None = None
+    normals: Path | None = None
     camera_json: Path | None = None
+    irn: str = core_scene.DEFAULT_IRN
+    depth_net: str = core_scene.DEFAULT_DEPTH
+    device: str = "auto"
+    max_side: int = core_scene.DEFAULT_MAX_SIDE
+    weights_dir: Path | None = None
     fov_deg: float | None = None
     fusion_lambda: float = fusion.DEFAULT_LAMBDA
     mesh_step: int = 1
@@ -31,13 +42,20 @@ class ImportSettings:
     relight_sun: tuple[float, float] | None = None
 
 
-def estimate(settings: ImportSettings) -> core_scene.SceneEstimate:
-    """The bpy-free part: load the files and run the core pipeline."""
+def estimate(settings: ImportSettings, progress=None, cancel=None) -> core_scene.SceneEstimate:
+    """The bpy-free part: load the files and run the core pipeline (progress, cancel: see `scene.decompose`)."""
+    if (settings.depth is None) != (settings.normals is None):
+        raise ValueError("give both a depth and a normal map, or neither to estimate them with the networks")
     image = load_image(settings.photo)
+    camera = None
     if settings.camera_json is not None:
         camera = Camera.from_dict(core_scene.read_json(settings.camera_json))
-    else:
-        camera = image.camera(settings.fov_deg)
+    if settings.depth is None:
+        return core_scene.decompose(image, fov_deg=settings.fov_deg, camera=camera, device=settings.device,
+                                    max_side=settings.max_side, irn=settings.irn, depth=settings.depth_net,
+                                    weights_dir=settings.weights_dir, fusion_lambda=settings.fusion_lambda,
+                                    progress=progress, cancel=cancel)
+    camera = camera or image.camera(settings.fov_deg)
     depth = read_exr(settings.depth)
     normals = read_exr(settings.normals)
     return core_scene.estimate_from_geometry(image.rgb, depth, normals, camera, lam=settings.fusion_lambda)

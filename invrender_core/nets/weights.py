@@ -1,10 +1,16 @@
 """Network weights as described data: a registry of name -> file + sha256 + licence + card, safetensors only.
 
-Weights live in the user's weights folder (`user_weights_dir()`; the Blender add-on passes its own), never
-in the package. Third-party checkpoints come in through an importer (`import_megadepth_checkpoint`) that
-reads them with `torch.load(weights_only=True)` (no arbitrary unpickling), checks the layout against the
-architecture exactly, and writes a safetensors file registered with its sha256. Loading is strict and
-returns the model in `eval()` mode.
+Two folders hold weights, each with a `registry.json`: the user's weights folder (`user_weights_dir()`; the
+Blender add-on passes its own) and the weights shipped inside the package (`shipped_weights_dir()`,
+`invrender_core/data/weights/`, each model with a markdown model card). A name is looked up in the user's folder
+first, then in the shipped one, so a user can override a shipped model. Third-party checkpoints come in through
+an importer (`import_megadepth_checkpoint`) that reads them with `torch.load(weights_only=True)` (no arbitrary
+unpickling), checks the layout against the architecture exactly, and writes a safetensors file registered with
+its sha256; trained models are added to the shipped folder with `register_shipped`.
+
+An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth") plus a `config`
+dict of constructor arguments, so `build_model` never evaluates text. Loading is strict and returns the model
+in `eval()` mode.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +40,9 @@ MEGADEPTH_CARD = (
     "output (B, 1, H, W) log depth, relative scale. Trained on MegaDepth (internet photos + MVS)."
 )
 _MAX_LISTED = 5  # mismatches named in a layout error
+# Shipped weights live in the package; tests point this elsewhere.
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "data" / "weights"
+_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # registry names double as file names
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,11 @@ class WeightsEntry:
         file: file name inside the weights folder (safetensors).
         sha256: hex digest of the file.
         licence: the terms the weights come under (a note; the user holds the file).
-        card: what the weights are: source, input/output shapes, training data.
-        architecture: the class that loads them, e.g. "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)".
+        card: what the weights are, in one paragraph: source, input/output shapes, training data.
+        architecture: a key of `ARCHITECTURES` ("irn", "megadepth"); registries written before the table
+            existed hold a constructor call, read through `LEGACY_ARCHITECTURES`.
+        config: keyword arguments of the architecture's constructor, e.g. {"width": 0.125}.
+        card_file: the markdown model card beside the weights file ("" when there is none).
     """
 
     name: str
@@ -54,12 +67,104 @@ class WeightsEntry:
     licence: str
     card: str
     architecture: str
+    config: dict = field(default_factory=dict)
+    card_file: str = ""
+
+
+# ---------------------------------------------------------------------------------------- architectures
+
+
+def _number(value, key: str, arch: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{arch} config {key!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True) -> nn.Module:
+    from ..illumination_prior import IlluminationPrior
+    from .irn import InverseRenderNet
+
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"irn config 'groups' must be a positive integer, got {groups!r}")
+    if not isinstance(prior, bool):
+        raise ValueError(f"irn config 'prior' must be true or false, got {prior!r}")
+    # The prior's buffers are not in the state dict: the training task (train/irn_task.py) always uses the
+    # packaged prior, hence the default.
+    return InverseRenderNet(width=_number(width, "width", "irn"), groups=groups,
+                            prior=IlluminationPrior.load() if prior else None)
+
+
+def _build_megadepth(width: float = 1.0) -> nn.Module:
+    from .depth import MegaDepthHourglass
+
+    return MegaDepthHourglass(width=_number(width, "width", "megadepth"))
+
+
+# The only constructors a registry entry can name: architecture key -> function of the config's keywords.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megadepth": _build_megadepth}
+# Exact strings older registries stored as `architecture` -> (key, config). Matched literally, never parsed.
+LEGACY_ARCHITECTURES = {
+    "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)": ("megadepth", {"width": 1.0}),
+}
+_CONFIG_KEYS = {"irn": {"width", "groups", "prior"}, "megadepth": {"width"}}
+
+
+def architecture_of(entry: WeightsEntry) -> tuple[str, dict]:
+    """(architecture key, config) of an entry, legacy constructor strings included."""
+    if entry.architecture in ARCHITECTURES:
+        return entry.architecture, dict(entry.config)
+    if entry.architecture in LEGACY_ARCHITECTURES:
+        arch, config = LEGACY_ARCHITECTURES[entry.architecture]
+        return arch, {**config, **entry.config}
+    raise ValueError(f"weights {entry.name!r} name an unknown architecture {entry.architecture!r} "
+                     f"(known: {', '.join(ARCHITECTURES)}): update invrender or fix the registry")
+
+
+def build_model(entry: WeightsEntry | str, config: Mapping | None = None) -> nn.Module:
+    """The untrained network an entry describes (or architecture key + config), from the `ARCHITECTURES` table.
+
+    `build_model(entry)` or `build_model("irn", {"width": 0.125})`. Config keys: irn: width, groups (8),
+    prior (true: the packaged illumination prior); megadepth: width. Unknown keys raise ValueError.
+    """
+    if isinstance(entry, WeightsEntry):
+        arch, cfg = architecture_of(entry)
+        cfg.update(config or {})
+    else:
+        arch, cfg = str(entry), dict(config or {})
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
+    unknown = sorted(set(cfg) - _CONFIG_KEYS[arch])
+    if unknown:
+        raise ValueError(f"{arch} config has unknown keys {unknown} (allowed: {sorted(_CONFIG_KEYS[arch])})")
+    return ARCHITECTURES[arch](**cfg)
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict]:
+    """(architecture key, config) of a state dict, from the shape of its first convolution.
+
+    InverseRenderNet's first convolution `encoder.0.0.0.weight` has 64·width output channels, MegaDepth's
+    stem `0.weight` (7x7) 128·width. Used for weights given by path without a registry; the strict load that
+    follows checks every other tensor.
+    """
+    irn = state.get("encoder.0.0.0.weight")
+    if irn is not None and irn.ndim == 4 and tuple(irn.shape[1:]) == (3, 3, 3):
+        return "irn", {"width": irn.shape[0] / 64}
+    stem = state.get("0.weight")
+    if stem is not None and stem.ndim == 4 and tuple(stem.shape[1:]) == (3, 7, 7):
+        return "megadepth", {"width": stem.shape[0] / 128}
+    raise ValueError("the weights match no known architecture (neither InverseRenderNet nor the MegaDepth "
+                     "hourglass): give weights saved from one of these networks")
 
 
 def user_weights_dir() -> Path:
     """The weights folder: $INVRENDER_WEIGHTS_DIR, else ~/.local/share/invrender/models (may not exist yet)."""
     env = os.environ.get(WEIGHTS_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "invrender" / "models"
+
+
+def shipped_weights_dir() -> Path:
+    """The weights shipped inside the package: invrender_core/data/weights (may hold no registry yet)."""
+    return Path(SHIPPED_WEIGHTS_DIR)
 
 
 def sha256_of(path: Path) -> str:
@@ -91,8 +196,11 @@ def read_registry(registry_file: Path) -> dict[str, WeightsEntry]:
         return {}
     try:
         data = json.loads(registry_file.read_text())
-        return {name: WeightsEntry(**fields) for name, fields in data["models"].items()}
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        entries = {name: WeightsEntry(**fields) for name, fields in data["models"].items()}
+        if not all(isinstance(e.config, dict) for e in entries.values()):
+            raise TypeError("a config is not a JSON object")
+        return entries
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{registry_file} is not a valid weights registry ({e}); delete it and import again") from e
 
 
@@ -131,28 +239,125 @@ def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
         raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from e
 
 
-def load_model(name_or_path: str | Path, model: nn.Module, weights_dir: Path | None = None) -> nn.Module:
-    """Load registered weights (by name) or a safetensors file (by path) into `model`, strictly; return it in eval().
+def find_entry(name: str, weights_dir: Path | None = None) -> tuple[WeightsEntry, Path]:
+    """(entry, folder holding its file) for a registered name: the user's folder first, then the shipped one.
 
-    A name is looked up in `weights_dir`'s registry (default `user_weights_dir()`) and its sha256 verified.
+    `weights_dir` replaces the user's folder (default `user_weights_dir()`). Raises ValueError naming both
+    folders when neither registers the name.
     """
-    path = Path(name_or_path)
-    expected = None
-    if path.suffix != ".safetensors":  # a registry name
-        weights_dir = Path(weights_dir) if weights_dir is not None else user_weights_dir()
-        entries = read_registry(weights_dir / REGISTRY_FILE)
-        if str(name_or_path) not in entries:
-            known = ", ".join(sorted(entries)) or "none"
-            raise ValueError(f"no weights named {name_or_path!r} in {weights_dir} (registered: {known}); "
-                             f"import them with `invrender weights import`")
-        entry = entries[str(name_or_path)]
-        path, expected = weights_dir / entry.file, entry.sha256
-    state = load_state_dict(path, expected_sha256=expected)
+    user = Path(weights_dir) if weights_dir is not None else user_weights_dir()
+    shipped = shipped_weights_dir()
+    known = set()
+    for folder in (user, shipped):
+        entries = read_registry(folder / REGISTRY_FILE)
+        if name in entries:
+            return entries[name], folder
+        known |= set(entries)
+    raise ValueError(f"no weights named {name!r} in {user} or in the shipped weights {shipped} "
+                     f"(registered: {', '.join(sorted(known)) or 'none'}): install them there or give a "
+                     f".safetensors file")
+
+
+def _is_path(name_or_path: str | Path) -> bool:
+    """A Path, a .safetensors name, anything with a folder separator or an existing file; else a registry name."""
+    text = str(name_or_path)
+    return (isinstance(name_or_path, Path) or text.endswith(".safetensors") or "/" in text or os.sep in text
+            or Path(text).is_file())
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # torch's message spans lines; keep the first
         raise ValueError(f"{path} does not fit {type(model).__name__}: {str(e).splitlines()[0]}") from e
     return model.eval()
+
+
+def load_model(name_or_path: str | Path, model: nn.Module | None = None, weights_dir: Path | None = None) -> nn.Module:
+    """Load registered weights (by name) or a safetensors file (by path) strictly; return the model in eval().
+
+    A name is looked up by `find_entry` (`weights_dir` or the user's folder, then the shipped weights) and its
+    sha256 verified. With `model` None the network is built from the entry (`build_model`) or, for a path,
+    as `load_named` does.
+    """
+    if model is None:
+        return load_named(name_or_path, weights_dir)
+    if _is_path(name_or_path):
+        path, expected = Path(name_or_path), None
+    else:
+        entry, folder = find_entry(str(name_or_path), weights_dir)
+        path, expected = folder / entry.file, entry.sha256
+    return _load_strict(model, load_state_dict(path, expected_sha256=expected), path)
+
+
+def describe(name_or_path: str | Path, weights_dir: Path | None = None) -> tuple[WeightsEntry, Path]:
+    """(entry, weights file) for a registered name or a .safetensors path, without loading the tensors' values.
+
+    A path is described by the registry beside it when that lists the file (sha256 then verified on load),
+    otherwise by `infer_architecture` on its tensors (name = the file's stem, sha256 computed).
+    """
+    if not _is_path(name_or_path):
+        entry, folder = find_entry(str(name_or_path), weights_dir)
+        return entry, folder / entry.file
+    path = Path(name_or_path)
+    for entry in read_registry(path.parent / REGISTRY_FILE).values() if path.is_file() else ():
+        if entry.file == path.name:
+            return entry, path
+    arch, config = infer_architecture(load_state_dict(path))
+    return WeightsEntry(name=path.stem, file=path.name, sha256=sha256_of(path), licence="unknown (given by path)",
+                        card="", architecture=arch, config=config), path
+
+
+def load_named(name_or_path: str | Path, weights_dir: Path | None = None, *, expect: str | None = None,
+               device: str | torch.device = "cpu", return_entry: bool = False):
+    """Build the network for a registered name or a .safetensors path, load it strictly, return it in eval().
+
+    The architecture comes from the registry entry (`describe`); `expect` ("irn" or "megadepth") refuses
+    weights of another architecture with a one-line ValueError. The model is moved to `device`. With
+    return_entry=True returns (model, entry, weights file).
+    """
+    entry, path = describe(name_or_path, weights_dir)
+    arch, _ = architecture_of(entry)
+    if expect is not None and arch != expect:
+        raise ValueError(f"{str(name_or_path)!r} holds {arch!r} weights, but {expect!r} weights are needed here")
+    state = load_state_dict(path, expected_sha256=entry.sha256)
+    try:
+        model = build_model(entry)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    model = _load_strict(model, state, path).to(device)
+    return (model, entry, path) if return_entry else model
+
+
+def register_shipped(weights_file: Path, name: str, architecture: str, config: Mapping, *, licence: str,
+                     card_markdown: str, summary: str | None = None, folder: Path | None = None) -> WeightsEntry:
+    """Add a trained model to the shipped weights (default `shipped_weights_dir()`), replacing one of that name.
+
+    Checks that `weights_file` (safetensors) loads strictly into `build_model(architecture, config)`, then
+    copies it to `<name>.safetensors`, writes the model card `<name>.md` (a generated header with
+    architecture, config, sha256 and licence, then `card_markdown`) and registers it with its sha256; the
+    registry's one-paragraph `card` is `summary` or the card's first paragraph. On any error nothing is written.
+    """
+    folder = Path(folder) if folder is not None else shipped_weights_dir()
+    if not _SAFE_NAME.match(name):
+        raise ValueError(f"model name {name!r} must be lower-case letters, digits, '.', '_' or '-'")
+    read_registry(folder / REGISTRY_FILE)  # a broken registry fails now, before anything is written
+    weights_file = Path(weights_file)
+    _load_strict(build_model(architecture, config), load_state_dict(weights_file), weights_file)
+    data = weights_file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if summary is None:
+        paragraphs = [p.strip() for p in card_markdown.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
+        summary = " ".join(paragraphs[0].split()) if paragraphs else name
+    header = (f"# {name}\n\n| | |\n|---|---|\n| architecture | `{architecture}` |\n"
+              f"| config | `{json.dumps(dict(config), sort_keys=True)}` |\n| file | `{name}.safetensors` |\n"
+              f"| sha256 | `{digest}` |\n| licence | {licence} |\n\n")
+    entry = WeightsEntry(name=name, file=f"{name}.safetensors", sha256=digest, licence=licence, card=summary,
+                         architecture=architecture, config=dict(config), card_file=f"{name}.md")
+    _write_atomic(folder / entry.file, lambda tmp: tmp.write_bytes(data))
+    _write_atomic(folder / entry.card_file, lambda tmp: tmp.write_text(header + card_markdown.strip() + "\n"))
+    register(entry, folder / REGISTRY_FILE)
+    return entry
 
 
 def _read_checkpoint(pth_path: Path) -> dict[str, torch.Tensor]:
@@ -208,7 +413,31 @@ def import_megadepth_checkpoint(pth_path: Path, weights_dir: Path | None = None)
     out = weights_dir / MEGADEPTH_FILE
     _write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata={"source": pth_path.name}))
     register(WeightsEntry(name=MEGADEPTH_NAME, file=MEGADEPTH_FILE, sha256=sha256_of(out),
-                          licence=MEGADEPTH_LICENCE, card=MEGADEPTH_CARD,
-                          architecture="invrender_core.nets.depth.MegaDepthHourglass(width=1.0)"),
+                          licence=MEGADEPTH_LICENCE, card=MEGADEPTH_CARD, architecture="megadepth",
+                          config={"width": 1.0}),
              weights_dir / REGISTRY_FILE)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m invrender_core.nets.weights NAME FILE --architecture irn --width 0.125 --licence L --card C.md`:
+    `register_shipped` from the command line (for whoever trains the shipped models)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Add trained weights to the package's shipped weights.")
+    parser.add_argument("name", help="registry name, e.g. irn-small")
+    parser.add_argument("weights_file", type=Path, help="the trained model.safetensors")
+    parser.add_argument("--architecture", required=True, choices=sorted(ARCHITECTURES))
+    parser.add_argument("--width", type=float, required=True, help="the network's channel multiplier")
+    parser.add_argument("--licence", required=True)
+    parser.add_argument("--card", type=Path, required=True, help="model card body (markdown)")
+    parser.add_argument("--folder", type=Path, help=f"default {shipped_weights_dir()}")
+    args = parser.parse_args(argv)
+    entry = register_shipped(args.weights_file, args.name, args.architecture, {"width": args.width},
+                             licence=args.licence, card_markdown=args.card.read_text(), folder=args.folder)
+    print(f"registered {entry.name}: {entry.file} sha256 {entry.sha256}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

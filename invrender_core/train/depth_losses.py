@@ -6,6 +6,7 @@ residual R = pred_log_depth - log(gt_depth) in ways that ignore a constant offse
 - `scale_invariant_log_loss`: Eigen et al.'s scale-invariant data term with lambda = 1, mean(R^2) - mean(R)^2.
 - `gradient_matching_loss`: |grad_x R| + |grad_y R| at several scales, so edges are sharp and planes flat.
 - `ordinal_loss` (+ `sample_ordinal_pairs`): robust ordinal term on point pairs, log(1 + exp(-label (p_i - p_j))).
+- `sky_far_loss`: sky pixels (no MVS depth, open to the top) predicted farther than the whole scene.
 - `si_log_rmse`: the evaluation metric, sqrt(mean(R^2) - mean(R)^2) with R = log pred - log gt.
 
 Shapes: the losses take maps of shape (B, 1, H, W), like the network's output, and check them at entry.
@@ -31,6 +32,7 @@ __all__ = [
     "sample_ordinal_pairs",
     "scale_invariant_log_loss",
     "si_log_rmse",
+    "sky_far_loss",
 ]
 
 
@@ -165,6 +167,36 @@ def ordinal_loss(
     n = (lab != 0).to(flat.dtype).sum(dim=1)  # (B,)
     per_image = per_pair.sum(dim=1) / n.clamp(min=1.0)
     return _mean_over_images(per_image, n > 0)
+
+
+def sky_far_loss(pred_log_depth: torch.Tensor, sky: torch.Tensor, mask: torch.Tensor,
+                 margin: float = math.log(4.0)) -> torch.Tensor:
+    """MegaDepth's sky constraint: sky is farther than the scene. Mean over sky pixels of
+    relu(far + margin - p), where far is the largest predicted log depth on the image's valid (non-sky) pixels,
+    held fixed (no gradient): only the sky is pushed away, by at least `margin` (log of a depth ratio).
+
+    Without it a network trained on MVS depth, which has no sky, predicts anything there, and the pipeline
+    cannot tell the sky from the scene. Scale-free like the other terms (only differences of log depth).
+
+    Args:
+        pred_log_depth: (B, 1, H, W) predicted log depth.
+        sky: (B, 1, H, W) bool or float, nonzero on sky pixels.
+        mask: (B, 1, H, W) nonzero on pixels with valid (non-sky) depth.
+
+    Returns:
+        0-dim tensor: per-image mean over sky pixels, then mean over images with both sky and valid pixels.
+    """
+    _check_map("pred_log_depth", pred_log_depth)
+    _check_same("pred_log_depth", pred_log_depth, "sky", sky)
+    _check_same("pred_log_depth", pred_log_depth, "mask", mask)
+    is_sky = sky.to(pred_log_depth.device).bool()
+    valid = mask.to(pred_log_depth.device).bool() & ~is_sky
+    lowest = torch.finfo(pred_log_depth.dtype).min
+    far = torch.where(valid, pred_log_depth.detach(), lowest).amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    per_pixel = torch.where(is_sky, F.relu(far + margin - pred_log_depth), 0.0)
+    n = is_sky.sum(dim=(1, 2, 3)).to(pred_log_depth.dtype)  # (B,)
+    per_image = per_pixel.sum(dim=(1, 2, 3)) / n.clamp(min=1.0)
+    return _mean_over_images(per_image, (n > 0) & valid.any(dim=(1, 2, 3)))
 
 
 @torch.no_grad()

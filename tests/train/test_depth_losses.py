@@ -280,3 +280,32 @@ def test_si_log_rmse_empty_mask_errors_and_pred_checks():
         si_log_rmse(gt[None], gt[None], gt[None] > 0)
     with pytest.raises(ValueError, match="positive"):
         si_log_rmse(gt - 1, gt, gt > 0)
+
+
+def test_sky_far_loss_hinge_values_and_gradient_only_on_sky():
+    from invrender_core.train.depth_losses import sky_far_loss
+
+    pred = torch.zeros(1, 1, 2, 3)
+    pred[0, 0, 1] = torch.tensor([0.0, 1.0, 2.0])  # scene: farthest log depth 2
+    pred[0, 0, 0] = torch.tensor([2.5, 4.0, 10.0])  # sky row
+    pred.requires_grad_(True)
+    sky = torch.zeros(1, 1, 2, 3)
+    sky[0, 0, 0] = 1
+    mask = 1 - sky
+    margin = 1.0
+    loss = sky_far_loss(pred, sky, mask, margin=margin)
+    # relu(2 + 1 - [2.5, 4, 10]) = [0.5, 0, 0] -> mean 0.5 / 3
+    assert float(loss) == pytest.approx(0.5 / 3)
+    loss.backward()
+    assert pred.grad[0, 0, 1].abs().sum() == 0  # the scene is not pulled in
+    assert pred.grad[0, 0, 0, 0] == pytest.approx(-1 / 3)
+
+
+def test_sky_far_loss_without_sky_is_zero_with_graph():
+    from invrender_core.train.depth_losses import sky_far_loss
+
+    pred = torch.randn(2, 1, 4, 4, requires_grad=True)
+    loss = sky_far_loss(pred, torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))
+    assert float(loss) == 0.0
+    loss.backward()
+    assert pred.grad is not None

@@ -1,0 +1,98 @@
+"""A tiny analytic multiview world for tests and smoke runs without Blender: a ground plane z = 0 and a unit
+sphere at (0, 0, 1) (world z up), a checker albedo and one fixed light, seen by rolled cameras on a circle.
+
+`make_dataset(root, ...)` writes it in the multiview format (`train/data.py`) with exact ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..io import linear_to_srgb
+from .data import write_scene_json, write_view
+
+SPHERE_C, SPHERE_R = np.array([0.0, 0.0, 1.0]), 1.0
+
+
+def look_at(eye, target=(0.0, 0.0, 0.5), roll=0.0) -> np.ndarray:
+    """cam_to_world (4, 4) of a camera at eye looking at target, rolled by `roll` radians about its axis
+    (DESIGN.md frame: looks down -z, y up)."""
+    eye = np.asarray(eye, float)
+    z = eye - np.asarray(target, float)
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, 0.0, 1.0], z)
+    x /= np.linalg.norm(x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, eye
+    c, s = math.cos(roll), math.sin(roll)
+    m[:3, :2] = m[:3, :2] @ np.array([[c, s], [-s, c]])
+    return m
+
+
+def intrinsics(w, h, fov_x_deg=60.0) -> np.ndarray:
+    f = 0.5 * w / math.tan(math.radians(fov_x_deg) / 2)
+    return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+
+
+def render(K, c2w, w, h, sphere=True):
+    """Exact planar depth (0 = sky), camera-frame normals and a shaded albedo of the plane (+ sphere) scene."""
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    d_cam = np.stack([(u - K[0, 2]) / K[0, 0], -(v - K[1, 2]) / K[1, 1], -np.ones_like(u)], -1)  # z = -1: t = depth
+    d = d_cam @ c2w[:3, :3].T
+    o = c2w[:3, 3]
+    t_plane = np.where(d[..., 2] < -1e-9, -o[2] / np.minimum(d[..., 2], -1e-9), np.inf)
+    oc = o - SPHERE_C
+    a, b, c = (d * d).sum(-1), 2 * (d @ oc), oc @ oc - SPHERE_R**2
+    disc = b * b - 4 * a * c
+    t_sphere = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), np.inf)
+    t_sphere = np.where((t_sphere > 0) & sphere, t_sphere, np.inf)
+    t = np.minimum(t_plane, t_sphere)
+    hit = np.isfinite(t)
+    p = o + d * np.where(hit, t, 0)[..., None]
+    n_world = np.where((t_sphere < t_plane)[..., None], (p - SPHERE_C) / SPHERE_R, [0.0, 0.0, 1.0])
+    n_cam = n_world @ c2w[:3, :3]
+    checker = ((np.floor(p[..., 0] * 2) + np.floor(p[..., 1] * 2)) % 2)[..., None]
+    albedo = np.where(checker > 0, [0.6, 0.5, 0.4], [0.3, 0.35, 0.2])
+    shade = np.clip(n_world @ np.array([0.3, 0.2, 0.93]), 0, None)[..., None] * 0.9 + 0.1
+    linear = np.where(hit[..., None], albedo * shade, [0.5, 0.7, 0.95])
+    return np.where(hit, t, 0.0), np.where(hit[..., None], n_cam, 0.0), albedo, linear
+
+
+def to_srgb8(linear):
+    """Linear RGB (H, W, 3) -> uint8 sRGB."""
+    return np.round(np.clip(linear_to_srgb(np.clip(linear, 0, 1)), 0, 1) * 255).astype(np.uint8)
+
+
+def make_dataset(root, scenes=2, views=3, w=48, h=32, heldout=1, noise=0.0, holes=0.0, seed=0, eyes=None,
+                 sphere=True):
+    """Write `scenes` train scenes (+ `heldout` held-out ones) of `views` views each; return the root."""
+    rng = np.random.default_rng(seed)
+    for s in range(scenes + heldout):
+        scene_dir = root / f"scene_{s:05d}"
+        scene_dir.mkdir(parents=True)
+        names = []
+        for k in range(views):
+            if eyes is not None:
+                eye = eyes[k]
+            else:
+                angle = 2 * math.pi * (0.08 * k + 0.1 * s)
+                eye = (5 * math.cos(angle), 5 * math.sin(angle), 2.5)
+            # Rolled cameras: a level camera sees the ground's depth vary along rows only, which would hide
+            # errors in the horizontal geometry (cx, flips) from the pair tests.
+            K, c2w = intrinsics(w, h), look_at(eye, roll=0.25 + 0.15 * k)
+            depth, normal, albedo, linear = render(K, c2w, w, h, sphere)
+            mvs = depth * (1 + noise * rng.standard_normal(depth.shape))
+            mvs[rng.random(depth.shape) < holes] = 0
+            name = f"view_{k:02d}.npz"
+            write_view(scene_dir / name, {
+                "image": to_srgb8(linear), "depth_mvs": mvs.astype(np.float32), "K": K, "cam_to_world": c2w,
+                "exposure": np.float32(1.0), "gt_depth": depth.astype(np.float32),
+                "gt_normal": normal.astype(np.float16), "gt_albedo": albedo.astype(np.float16),
+                "gt_shadow": np.ones((h, w), np.float16), "sky_mask": depth == 0,
+                "gt_sh_camera": np.zeros((9, 3), np.float32)})
+            names.append(name)
+        write_scene_json(scene_dir, {"seed": s, "split": "train" if s < scenes else "heldout", "width": w,
+                                     "height": h, "views": names, "sh_world": np.zeros((9, 3)).tolist()})
+    return root
