@@ -27,12 +27,12 @@ test: setup lint
 SAMPLE := samples/sample_photo
 
 demo: setup
-	$(BIN)/invrender scene $(SAMPLE).png --depth $(SAMPLE)_depth.exr --normal $(SAMPLE)_normal.exr \
-		--camera $(SAMPLE)_camera.json -o demo_out/scene.blend --maps-dir demo_out/maps \
-		--lambda 0.01 --relight-sun 30 110 --render demo_out/relit.png --samples 32
+	$(BIN)/invrender scene $(SAMPLE).png --camera $(SAMPLE)_camera.json -o demo_out/scene.blend \
+		--maps-dir demo_out/maps --relight-sun 30 110 --render demo_out/relit.png --samples 32
 
 bench: setup
 	$(BIN)/python bench/bench_fusion.py
+	$(BIN)/python bench/bench_decompose.py
 
 addon: setup
 	$(BIN)/python build_addon.py --output-dir dist

@@ -23,6 +23,10 @@ class INVR_PG_settings(bpy.types.PropertyGroup):
         name="Discontinuity", description="Relative depth jump above which no faces join neighbouring "
         "pixels (keeps objects apart instead of stretching rubber sheets between them)",
         default=0.05, min=0.001, max=1.0, subtype="FACTOR")
+    max_side: bpy.props.IntProperty(
+        name="Working resolution", description="Longer side, in pixels, at which the networks see the photo "
+        "(rounded to a multiple of 16); maps are brought back to the photo's full resolution",
+        default=320, min=64, max=2048)
     sun_fraction: bpy.props.FloatProperty(
         name="Sun share", description="Share of the lighting's directional part given to a sun lamp, for "
         "sharp cast shadows; the rest stays in the environment", default=0.6, min=0.0, max=1.0,

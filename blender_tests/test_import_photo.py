@@ -100,3 +100,64 @@ def test_operator_failure_reports_and_changes_nothing(photo_with_maps, registere
     with pytest.raises(RuntimeError, match="broken.png"):  # bpy.ops turns an ERROR report into this
         bpy.ops.invr.import_rgbd()
     assert len(bpy.data.objects) == objects_before and clean_scene.camera is None
+
+
+# ------------------------------------------------------------------------- Import Photo (the networks)
+
+
+@pytest.fixture
+def test_nets(tmp_path, monkeypatch):
+    """Random-init width-1/16 networks registered under the default names in the user's weights folder, which
+    `decompose` searches before the shipped weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from invrender_core.nets import weights
+    from invrender_core.nets.depth import MegaDepthHourglass
+    from invrender_core.nets.irn import InverseRenderNet
+    from invrender_core.scene import DEFAULT_DEPTH, DEFAULT_IRN
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.manual_seed(0)
+    for name, arch, model in ((DEFAULT_IRN, "irn", InverseRenderNet(width=0.0625)),
+                              (DEFAULT_DEPTH, "megadepth", MegaDepthHourglass(width=0.0625))):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        weights.register_shipped(path, name, arch, {"width": 0.0625}, licence="test", card_markdown="random init",
+                                 folder=folder)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+    return folder
+
+
+def test_import_photo_operator_equals_api(photo_with_maps, test_nets, registered_addon, clean_scene):
+    d = photo_with_maps
+    props = clean_scene.invr
+    props.photo_path = str(d / "photo.png")
+    props.fov_override = 60.0
+    props.max_side = 32
+    assert bpy.ops.invr.import_photo() == {"FINISHED"}
+    by_operator = bpy.data.objects["photo mesh"].data
+    ops_co = np.empty(len(by_operator.vertices) * 3, np.float32)
+    by_operator.vertices.foreach_get("co", ops_co)
+    assert bpy.data.images  # albedo and the environment were built from the networks' estimate
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    built = import_photo(ImportSettings(photo=d / "photo.png", fov_deg=60.0, max_side=32))
+    api_co = np.empty(len(built.mesh.data.vertices) * 3, np.float32)
+    built.mesh.data.vertices.foreach_get("co", api_co)
+    np.testing.assert_array_equal(ops_co, api_co)
+
+
+def test_import_photo_without_weights_reports_and_changes_nothing(photo_with_maps, registered_addon, clean_scene,
+                                                                  tmp_path, monkeypatch):
+    from invrender_core.nets import weights
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
+    monkeypatch.setattr(weights, "SHIPPED_WEIGHTS_DIR", tmp_path / "no-shipped-weights")
+    clean_scene.invr.photo_path = str(photo_with_maps / "photo.png")
+    objects_before, images_before = len(bpy.data.objects), len(bpy.data.images)
+    with pytest.raises(RuntimeError, match="weights"):
+        bpy.ops.invr.import_photo()
+    assert len(bpy.data.objects) == objects_before and len(bpy.data.images) == images_before
+    assert clean_scene.camera is None

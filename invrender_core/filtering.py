@@ -174,11 +174,11 @@ def guided_upsample(low, guide_full, radius: int = DEFAULT_RADIUS, eps: float = 
         raise ValueError(f"guide_full must have shape (H, W), (H, W, 1) or (H, W, 3), got {np.shape(guide_full)}")
     H, W = g_full.shape[:2]
     h, w, c = p.shape
-    if h > H or w > W:
-        raise ValueError(f"low {np.shape(low)} must not be larger than guide_full {np.shape(guide_full)}")
     out_shape = (H, W) + np.shape(low)[2:]
-    if (h, w) == (H, W):  # nothing to add: the guide has no detail beyond the map's resolution
-        return p.reshape(out_shape).astype(np.float32)
+    if h >= H or w >= W:
+        # The guide has no detail beyond the map's resolution along some axis (a photo smaller than the networks'
+        # 16-pixel grid is processed slightly enlarged): plain resampling.
+        return resize_linear(p.astype(np.float32), W, H).reshape(out_shape)
     g_full32 = g_full.astype(np.float32)
     cg = g_full.shape[2]
     g_low = resize_linear(g_full32, w, h).reshape(h, w, cg)  # area average

@@ -124,6 +124,11 @@ def _check_replaceable(out_dir: Path) -> None:
                          f"choose a new or empty output folder")
 
 
+def _shadow_map(estimate: SceneEstimate) -> np.ndarray:
+    """The estimate's shadow (H, W), or all lit when it has none (maps given by the user carry no shadow)."""
+    return estimate.shadow if estimate.shadow is not None else np.ones(estimate.depth.shape, np.float32)
+
+
 def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
     """Write the DESIGN.md file contract (`CONTRACT_FILES`) into out_dir, atomically: all files or none.
 
@@ -133,7 +138,7 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
-    shadow = estimate.shadow if estimate.shadow is not None else np.ones(estimate.depth.shape, np.float32)
+    shadow = _shadow_map(estimate)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -149,12 +154,7 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
             indent=2) + "\n")
         (tmp / "camera.json").write_text(json.dumps(
             {**estimate.camera.to_dict(), "depth_scale": "relative", **estimate.metadata}, indent=2) + "\n")
-        save_preview_sheet(tmp / "preview.png", [
-            ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
-            ("shadow", shadow),
-            ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
-            ("depth (fused)", _depth_for_display(estimate)), ("confidence", estimate.confidence),
-        ])
+        save_preview_sheet(tmp / "preview.png", preview_tiles(estimate))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the output is an ordinary one
@@ -165,6 +165,30 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def lit_sphere(lighting: np.ndarray, size: int = 128, albedo: float = 0.6) -> np.ndarray:
+    """A grey sphere seen by the camera under SH lighting (9, 3) (camera frame): (size, size, 3) linear RGB,
+    scaled so its brightest pixel is 1; black around it. Shows what light the estimate found."""
+    c = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    x, y = np.meshgrid(c, -c)  # row 0 at the top: y up
+    inside = x * x + y * y < 1.0
+    normals = np.stack([x, y, np.sqrt(np.clip(1.0 - x * x - y * y, 0.0, None))], axis=-1)  # (size, size, 3)
+    rgb = np.where(inside[..., None], albedo * np.maximum(sh.shading(normals, lighting), 0.0), 0.0)
+    return (rgb / max(float(rgb.max()), 1e-12)).astype(np.float32)
+
+
+def preview_tiles(estimate: SceneEstimate) -> list[tuple[str, np.ndarray]]:
+    """The contact-sheet tiles of an estimate (`io.save_preview_sheet`): photo, albedo, shading, shadow, normals,
+    fused depth, confidence and a sphere lit by the estimated lighting."""
+    shadow = _shadow_map(estimate)
+    return [
+        ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
+        ("shadow", shadow),
+        ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
+        ("depth (fused)", _depth_for_display(estimate)), ("confidence", estimate.confidence),
+        ("lighting (sphere)", lit_sphere(estimate.lighting)),
+    ]
 
 
 def _for_display(image: np.ndarray) -> np.ndarray:

@@ -419,3 +419,18 @@ def test_discontinuity_threshold_rises_above_the_noise():
     assert scene.discontinuity_threshold(noisy) == pytest.approx(np.expm1(5 * 0.02 * np.sqrt(2)), rel=0.1)
     stepped = noisy * np.where(np.arange(40) < 20, 1.0, 2.0)
     assert geometry.depth_discontinuities(stepped, scene.discontinuity_threshold(stepped))[:, 19].all()
+
+
+def test_lit_sphere_is_bright_on_the_side_facing_the_light():
+    from invrender_core import sh
+    from invrender_core.scene import lit_sphere
+
+    sphere = lit_sphere(sh.directional([1.0, 0.0, 0.3], [1.0, 1.0, 1.0]), size=64)
+    assert sphere.shape == (64, 64, 3) and float(sphere.max()) == pytest.approx(1.0)
+    right, left = sphere[32, 56].mean(), sphere[32, 8].mean()
+    assert right > 5 * max(left, 1e-3)
+    assert sphere[0, 0].sum() == 0  # outside the disc
+    ambient = np.zeros((9, 3))
+    ambient[0] = 1.0
+    inside = lit_sphere(ambient, size=32)[16, 8:24]
+    np.testing.assert_allclose(inside, 1.0, rtol=1e-6)  # uniform light: E(n) is the same for every normal

@@ -62,9 +62,10 @@ def estimate(settings: ImportSettings, progress=None, cancel=None) -> core_scene
 
 
 def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
-                 estimate_result: core_scene.SceneEstimate | None = None) -> BuiltScene:
-    """Estimate (unless given) and build the scene; the scene is untouched if anything fails."""
-    result = estimate_result if estimate_result is not None else estimate(settings)
+                 estimate_result: core_scene.SceneEstimate | None = None, progress=None) -> BuiltScene:
+    """Estimate (unless given; progress(stage, fraction) as `scene.decompose`) and build the scene; the scene is
+    untouched if anything fails."""
+    result = estimate_result if estimate_result is not None else estimate(settings, progress=progress)
     assets = core_scene.scene_assets(result, name=Path(settings.photo).stem, mesh_step=settings.mesh_step,
                                      discontinuity_threshold=settings.discontinuity_threshold,
                                      sun_fraction=settings.sun_fraction, relight_sun=settings.relight_sun)

@@ -378,8 +378,8 @@ def write_png(path, rgb_linear, alpha=None) -> None:
     _save_png(path, pixels)
 
 
-def save_preview_sheet(path, tiles, tile_width: int = 320) -> None:
-    """Write a labelled contact sheet PNG of tiles laid out in a grid (about square).
+def save_preview_sheet(path, tiles, tile_width: int = 320, columns: int | None = None) -> None:
+    """Write a labelled contact sheet PNG of tiles laid out in a grid (about square unless `columns` is given).
 
     tiles: list of (label, array); array (H, W, 3) linear RGB (shown sRGB-encoded) or (H, W) / (H, W, 1)
     scalar map already normalised to [0, 1] (shown as grey, value v -> code round(255 v)). Each tile is
@@ -390,6 +390,8 @@ def save_preview_sheet(path, tiles, tile_width: int = 320) -> None:
         raise ValueError(f"save_preview_sheet needs at least one (label, array) tile for {path}")
     if tile_width < 16:
         raise ValueError(f"tile_width must be at least 16 pixels, got {tile_width}")
+    if columns is not None and columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
     label_height = 24
     shown: list[tuple[str, np.ndarray]] = []  # (label, (h, tile_width, 3) uint8)
     for label, array in tiles:
@@ -408,7 +410,7 @@ def save_preview_sheet(path, tiles, tile_width: int = 320) -> None:
             codes = np.repeat(grey[..., None], 3, axis=2)
         shown.append((str(label), codes))
 
-    cols = math.ceil(math.sqrt(len(shown)))
+    cols = columns if columns is not None else math.ceil(math.sqrt(len(shown)))
     rows = math.ceil(len(shown) / cols)
     row_heights = [label_height + max(t.shape[0] for _, t in shown[r * cols:(r + 1) * cols])
                    for r in range(rows)]

@@ -61,6 +61,16 @@ def test_preview_sheet_layout_and_values(tmp_path):
     assert tuple(sheet[124 + 24 + 40, 50]) == (32, 32, 32)  # background below the short depth tile
 
 
+def test_preview_sheet_columns(tmp_path):
+    tiles = [(str(k), np.full((10, 20), k / 5, np.float32)) for k in range(6)]
+    save_preview_sheet(tmp_path / "s.png", tiles, tile_width=20, columns=6)
+    sheet = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"))
+    assert sheet.shape == (24 + 10, 6 * 20, 3)  # one row of six
+    assert tuple(sheet[24 + 5, 5 * 20 + 10]) == (255, 255, 255)
+    with pytest.raises(ValueError, match="columns"):
+        save_preview_sheet(tmp_path / "s.png", tiles, columns=0)
+
+
 def test_preview_sheet_errors(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         save_preview_sheet(tmp_path / "s.png", [])

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from invrender_core.train.irn_losses import IRNLossWeights
 from invrender_core.train.irn_task import IRNTask
 from invrender_core.train.synthetic import make_dataset
 from invrender_core.train.trainer import Trainer, seed_everything
@@ -38,7 +37,7 @@ def test_losses_are_finite_and_total_is_the_weighted_sum(world):
         terms = t.compute_losses(t.model, batch)
     assert set(terms) == TERMS
     assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
-    w = IRNLossWeights()
+    w = t.weights
     expected = sum(getattr(w, k) * terms[k] for k in TERMS - {"total"})
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["albedo_consistency"]) > 0 and float(terms["cross_render"]) > 0  # the views overlap
