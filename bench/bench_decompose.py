@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from memory import reset_peak, status_mb  # noqa: E402 - bench/memory.py, beside this script
+
 PHOTO_SIZE = (1224, 816)
 # (IRN width, depth width, max_side)
 CONFIGS = ((0.125, 0.25, 256), (0.125, 0.25, 320), (0.25, 0.25, 320), (0.125, 0.25, 512))
@@ -44,23 +46,6 @@ def make_photo(path: Path) -> None:
 
     sample = load_image(ROOT / "samples" / "sample_photo.png").rgb
     write_png(path, resize_linear(sample, *PHOTO_SIZE))
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
 
 
 def child(photo: str, irn_width: float, depth_width: float, max_side: int, device: str) -> dict:
@@ -87,8 +72,8 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss_before = _status_mb("VmRSS")
-    peak_is_own = _reset_peak()
+    rss_before = status_mb("VmRSS")
+    peak_is_own = reset_peak()
     start = time.perf_counter()
     estimate = scene.decompose(photo, **kwargs)
     t = time.perf_counter()
@@ -100,7 +85,7 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
     return {"device": device, "irn_width": irn_width, "depth_width": depth_width, "max_side": max_side,
             "working_size": meta["working_size"], "fusion_size": meta["fusion_size"],
             "stages_s": {k: meta["timings_s"][k] for k in STAGES}, "decompose_s": meta["timings_s"]["total"],
-            "write_s": write_s, "total_s": total, "rss_before_mb": rss_before, "peak_rss_mb": _status_mb("VmHWM"),
+            "write_s": write_s, "total_s": total, "rss_before_mb": rss_before, "peak_rss_mb": status_mb("VmHWM"),
             "peak_is_run_only": peak_is_own,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,

@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from memory import reset_peak, status_mb  # noqa: E402 - bench/memory.py, beside this script
+
 NOISE = 0.02
 THRESHOLD = 0.2  # above the 2.8 % pixel-to-pixel spread of the noisy input, far below the silhouette step
 SIZES_MP = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -68,23 +70,6 @@ def relative_rms(estimate, depth, band) -> float:
     return float(np.sqrt(np.mean(np.square(estimate[keep] / depth[keep] - 1.0))))
 
 
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
 def child_size(megapixels: float, solver: str) -> dict:
     """One fuse() call at one size, in this (fresh) process."""
     import numpy as np
@@ -98,8 +83,8 @@ def child_size(megapixels: float, solver: str) -> dict:
     width, height = image_size(megapixels)
     camera, depth, noisy, normals, band = make_scene(width, height)
     gc.collect()
-    rss_before = _status_mb("VmRSS")
-    peak_is_own = _reset_peak()
+    rss_before = status_mb("VmRSS")
+    peak_is_own = reset_peak()
     start = time.perf_counter()
     fused, info = fusion.fuse(noisy, normals, camera, solver=solver, discontinuity_threshold=THRESHOLD,
                               return_info=True)
@@ -107,7 +92,7 @@ def child_size(megapixels: float, solver: str) -> dict:
     return {"megapixels": width * height / 1e6, "width": width, "height": height, "solver": solver,
             "build_s": info.build_s, "setup_s": info.setup_s, "solve_s": info.solve_s, "total_s": total,
             "iterations": info.iterations, "residual": info.residual, "converged": info.converged,
-            "rss_before_mb": rss_before, "peak_rss_mb": _status_mb("VmHWM"), "peak_is_fuse_only": peak_is_own,
+            "rss_before_mb": rss_before, "peak_rss_mb": status_mb("VmHWM"), "peak_is_fuse_only": peak_is_own,
             "input_error": relative_rms(noisy, depth, band), "fused_error": relative_rms(fused, depth, band)}
 
 

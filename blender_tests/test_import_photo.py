@@ -109,23 +109,11 @@ def test_operator_failure_reports_and_changes_nothing(photo_with_maps, registere
 def test_nets(tmp_path, monkeypatch):
     """Random-init width-1/16 networks registered under the default names in the user's weights folder, which
     `decompose` searches before the shipped weights."""
-    import torch
-    from safetensors.torch import save_file
-
     from invrender_core.nets import weights
-    from invrender_core.nets.depth import MegaDepthHourglass
-    from invrender_core.nets.irn import InverseRenderNet
     from invrender_core.scene import DEFAULT_DEPTH, DEFAULT_IRN
+    from invrender_core.train.synthetic import register_untrained_networks
 
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    torch.manual_seed(0)
-    for name, arch, model in ((DEFAULT_IRN, "irn", InverseRenderNet(width=0.0625)),
-                              (DEFAULT_DEPTH, "megadepth", MegaDepthHourglass(width=0.0625))):
-        path = tmp_path / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-        weights.register_shipped(path, name, arch, {"width": 0.0625}, licence="test", card_markdown="random init",
-                                 folder=folder)
+    folder = register_untrained_networks(tmp_path / "weights", DEFAULT_IRN, DEFAULT_DEPTH)
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
     return folder
 

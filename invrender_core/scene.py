@@ -471,6 +471,8 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages) 
     """Both networks on the working-resolution image (h, w, 3) linear -> numpy maps, NaN-free."""
     import torch
 
+    from .nets.irn import normalise_shadow
+
     h, w = image_w.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(np.clip(image_w, 0.0, 1.0).transpose(2, 0, 1))[None]).to(device)
     try:
@@ -478,8 +480,8 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages) 
             out = irn(x)
             albedo = out.albedo[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
             normals = out.normals[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
-            shadow = out.shadow[0, 0].float().cpu().numpy()  # (h, w)
-            lighting = out.lighting[0].double().cpu().numpy()  # (9, 3)
+            shadow, lighting = normalise_shadow(out.shadow[0, 0].float().cpu().numpy(),  # (h, w)
+                                                out.lighting[0].double().cpu().numpy())  # (9, 3)
             stages.enter("depth")
             # The depth net takes sRGB-encoded input, as it was trained (train/depth_task.depth_input).
             xd = torch.from_numpy(np.ascontiguousarray(linear_to_srgb(np.clip(image_w, 0.0, 1.0)).transpose(2, 0, 1))

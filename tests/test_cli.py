@@ -5,14 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from invrender_core import cli, scene
 from invrender_core.camera import Camera
 from invrender_core.io import read_exr, write_exr, write_png
 from invrender_core.nets import weights
-from invrender_core.nets.depth import MegaDepthHourglass
-from invrender_core.nets.irn import InverseRenderNet
+from invrender_core.train.synthetic import register_untrained_networks
 
 
 def test_help_lists_subcommands(capsys):
@@ -90,15 +88,7 @@ def test_scene_with_only_one_map_says_what_to_do(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
     """Random-init width-1/16 networks registered as irn-test / depth-test in a weights folder."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    for name, arch, model in (("irn-test", "irn", InverseRenderNet(width=0.0625)),
-                              ("depth-test", "megadepth", MegaDepthHourglass(width=0.0625))):
-        path = folder / f"{name}-source.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-        weights.register_shipped(path, name, arch, {"width": 0.0625}, licence="test", card_markdown="random init",
-                                 folder=folder)
-    return folder
+    return register_untrained_networks(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture

@@ -6,15 +6,14 @@ import threading
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from invrender_core import geometry, scene, sh
 from invrender_core.camera import Camera
 from invrender_core.filtering import renormalise_normals
 from invrender_core.io import read_exr, read_exr_header, resize_linear, write_png
 from invrender_core.nets import weights
-from invrender_core.nets.depth import MegaDepthHourglass
-from invrender_core.nets.irn import InverseRenderNet, IRNOutput
+from invrender_core.nets.irn import IRNOutput
+from invrender_core.train.synthetic import register_untrained_networks
 
 LIGHT = np.zeros((9, 3))
 LIGHT[0] = [1.0, 0.9, 0.8]
@@ -147,15 +146,7 @@ def photo(sky_rows: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
     """Random-init width-1/16 networks registered as irn-test / depth-test in a weights folder."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    for name, arch, model in (("irn-test", "irn", InverseRenderNet(width=0.0625)),
-                              ("depth-test", "megadepth", MegaDepthHourglass(width=0.0625))):
-        path = folder / f"{name}-source.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-        weights.register_shipped(path, name, arch, {"width": 0.0625}, licence="test", card_markdown="random init",
-                                 folder=folder)
-    return folder
+    return register_untrained_networks(tmp_path_factory.mktemp("weights"))
 
 
 def run(image, nets, **kwargs):

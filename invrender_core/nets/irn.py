@@ -221,9 +221,28 @@ class InverseRenderNet(nn.Module):
         return IRNOutput(albedo, normals, shadow, lighting, shading)
 
 
+LIT_QUANTILE = 0.99  # `normalise_shadow`: this share of the pixels is at most as lit as "fully lit"
+
+
+def normalise_shadow(shadow: np.ndarray, lighting: np.ndarray, quantile: float = LIT_QUANTILE):
+    """Fix the gauge of the shadow map: (shadow (H, W) / c clipped to 1, lighting (9, 3) * c), c = its quantile.
+
+    Only the product shadow * E(n; lighting) is observed, so the network's shadow is known up to a scale that
+    the lighting absorbs (trained weights may, for example, leave every pixel at a visibility of 0.005). Dividing
+    by the `quantile` of the map makes the most lit pixels 1 and keeps the product (bar the clipped top share).
+    """
+    shadow = np.asarray(shadow, dtype=np.float64)
+    if shadow.ndim != 2 or np.shape(lighting) != (9, 3):
+        raise ValueError(f"shadow must have shape (H, W) and lighting (9, 3), got {shadow.shape} and "
+                         f"{np.shape(lighting)}")
+    c = max(float(np.quantile(shadow, quantile)), 1e-12)
+    return np.clip(shadow / c, 0.0, 1.0).astype(np.float32), np.asarray(lighting, dtype=np.float64) * c
+
+
 def parameter_count(module: nn.Module) -> int:
     """Number of learnable parameters."""
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["IRNOutput", "InverseRenderNet", "group_count", "parameter_count", "re_render", "SIDE_MULTIPLE"]
+__all__ = ["IRNOutput", "InverseRenderNet", "group_count", "normalise_shadow", "parameter_count", "re_render",
+           "SIDE_MULTIPLE"]

@@ -75,7 +75,7 @@ class DepthTask:
     def __init__(self, data, width: float = 0.25, crop: tuple[int, int] | None = None, seed: int = 0,
                  eval_data: str | Path | None = None, eval_views: int = 16, grad_weight: float = 0.5,
                  ordinal_weight: float = 0.1, grad_scales: int = 4, num_pairs: int = 256,
-                 ordinal_min_ratio: float = 1.1, augment: bool = True, sky_weight: float = 0.1):
+                 ordinal_min_ratio: float = 1.1, augment: bool = True, sky_weight: float = 0.01):
         if crop is not None and (len(crop) != 2 or any(int(c) != c or c < 1 or c % SIDE_MULTIPLE for c in crop)):
             raise ValueError(f"crop must be (height, width) multiples of {SIDE_MULTIPLE}, got {crop!r}")
         if grad_weight < 0 or ordinal_weight < 0 or sky_weight < 0:

@@ -28,6 +28,7 @@ import torch
 
 from .. import geometry
 from ..camera import Camera
+from ..nets.irn import normalise_shadow
 from . import metrics
 from .data import list_scenes, read_view
 from .datasets import decode_srgb8
@@ -49,11 +50,13 @@ def heldout_views(root: str | Path, split: str = "heldout", max_views: int | Non
 
 @torch.no_grad()
 def predict_irn(model, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Raw InverseRenderNet outputs for one linear image (H, W, 3) (sides multiples of 16), as numpy maps."""
+    """InverseRenderNet outputs for one linear image (H, W, 3) (sides multiples of 16), as numpy maps, with the
+    shadow's gauge fixed as `scene.decompose` fixes it (`normalise_shadow`)."""
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float()
     out = model(x)
+    shadow, lighting = normalise_shadow(out.shadow[0, 0].numpy(), out.lighting[0].numpy())  # as decompose does
     return {"albedo": out.albedo[0].permute(1, 2, 0).numpy(), "normals": out.normals[0].permute(1, 2, 0).numpy(),
-            "shadow": out.shadow[0, 0].numpy(), "lighting": out.lighting[0].numpy()}
+            "shadow": shadow, "lighting": lighting}
 
 
 def predict_pipeline(irn, depth, image: np.ndarray, camera: Camera) -> dict[str, np.ndarray]:

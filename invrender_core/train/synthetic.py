@@ -1,7 +1,8 @@
 """A tiny analytic multiview world for tests and smoke runs without Blender: a ground plane z = 0 and a unit
 sphere at (0, 0, 1) (world z up), a checker albedo and one fixed light, seen by rolled cameras on a circle.
 
-`make_dataset(root, ...)` writes it in the multiview format (`train/data.py`) with exact ground truth.
+`make_dataset(root, ...)` writes it in the multiview format (`train/data.py`) with exact ground truth;
+`register_untrained_networks` registers randomly initialised networks, for smoke runs of the pipeline.
 """
 
 from __future__ import annotations
@@ -96,3 +97,29 @@ def make_dataset(root, scenes=2, views=3, w=48, h=32, heldout=1, noise=0.0, hole
         write_scene_json(scene_dir, {"seed": s, "split": "train" if s < scenes else "heldout", "width": w,
                                      "height": h, "views": names, "sh_world": np.zeros((9, 3)).tolist()})
     return root
+
+
+def register_untrained_networks(folder, irn_name: str = "irn-test", depth_name: str = "depth-test",
+                                width: float = 0.0625, seed: int = 0):
+    """Register randomly initialised InverseRenderNet and MegaDepth hourglass weights (channel multiplier
+    `width`) under the given names in the weights folder `folder`; returns the folder."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ..nets import weights
+    from ..nets.depth import MegaDepthHourglass
+    from ..nets.irn import InverseRenderNet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    for name, arch, model in ((irn_name, "irn", InverseRenderNet(width=width)),
+                              (depth_name, "megadepth", MegaDepthHourglass(width=width))):
+        path = folder / f"{name}-source.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        weights.register_shipped(path, name, arch, {"width": width}, licence="untrained (tests)",
+                                 card_markdown="random initialisation", folder=folder)
+        path.unlink()
+    return folder

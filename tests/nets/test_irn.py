@@ -155,3 +155,21 @@ def test_eval_deterministic(net, image):
         a, b = net(image[:1]), net(image[:1])
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
+
+
+def test_normalise_shadow_fixes_the_scale_and_keeps_the_product():
+    from invrender_core import sh
+    from invrender_core.nets.irn import normalise_shadow
+
+    rng = np.random.default_rng(0)
+    shadow = 0.005 * rng.uniform(0.2, 1.0, (20, 30))  # a map squashed to a tiny scale
+    lighting = sh.directional([0.2, 0.5, 0.8], [1.0, 0.9, 0.8])
+    lighting[0] += 0.3
+    s2, l2 = normalise_shadow(shadow, lighting)
+    assert np.quantile(s2, 0.99) == pytest.approx(1.0, rel=1e-4) and s2.max() <= 1.0
+    normals = np.broadcast_to([0.0, 0.0, 1.0], (20, 30, 3))
+    below = shadow <= np.quantile(shadow, 0.99)  # the clipped top 1 % aside, shadow * E is unchanged
+    np.testing.assert_allclose((s2[..., None] * sh.shading(normals, l2))[below],
+                               (shadow[..., None] * sh.shading(normals, lighting))[below], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\(9, 3\)"):
+        normalise_shadow(shadow, lighting[:4])
