@@ -260,7 +260,8 @@ def test_decompose_progress_and_cancel(nets):
         run(photo(0), nets, cancel=lambda: True)
 
 
-def test_decompose_errors_are_one_line(nets, monkeypatch):
+def test_decompose_errors_are_one_line(nets, monkeypatch, tmp_path):
+    monkeypatch.setattr(weights, "SHIPPED_WEIGHTS_DIR", tmp_path / "no-shipped-weights")  # as on a bare install
     with pytest.raises(ValueError, match="no weights named 'irn-small'") as info:
         scene.decompose(photo(0), weights_dir=nets, device="cpu")
     assert "\n" not in str(info.value)
