@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memory import reset_peak, status_mb  # noqa: E402 - bench/memory.py, beside this script
+import common  # noqa: E402 - bench/common.py, beside this script
+from common import reset_peak, status_mb  # noqa: E402
 
 PHOTO_SIZE = (1224, 816)
 # (IRN width, depth width, max_side)
@@ -92,28 +90,10 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
             "torch_threads": torch.get_num_threads(), "warnings": meta.get("warnings", [])}
 
 
-def run_child(args: list[str], timeout: float) -> dict:
-    try:
-        result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
-                                timeout=timeout, check=True)
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"child {args} failed:\n{e.stderr}") from e
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import numpy
     import torch
 
-    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
-            "numpy": numpy.__version__, "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+    info = {**common.machine(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -142,7 +122,8 @@ def main(argv=None) -> None:
         make_photo(photo)
         for device in devices:
             for irn_width, depth_width, max_side in QUICK_CONFIGS if args.quick else CONFIGS:
-                row = run_child([str(photo), str(irn_width), str(depth_width), str(max_side), device], 1200.0)
+                child_args = [str(photo), str(irn_width), str(depth_width), str(max_side), device]
+                row = common.run_child(__file__, child_args, 1200.0)
                 rows.append(row)
                 print(f"  {device} irn {irn_width} depth {depth_width} max_side {max_side}: "
                       f"{row['total_s']:.2f} s", flush=True)

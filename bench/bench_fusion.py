@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memory import reset_peak, status_mb  # noqa: E402 - bench/memory.py, beside this script
+import common  # noqa: E402 - bench/common.py, beside this script
+from common import reset_peak, status_mb  # noqa: E402
 
 NOISE = 0.02
 THRESHOLD = 0.2  # above the 2.8 % pixel-to-pixel spread of the noisy input, far below the silhouette step
@@ -121,31 +119,11 @@ def child_tolerance(megapixels: float) -> list[dict]:
     return rows
 
 
-def run_child(args: list[str], timeout: float) -> dict | list | None:
-    try:
-        result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
-                                timeout=timeout, check=True)
-    except subprocess.TimeoutExpired:
-        return None
-    except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"child {args} failed:\n{e.stderr}") from e
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import numpy
     import pyamg
     import scipy
 
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
-            "numpy": numpy.__version__, "scipy": scipy.__version__, "pyamg": pyamg.__version__}
+    return {**common.machine(), "scipy": scipy.__version__, "pyamg": pyamg.__version__}
 
 
 def main(argv=None) -> None:
@@ -175,7 +153,7 @@ def main(argv=None) -> None:
             if solver == "lsqr" and lsqr_given_up is not None:
                 continue
             timeout = args.lsqr_limit if solver == "lsqr" else 600.0
-            row = run_child(["size", str(mp), solver], timeout)
+            row = common.run_child(__file__, ["size", str(mp), solver], timeout)
             if row is None:
                 lsqr_given_up = mp
                 print(f"  lsqr at {mp} MP took more than {args.lsqr_limit:.0f} s: not run at larger sizes",
@@ -193,7 +171,7 @@ def main(argv=None) -> None:
     if lsqr_given_up is not None:
         print(f"\nlsqr: given up from {lsqr_given_up} MP on (over {args.lsqr_limit:.0f} s).")
 
-    tolerance_rows = run_child(["tolerance", str(args.tolerance_size)], 1200.0) or []
+    tolerance_rows = common.run_child(__file__, ["tolerance", str(args.tolerance_size)], 1200.0) or []
     print(f"\nAccuracy against tol at {args.tolerance_size} MP (error: RMS relative, vs truth; "
           "difference: vs the converged solution):\n")
     print("| case | solver | tol | iterations | setup+solve s | fused err | difference to converged |")

@@ -21,24 +21,11 @@ from invrender_core.train.colmap import (
     resize_depth_nearest,
 )
 from invrender_core.train.datasets import DepthDataset, ViewPairDataset, open_source
+from invrender_core.train.synthetic import look_at
 
 PLANE_N = np.array([0.1, 0.2, 1.0]) / np.linalg.norm([0.1, 0.2, 1.0])  # plane n . X = PLANE_D (world)
 PLANE_D = -0.3
 F = np.diag([1.0, -1.0, -1.0])
-
-
-def look_at(eye, target, roll):
-    """Our cam_to_world (x right, y up, z towards the viewer) for a camera at eye looking at target."""
-    eye = np.asarray(eye, float)
-    z = eye - np.asarray(target, float)
-    z /= np.linalg.norm(z)
-    x = np.cross([0.0, 0.0, 1.0], z)
-    x /= np.linalg.norm(x)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, np.cross(z, x), z, eye
-    c, s = math.cos(roll), math.sin(roll)
-    m[:3, :2] = m[:3, :2] @ np.array([[c, s], [-s, c]])
-    return m
 
 
 def rotmat_to_qvec(r):
