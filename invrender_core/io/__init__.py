@@ -21,6 +21,7 @@ from .images import (
     load_image,
     resize_linear,
     save_preview_sheet,
+    srgb_lut,
     write_png,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "read_exr_header",
     "resize_linear",
     "save_preview_sheet",
+    "srgb_lut",
     "srgb_to_linear",
     "write_exr",
     "write_png",

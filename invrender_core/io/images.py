@@ -321,7 +321,7 @@ def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _srgb_lut(bits: int) -> np.ndarray:
+def srgb_lut(bits: int) -> np.ndarray:
     """(2**bits,) float32: linear value of every sRGB code; exact per code, no 8-bit detour for 16-bit."""
     codes = np.arange(2**bits, dtype=np.float64) / (2**bits - 1)
     lut = srgb_to_linear(codes).astype(np.float32)
@@ -337,7 +337,7 @@ def _split_and_linearise(pixels: np.ndarray, bit_depth: int) -> tuple[np.ndarray
         pixels = pixels[..., :-1]
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
-    rgb = _srgb_lut(bit_depth)[pixels]  # (H, W) or (H, W, 3)
+    rgb = srgb_lut(bit_depth)[pixels]  # (H, W) or (H, W, 3)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     return rgb, alpha

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..io import srgb_to_linear
+from ..io import srgb_lut
 from .data import list_scenes, read_view
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # sRGB decode table for uint8 photos: exact for every code and much faster than the formula per pixel.
-_SRGB8_TO_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+_SRGB8_TO_LINEAR = srgb_lut(8)  # (256,) float32: the linear value of every 8-bit code
 # Mirror of the x axis, applied to both the camera frame and the world frame by horizontal flips.
 _MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])
 

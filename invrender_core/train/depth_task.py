@@ -31,19 +31,17 @@ from .depth_losses import (
     si_log_rmse,
     sky_far_loss,
 )
+from .irn_losses import srgb_encode
 
 __all__ = ["DepthTask", "depth_input"]
 
-_SRGB_LINEAR_THRESHOLD = 0.0031308  # IEC 61966-2-1, as io.colour
 
 
 def depth_input(image_linear: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) linear RGB -> (B, 3, H, W) sRGB-encoded in [0, 1]: the input `MegaDepthHourglass` expects."""
     if image_linear.ndim != 4 or image_linear.shape[1] != 3:
         raise ValueError(f"image must have shape (B, 3, H, W), got {tuple(image_linear.shape)}")
-    x = image_linear.clamp(0.0, 1.0)
-    high = 1.055 * x.clamp(min=_SRGB_LINEAR_THRESHOLD) ** (1.0 / 2.4) - 0.055
-    return torch.where(x <= _SRGB_LINEAR_THRESHOLD, 12.92 * x, high)
+    return srgb_encode(image_linear.clamp(0.0, 1.0))
 
 
 def _centre_crop16(a: np.ndarray) -> np.ndarray:

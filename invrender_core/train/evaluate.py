@@ -30,22 +30,10 @@ from .. import geometry
 from ..camera import Camera
 from ..nets.irn import normalise_shadow
 from . import metrics
-from .data import list_scenes, read_view
-from .datasets import decode_srgb8
+from .datasets import EvalViews
 from .depth_losses import si_log_rmse
 
 FLAT = np.array([0.0, 0.0, 1.0])
-
-
-def heldout_views(root: str | Path, split: str = "heldout", max_views: int | None = None):
-    """Yield (name, view arrays with ground truth) over a split's views, in order."""
-    count = 0
-    for scene_dir, meta in list_scenes(root, split):
-        for view_file in meta["views"]:
-            if max_views is not None and count >= max_views:
-                return
-            count += 1
-            yield f"{scene_dir.name}/{view_file}", read_view(scene_dir / view_file, ground_truth=True)
 
 
 @torch.no_grad()
@@ -70,8 +58,9 @@ def predict_pipeline(irn, depth, image: np.ndarray, camera: Camera) -> dict[str,
 
 
 def score_view(view: dict, pred: dict) -> dict[str, float]:
-    """Metrics of one view's predictions (maps at the view's resolution) against its ground truth."""
-    image = decode_srgb8(view["image"])
+    """Metrics of one view's predictions (maps at the view's resolution) against its ground truth; view: an
+    `EvalViews` item (linear image, float32 ground truth)."""
+    image = view["image"]
     ground = ~view["sky_mask"] & (view["gt_depth"] > 0)
     gt_normal = view["gt_normal"].astype(np.float64)
     gt_albedo = view["gt_albedo"].astype(np.float64)
@@ -84,7 +73,7 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "albedo_simse_photo": metrics.scale_invariant_mse(image, gt_albedo, ground),
         "lighting_err": metrics.lighting_error(pred["lighting"], view["gt_sh_camera"]),
         "lighting_err_uniform": metrics.lighting_error(uniform, view["gt_sh_camera"]),
-        "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"].astype(np.float64), ground),
+        "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"], ground),
     }
     if "depth" in pred:
         gt = view["gt_depth"]
@@ -109,16 +98,17 @@ def _summary(rows: list[dict]) -> dict:
 
 def evaluate(root, irn, depth=None, split: str = "heldout", max_views: int | None = None, progress=None) -> dict:
     """Score an InverseRenderNet alone (raw outputs) or with a depth net (the whole `decompose` pipeline) on a
-    split's views; returns the per-view rows and their means (NaN-skipping)."""
+    split's views (`max_views` of them spread over the split, or all); returns the per-view rows and their
+    means (NaN-skipping)."""
     rows = []
-    for name, view in heldout_views(root, split, max_views):
-        image = decode_srgb8(view["image"])
+    for view in EvalViews(root, split, max_views):
+        image = view["image"]
         if depth is None:
             pred = predict_irn(irn, image)
         else:
             h, w = image.shape[:2]
             pred = predict_pipeline(irn, depth, image, Camera.from_K(view["K"], w, h))
-        rows.append({"view": name, **score_view(view, pred)})
+        rows.append({"view": view["name"], **score_view(view, pred)})
         if progress is not None:
             progress(len(rows))
     if not rows:

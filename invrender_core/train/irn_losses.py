@@ -53,6 +53,7 @@ __all__ = [
     "shadow_consistency_loss",
     "shadow_prior_loss",
     "smooth_depth",
+    "srgb_encode",
 ]
 
 ALBEDO_LOG_EPS = 1e-3  # log(albedo + eps): albedo is a sigmoid in (0, 1); eps bounds the weight of near-black texels
@@ -113,7 +114,7 @@ def _pair_mean(dx: torch.Tensor, valid_x: torch.Tensor, dy: torch.Tensor, valid_
     return _mean_over_images((sx + sy) / n.clamp(min=1.0), n > 0)
 
 
-def _srgb_encode(x: torch.Tensor) -> torch.Tensor:
+def srgb_encode(x: torch.Tensor) -> torch.Tensor:
     """The sRGB transfer curve (as `io.linear_to_srgb`), differentiable; the linear toe continues below 0.
 
     Continuing the toe keeps a finite slope (12.92) for negative renderings (SH shading can be negative), so
@@ -161,7 +162,7 @@ def rerender_loss(image: torch.Tensor, albedo: torch.Tensor, shadow: torch.Tenso
     valid = _valid(mask, image, image)
     target = torch.where(torch.isfinite(image), image, torch.zeros_like(image))
     render = albedo * shadow * shading  # (B, 3, H, W)
-    per_pixel = (_srgb_encode(target) - _srgb_encode(render)).abs().mean(dim=1, keepdim=True)
+    per_pixel = (srgb_encode(target) - srgb_encode(render)).abs().mean(dim=1, keepdim=True)
     return _masked_mean(per_pixel, valid)
 
 
@@ -198,7 +199,7 @@ def cross_render_loss(image_i: torch.Tensor, albedo_j_warped: torch.Tensor, shad
     num = (m * target * render).sum(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
     den = (m * render * render).sum(dim=(1, 2, 3), keepdim=True)
     k = (num / den.clamp(min=1e-12)).clamp(min=0.0)  # a scale of albedo is positive
-    per_pixel = (_srgb_encode(target) - _srgb_encode(k * render)).abs().mean(dim=1, keepdim=True)
+    per_pixel = (srgb_encode(target) - srgb_encode(k * render)).abs().mean(dim=1, keepdim=True)
     return _masked_mean(per_pixel, ok)
 
 
