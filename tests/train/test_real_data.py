@@ -67,3 +67,20 @@ def test_kitti_frame_lidar_depth():
     assert 2.0 < np.median(depth[valid]) < 40.0  # street-scene distances in metres
     # LiDAR covers the lower part of the image: the road, not the sky
     assert valid[: h // 4].mean() < valid[h // 2:].mean()
+
+
+def test_depth_scores_of_an_exact_estimate_and_a_constant():
+    from types import SimpleNamespace
+
+    from invrender_core.train.evaluate_real import depth_scores
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(2.0, 20.0, (12, 16)).astype(np.float32)
+    gt[0, :4] = 0  # unknown (no LiDAR return)
+    exact = SimpleNamespace(depth=3.0 * gt + (gt == 0), depth_fused=0.5 * gt)  # any scale: SI metric
+    scores = depth_scores(exact, gt)
+    assert scores["depth_silog"] == pytest.approx(0.0, abs=1e-6)
+    assert scores["fused_silog"] == pytest.approx(0.0, abs=1e-6)
+    assert scores["pixels_scored"] == gt.size - 4
+    log_gt = np.log(gt[gt > 0])
+    assert scores["constant_silog"] == pytest.approx(float(log_gt.std()), rel=1e-5)
