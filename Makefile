@@ -33,9 +33,11 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/bench_fusion.py
 	$(BIN)/python bench/bench_decompose.py
+	$(BIN)/python bench/bench_scene.py
 
+# make addon: one zip with the wheels of all three platforms; make addon PLATFORM=linux-x64: that platform only.
 addon: setup
-	$(BIN)/python build_addon.py --output-dir dist
+	$(BIN)/python build_addon.py --output-dir dist $(foreach p,$(PLATFORM),--platform $(p))
 
 clean:
 	rm -rf $(VENV) demo_out dist

@@ -83,6 +83,27 @@ def test_image_and_mesh_round_trip(clean_scene):
     with pytest.raises(ValueError, match="faces"):
         mesh_from_arrays("bad", np.zeros((3, 3)), np.zeros((1, 4)))
 
+    # Two triangles of a square: positions, corners, UVs and the computed edges read back through bpy.
+    vertices = rng.normal(size=(4, 3)).astype(np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    uvs = rng.uniform(size=(4, 2)).astype(np.float32)
+    mesh = mesh_from_arrays("square", vertices, faces, uvs)
+    co = np.empty(12, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    np.testing.assert_array_equal(co.reshape(4, 3), vertices)
+    corners = np.empty(6, np.int32)
+    mesh.loops.foreach_get("vertex_index", corners)
+    np.testing.assert_array_equal(corners, faces.ravel())
+    uv = np.empty(12, np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_array_equal(uv.reshape(6, 2), uvs[faces.ravel()])
+    assert len(mesh.edges) == 5 and not mesh.validate(verbose=False)  # nothing for validate to fix
+    for bad_faces, message in (([[0, 1, 4]], "indices"), ([[0, 1, 1]], "repeat"), ([[0, -1, 2]], "indices")):
+        with pytest.raises(ValueError, match=message):
+            mesh_from_arrays("bad", vertices, np.array(bad_faces))
+    with pytest.raises(ValueError, match="finite"):
+        mesh_from_arrays("bad", np.full((3, 3), np.nan), np.array([[0, 1, 2]]))
+
 
 def test_save_reload_keeps_images(clean_scene, tmp_path):
     camera = Camera.from_fov(32, 24, 60.0)

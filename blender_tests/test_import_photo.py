@@ -1,9 +1,10 @@
 """Photo + maps -> scene through the CLI and the operator: same result, nothing left on failure."""
 
 import json
+import threading
+import time
 
 import bpy
-import invrender_addon
 import numpy as np
 import pytest
 from invrender_addon.build.import_photo import ImportSettings, import_photo
@@ -60,13 +61,6 @@ def test_cli_scene_bad_photo_writes_nothing(photo_with_maps, capsys):
     assert code == cli.EXIT_FAILURE
     assert "broken.png" in capsys.readouterr().err
     assert not (d / "out.blend").exists()
-
-
-@pytest.fixture
-def registered_addon():
-    invrender_addon.register()
-    yield
-    invrender_addon.unregister()
 
 
 def test_operator_equals_api(photo_with_maps, registered_addon, clean_scene):
@@ -149,3 +143,66 @@ def test_import_photo_without_weights_reports_and_changes_nothing(photo_with_map
         bpy.ops.invr.import_photo()
     assert len(bpy.data.objects) == objects_before and len(bpy.data.images) == images_before
     assert clean_scene.camera is None
+
+
+# ------------------------------------------------------------------ the worker-thread path of Import Photo
+
+
+class ReportRecorder:
+    """Stands in for the operator's `report` so the worker path can run outside a modal operator."""
+
+    def __init__(self):
+        self.reports = []
+
+    def report(self, kinds, message):
+        self.reports.append((set(kinds), message))
+
+
+def test_import_on_a_worker_thread_equals_api(photo_with_maps, test_nets, registered_addon, clean_scene):
+    from invrender_addon import jobs
+    from invrender_addon.operators import import_photo as import_ops
+
+    settings = ImportSettings(photo=photo_with_maps / "photo.png", fov_deg=60.0, max_side=32)
+    job = import_ops.start_estimate(settings)
+    stages = set()
+    while job.poll() == jobs.RUNNING:  # what the modal operator's timer does
+        stages.add(job.stage)
+        time.sleep(0.005)
+    assert job.state == jobs.FINISHED, job.error
+    recorder = ReportRecorder()
+    assert import_ops.finish_job(recorder, bpy.context, job, settings) == {"FINISHED"}
+    assert jobs.active_job() is None and recorder.reports[0][0] == {"INFO"}
+    assert stages & {"models", "irn", "depth", "fusion"}  # progress reached the main thread
+    by_worker = bpy.data.objects["photo mesh"].data
+    worker_co = np.empty(len(by_worker.vertices) * 3, np.float32)
+    by_worker.vertices.foreach_get("co", worker_co)
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    built = import_photo(settings)
+    api_co = np.empty(len(built.mesh.data.vertices) * 3, np.float32)
+    built.mesh.data.vertices.foreach_get("co", api_co)
+    np.testing.assert_array_equal(worker_co, api_co)
+
+
+def test_cancelled_import_reports_and_changes_nothing(photo_with_maps, test_nets, registered_addon, clean_scene):
+    from invrender_addon import jobs
+    from invrender_addon.build.import_photo import estimate
+    from invrender_addon.operators import import_photo as import_ops
+
+    settings = ImportSettings(photo=photo_with_maps / "photo.png", fov_deg=60.0, max_side=32)
+    pressed_esc = threading.Event()
+
+    def estimate_after_esc(progress, cancel):
+        pressed_esc.wait(5)
+        return estimate(settings, progress=progress, cancel=cancel)
+
+    job = jobs.start(estimate_after_esc, "Importing photo.png")
+    job.cancel()
+    pressed_esc.set()
+    assert job.wait(30) == jobs.CANCELLED
+    before = {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "images", "meshes", "worlds")}
+    recorder = ReportRecorder()
+    assert import_ops.finish_job(recorder, bpy.context, job, settings) == {"CANCELLED"}
+    assert recorder.reports == [({"ERROR"}, "Import cancelled: the scene is unchanged")]
+    assert {kind: len(getattr(bpy.data, kind)) for kind in before} == before
+    assert clean_scene.camera is None and jobs.active_job() is None

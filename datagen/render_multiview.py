@@ -87,7 +87,7 @@ from scipy import ndimage
 from invrender_core import sh
 from invrender_core.camera import Camera
 from invrender_core.geometry import depth_discontinuities
-from invrender_core.io import linear_to_srgb, read_exr_header, save_preview_sheet
+from invrender_core.io import linear_to_srgb, read_exr_channels, read_exr_header, save_preview_sheet
 from invrender_core.train.data import write_scene_json, write_view
 
 
@@ -167,33 +167,18 @@ def inverse_tone_curve(y, knee: float = TONE_KNEE) -> np.ndarray:
 
 
 def read_multilayer_exr(path) -> dict[str, np.ndarray]:
-    """Passes of an uncompressed, float multilayer EXR written by Blender -> {pass: (H, W, C) float32}.
+    """Passes of a multilayer EXR written by Blender -> {pass: (H, W, C) float32}.
 
     Channels "ViewLayer.<pass>.<component>" are grouped by pass; components are ordered R, G, B, A or
     X, Y, Z (a Depth pass is (H, W, 1)). Row 0 is the top of the image.
     """
-    header = read_exr_header(path)
-    if header.attributes["compression"][1] != b"\x00":
-        raise ValueError(f"{path}: expected an uncompressed EXR (exr_codec NONE)")
-    if any(t != 2 for t in header.pixel_types):
-        raise ValueError(f"{path}: expected 32-bit float channels, got types {header.pixel_types}")
-    w, h, names = header.width, header.height, header.channels
-    y_min = int(np.frombuffer(header.attributes["dataWindow"][1], "<i4")[1])
-    # Uncompressed scanline files end with one block per row: int32 y, int32 byte count, then each
-    # channel's row in file (sorted) order.
-    block = np.dtype([("y", "<i4"), ("size", "<i4")] + [(n, "<f4", (w,)) for n in names])
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size < h * block.itemsize:
-        raise ValueError(f"{path}: truncated EXR")
-    rows = np.frombuffer(raw[raw.size - h * block.itemsize:].tobytes(), dtype=block)
-    if not (np.array_equal(rows["y"], y_min + np.arange(h)) and np.all(rows["size"] == 4 * w * len(names))):
-        raise ValueError(f"{path}: unexpected EXR scanline layout")
+    channels = read_exr_channels(path)
     order = {c: i for i, c in enumerate("RGBAXYZ")}
     passes: dict[str, list[str]] = {}
-    for n in names:
+    for n in channels:
         passes.setdefault(n.rsplit(".", 2)[-2], []).append(n)
-    return {p: np.stack([rows[n] for n in sorted(ch, key=lambda n: order.get(n[-1], 9))], axis=-1)
-            for p, ch in passes.items()}
+    return {p: np.stack([channels[n] for n in sorted(ch, key=lambda n: order.get(n[-1], 9))], axis=-1)
+            .astype(np.float32) for p, ch in passes.items()}
 
 
 # ------------------------------------------------------------------------------------------ materials

@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "lower for noisier depth)")
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
     scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
+    scene.add_argument("--novel-views", type=int, metavar="N", help="also render N frames of a camera orbiting "
+                       "the reconstruction, starting at the photo's viewpoint (needs --views-dir)")
+    scene.add_argument("--views-dir", type=Path, help="folder for the --novel-views PNGs view_0001.png ... "
+                       "(written atomically; an existing one is replaced only if it holds nothing but views)")
+    scene.add_argument("--orbit-deg", type=float, default=20.0, help="orbit angle of the novel views in degrees "
+                       "(positive: the camera moves to its right; default 20)")
     _add_network_options(scene, with_lambda=False)
     scene.set_defaults(func=cmd_scene)
 

@@ -246,6 +246,7 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
         "normals": estimate.normals,
         "environment": sh.to_equirect(rest, 2 * environment_height, environment_height),
         "sun": sun,
+        "shadow": estimate.shadow,
     }
 
 
@@ -292,23 +293,25 @@ class Cancelled(Exception):
 
 
 def resolve_device(device: str = "auto"):
-    """torch.device for "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    """torch.device for "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps".
 
-    Raises ValueError (one line) for an unknown name or CUDA asked for where it is not available.
+    Raises ValueError (one line) for an unknown name or a GPU asked for where it is not available.
     """
     import torch
 
+    mps_available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda") from e
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported: use auto, cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine: "
-                         f"use device cpu (or auto)")
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or mps") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda or mps")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps_available}[dev.type]
+    if not available:
+        raise ValueError(f"device {device!r} was asked for but {dev.type.upper()} is not available on this "
+                         f"machine: use device cpu (or auto)")
     return dev
 
 

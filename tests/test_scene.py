@@ -275,7 +275,12 @@ def test_decompose_errors_are_one_line(nets, monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="CUDA is not available.*use device cpu") as info:
         scene.decompose(photo(0), irn="irn-test", depth="depth-test", weights_dir=nets, device="cuda")
     assert "\n" not in str(info.value)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="MPS is not available.*use device cpu"):
+        scene.resolve_device("mps")
     assert scene.resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert scene.resolve_device("auto").type == "mps" and scene.resolve_device("mps").type == "mps"
 
 
 def test_out_of_memory_says_what_to_do(nets):

@@ -2,18 +2,87 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import bpy
 
 from invrender_core.scene import write_estimate
 
 from .import_photo import ImportSettings, estimate, import_photo
+from .novel_view import NovelViewSettings, add_novel_view_camera
 from .scene import set_cycles
+
+VIEW_FILE = "view_{:04d}.png"
+_VIEW_FILE_RE = re.compile(r"view_\d{4,}\.png")
+
+
+def check_view_args(args) -> NovelViewSettings | None:
+    """The novel views asked for by --novel-views, --views-dir and --orbit-deg (None: none), checked before any
+    work: ValueError with a one-line message otherwise."""
+    if args.novel_views is None and args.views_dir is None:
+        return None
+    if args.novel_views is None:
+        raise ValueError("--views-dir needs --novel-views N, the number of views to render")
+    if args.novel_views < 1:
+        raise ValueError(f"--novel-views must be at least 1, got {args.novel_views}")
+    if args.views_dir is None:
+        raise ValueError("--novel-views needs --views-dir DIR, the folder to write the views to")
+    settings = NovelViewSettings(kind="orbit", angle_deg=args.orbit_deg, frames=args.novel_views, frame_start=1)
+    try:
+        settings.check()
+    except ValueError as e:
+        raise ValueError(f"--orbit-deg: {e}") from e
+    views_dir = Path(args.views_dir)
+    if views_dir.exists():
+        if not views_dir.is_dir():
+            raise ValueError(f"{views_dir} exists and is not a folder: choose another --views-dir")
+        others = sorted(p.name for p in views_dir.iterdir() if not _VIEW_FILE_RE.fullmatch(p.name))
+        if others:
+            raise ValueError(f"{views_dir} holds files that are not views (e.g. {others[0]}): choose a new or empty "
+                             f"--views-dir")
+    return settings
+
+
+def render_views(scene: bpy.types.Scene, camera: bpy.types.Object, settings: NovelViewSettings, views_dir: Path,
+                 progress) -> None:
+    """Render frames frame_start .. frame_start + frames - 1 through `camera` as views_dir/view_0001.png ...,
+    atomically: into a temporary folder beside views_dir, renamed at the end (an existing views_dir, checked by
+    `check_view_args`, is replaced). The scene's camera and frame are restored."""
+    views_dir = Path(views_dir)
+    views_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{views_dir.name}.", dir=views_dir.parent))
+    camera_before, frame_before, path_before = scene.camera, scene.frame_current, scene.render.filepath
+    try:
+        scene.camera = camera
+        scene.render.image_settings.file_format = "PNG"
+        for i in range(settings.frames):
+            start = time.perf_counter()
+            scene.frame_set(settings.frame_start + i)
+            scene.render.filepath = str((tmp / VIEW_FILE.format(i + 1)).resolve())
+            bpy.ops.render.render(write_still=True)
+            progress(f"rendered view {i + 1}/{settings.frames} in {time.perf_counter() - start:.1f} s")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the output is an ordinary one
+        if views_dir.exists():
+            shutil.rmtree(views_dir)
+        os.replace(tmp, views_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        scene.camera, scene.render.filepath = camera_before, path_before
+        scene.frame_set(frame_before)
 
 
 def build_and_render(args, atomic_output, progress) -> None:
     """args: the parsed `invrender scene` arguments; atomic_output and progress come from the CLI."""
+    views = check_view_args(args)
     settings = ImportSettings(
         photo=args.photo, depth=args.depth, normals=args.normal, camera_json=args.camera, fov_deg=args.fov,
         irn=args.irn, depth_net=args.depth_net, device=args.device, max_side=args.max_side,
@@ -37,7 +106,13 @@ def build_and_render(args, atomic_output, progress) -> None:
     set_cycles(scene, samples=args.samples)
     progress(f"built {built.collection.name}: {len(built.mesh.data.vertices)} vertices, "
              f"{len(built.mesh.data.polygons)} faces")
-    # Both files appear together or not at all: the .blend is renamed only after the render succeeded.
+    novel_camera = None
+    if views is not None:
+        novel_camera = add_novel_view_camera(scene, built, views)
+        # The .blend plays the novel views; the photo camera stays the active one.
+        scene.frame_start, scene.frame_end = views.frame_start, views.frame_start + views.frames - 1
+        progress(f"added {novel_camera.name} ({views.frames} frames, {views.angle_deg:g} degree orbit)")
+    # All outputs appear together or not at all: the .blend is renamed only after the renders succeeded.
     with atomic_output(args.output) as tmp_blend:
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend.resolve()), check_existing=False, copy=True)
         if args.render:
@@ -48,4 +123,8 @@ def build_and_render(args, atomic_output, progress) -> None:
                 scene.render.filepath = str(tmp_png.resolve())
                 bpy.ops.render.render(write_still=True)
             progress(f"rendered {args.render} in {time.perf_counter() - start:.1f} s")
+        if views is not None:
+            progress(f"rendering {views.frames} novel views with Cycles ({args.samples} samples)")
+            render_views(scene, novel_camera, views, args.views_dir, progress)
+            progress(f"wrote {views.frames} views to {args.views_dir}")
     progress(f"saved {args.output}")

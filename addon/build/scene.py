@@ -16,6 +16,11 @@ import numpy as np
 from .bpy_io import image_from_array, mesh_from_arrays
 
 SENSOR_WIDTH_MM = 36.0
+# Names of the nodes the relight and export tools look for (labels are what the artist sees).
+ALBEDO_NODE, NORMALS_NODE, SHADOW_NODE = "InvRender Albedo", "InvRender Normals", "InvRender Shadow"
+ENVIRONMENT_NODE, ENVIRONMENT_MAPPING_NODE = "InvRender Environment", "InvRender Mapping"
+SHADOW_AOV = "shadow"
+IMPORT_KEY = "invrender_import"  # collection ID property: names of what an import built
 CAMERA_ROTATION_EULER = (math.pi / 2, 0.0, 0.0)  # Blender camera looking along +y, up = +z
 
 
@@ -26,7 +31,8 @@ class SceneAssets:
     camera: dict with width, height, fx, fy, cx, cy (pixels); vertices (V, 3) camera frame; faces (F, 3);
     uvs (V, 2) image coordinates with v up; photo and albedo (H, W, 3) linear RGB; normals (H, W, 3)
     camera frame; environment (He, We, 3) equirect radiance in the world frame (Blender mapping);
-    sun: optional (direction towards the sun in the world frame (3,), strength W/m², RGB colour).
+    sun: optional (direction towards the sun in the world frame (3,), strength W/m², RGB colour);
+    shadow: optional (H, W) in [0, 1], kept as an image and a Cycles AOV for compositing.
     """
 
     name: str
@@ -39,6 +45,7 @@ class SceneAssets:
     normals: np.ndarray
     environment: np.ndarray
     sun: tuple | None = None
+    shadow: np.ndarray | None = None
 
 
 @dataclass
@@ -69,33 +76,54 @@ def build_camera(name: str, cam: dict, scene: bpy.types.Scene) -> bpy.types.Obje
     return obj
 
 
-def build_material(name: str, albedo_image, normal_image, roughness: float = 1.0) -> bpy.types.Material:
-    """Principled material: albedo -> Base Color, object-space normal map -> Normal, diffuse by default."""
+def build_material(name: str, albedo_image, normal_image, shadow_image=None, roughness: float = 1.0
+                   ) -> bpy.types.Material:
+    """Principled material: albedo -> Base Color, object-space normal map -> Normal, diffuse by default.
+
+    The shadow map, when given, is not part of the shading (the geometry casts its own shadows): it is kept
+    as an image node feeding a Cycles AOV output named SHADOW_AOV, for compositing.
+    """
     mat = bpy.data.materials.new(name)
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = nodes["Principled BSDF"]
     bsdf.inputs["Roughness"].default_value = roughness
     bsdf.inputs["Specular IOR Level"].default_value = 0.0  # the image model is Lambertian
-    albedo = nodes.new("ShaderNodeTexImage")
-    albedo.image, albedo.label, albedo.location = albedo_image, "Albedo", (-600, 300)
+    albedo = _image_node(nodes, ALBEDO_NODE, "Albedo", albedo_image, (-600, 300))
     links.new(albedo.outputs["Color"], bsdf.inputs["Base Color"])
-    normal = nodes.new("ShaderNodeTexImage")
-    normal.image, normal.label, normal.location = normal_image, "Normals (object space)", (-600, -100)
+    normal = _image_node(nodes, NORMALS_NODE, "Normals (object space)", normal_image, (-600, -100))
     normal_map = nodes.new("ShaderNodeNormalMap")
     normal_map.space, normal_map.location = "OBJECT", (-300, -100)
     links.new(normal.outputs["Color"], normal_map.inputs["Color"])
     links.new(normal_map.outputs["Normal"], bsdf.inputs["Normal"])
+    if shadow_image is not None:
+        shadow = _image_node(nodes, SHADOW_NODE, "Shadow (photo)", shadow_image, (-600, -450))
+        aov = nodes.new("ShaderNodeOutputAOV")
+        aov.aov_name, aov.location = SHADOW_AOV, (-300, -450)
+        links.new(shadow.outputs["Color"], aov.inputs["Value"])
     return mat
 
 
+def _image_node(nodes, name: str, label: str, image, location) -> bpy.types.ShaderNodeTexImage:
+    node = nodes.new("ShaderNodeTexImage")
+    node.name, node.label, node.image, node.location = name, label, image, location
+    return node
+
+
 def build_world(name: str, environment_image, strength: float = 1.0) -> bpy.types.World:
-    """World lit by an equirect environment image (the SH lighting), with a strength control."""
+    """World lit by an equirect environment image (the SH lighting), with a strength control and a
+    Mapping node (ENVIRONMENT_MAPPING_NODE) through which relighting rotates it."""
     world = bpy.data.worlds.new(name)
     world.use_nodes = True
     nodes, links = world.node_tree.nodes, world.node_tree.links
+    coords = nodes.new("ShaderNodeTexCoord")
+    coords.location = (-800, 300)
+    mapping = nodes.new("ShaderNodeMapping")
+    mapping.name, mapping.location = ENVIRONMENT_MAPPING_NODE, (-600, 300)
+    links.new(coords.outputs["Generated"], mapping.inputs["Vector"])
     env = nodes.new("ShaderNodeTexEnvironment")
-    env.image, env.location = environment_image, (-400, 300)
+    env.name, env.image, env.location = ENVIRONMENT_NODE, environment_image, (-400, 300)
+    links.new(mapping.outputs["Vector"], env.inputs["Vector"])
     background = nodes["Background"]
     background.inputs["Strength"].default_value = strength
     links.new(env.outputs["Color"], background.inputs["Color"])
@@ -132,6 +160,7 @@ def build_scene(assets: SceneAssets, scene: bpy.types.Scene | None = None) -> Bu
     scene = scene or bpy.context.scene
     before = {kind: set(getattr(bpy.data, kind)) for kind in DATA_COLLECTIONS}
     camera_before, world_before = scene.camera, scene.world
+    aovs_before = {aov.name for aov in scene.view_layers[0].aovs}
     resolution_before = (scene.render.resolution_x, scene.render.resolution_y,
                          scene.render.resolution_percentage, scene.render.pixel_aspect_x,
                          scene.render.pixel_aspect_y)
@@ -139,6 +168,8 @@ def build_scene(assets: SceneAssets, scene: bpy.types.Scene | None = None) -> Bu
         return _build_scene(assets, scene)
     except BaseException:
         scene.camera, scene.world = camera_before, world_before
+        for aov in [a for a in scene.view_layers[0].aovs if a.name not in aovs_before]:
+            scene.view_layers[0].aovs.remove(aov)
         (scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage,
          scene.render.pixel_aspect_x, scene.render.pixel_aspect_y) = resolution_before
         for kind in DATA_COLLECTIONS:
@@ -165,7 +196,9 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
     mesh = bpy.data.objects.new(f"{assets.name} mesh",
                                 mesh_from_arrays(f"{assets.name} mesh", assets.vertices, assets.faces, assets.uvs))
     mesh.rotation_euler = CAMERA_ROTATION_EULER
-    mesh.data.materials.append(build_material(f"{assets.name} material", albedo, normals))
+    shadow = None if assets.shadow is None else image_from_array(f"{assets.name} shadow", assets.shadow,
+                                                                 non_color=True)
+    mesh.data.materials.append(build_material(f"{assets.name} material", albedo, normals, shadow))
     collection.objects.link(mesh)
 
     world = build_world(f"{assets.name} world",
@@ -177,7 +210,28 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         direction, strength, colour = assets.sun
         sun = build_sun(f"{assets.name} sun", direction, strength, colour)
         collection.objects.link(sun)
+    if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
+        aov = scene.view_layers[0].aovs.add()
+        aov.name, aov.type = SHADOW_AOV, "VALUE"
+    collection[IMPORT_KEY] = {"camera": camera.name, "mesh": mesh.name, "world": world.name,
+                              "sun": sun.name if sun is not None else ""}
     return BuiltScene(collection, camera, mesh, world, sun)
+
+
+def find_import(scene: bpy.types.Scene, name: str | None = None) -> BuiltScene:
+    """The InvRender import named `name` in `scene` (default: the one whose world the scene uses, else the
+    last one); ValueError with what to do when there is none."""
+    imports = [c for c in scene.collection.children_recursive if IMPORT_KEY in c]
+    if name is not None:
+        imports = [c for c in imports if c.name == name]
+    if not imports:
+        raise ValueError("no InvRender import in this scene: import a photo first (InvRender > Photo → Scene)")
+    chosen = next((c for c in imports if scene.world is not None
+                   and c[IMPORT_KEY]["world"] == scene.world.name), imports[-1])
+    names = chosen[IMPORT_KEY]
+    return BuiltScene(chosen, bpy.data.objects.get(names["camera"]), bpy.data.objects.get(names["mesh"]),
+                      bpy.data.worlds.get(names["world"]),
+                      bpy.data.objects.get(names["sun"]) if names["sun"] else None)
 
 
 def set_cycles(scene: bpy.types.Scene, samples: int = 32) -> None:

@@ -13,7 +13,7 @@ from .errors import (
     UnreadableImageError,
     UnsupportedImageError,
 )
-from .exr import ExrHeader, read_exr, read_exr_header, write_exr
+from .exr import ExrHeader, read_exr, read_exr_channels, read_exr_header, write_exr, write_exr_channels
 from .images import (
     DEFAULT_MAX_MEGAPIXELS,
     MIN_SIDE,
@@ -39,11 +39,13 @@ __all__ = [
     "linear_to_srgb",
     "load_image",
     "read_exr",
+    "read_exr_channels",
     "read_exr_header",
     "resize_linear",
     "save_preview_sheet",
     "srgb_lut",
     "srgb_to_linear",
     "write_exr",
+    "write_exr_channels",
     "write_png",
 ]

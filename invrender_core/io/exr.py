@@ -209,3 +209,186 @@ def write_exr(path, array) -> None:
     except OSError as e:
         raise ImageWriteError(f"could not write {path} ({one_line(e.strerror or e)}): "
                               f"check that the folder exists and is writable") from e
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multilayer EXR: every channel by name, in plain numpy (no OpenEXR package needed)
+#
+# A scanline file is: magic, version, header attributes, an offset table (one int64 file position per
+# chunk), then chunks: int32 first row, int32 byte count, data. A chunk holds `lines` rows; each row holds
+# every channel's `width` samples in the (sorted) channel-list order. ZIP data is zlib over the row bytes
+# after two reversible steps: split into even- and odd-indexed bytes, then byte deltas (+128, mod 256).
+# A chunk whose byte count equals its raw size is stored uncompressed (the writer keeps it smaller).
+
+EXR_COMPRESSIONS = {0: ("none", 1), 2: ("zips", 1), 3: ("zip", 16)}  # id: (name, rows per chunk)
+_PIXEL_DTYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
+
+
+def _header_size(header: ExrHeader) -> int:
+    """Bytes from the file start to the end of the header (read_exr_header keeps the attributes in order)."""
+    return 8 + sum(len(name.encode("latin-1")) + len(type_name.encode("latin-1")) + 2 + 4 + len(value)
+                   for name, (type_name, value) in header.attributes.items()) + 1
+
+
+def _channel_samplings(value: bytes) -> list[tuple[int, int]]:
+    """(x, y) sampling of each channel of a chlist (see _parse_chlist for the layout)."""
+    out, pos = [], 0
+    while value[pos:pos + 1] not in (b"\0", b""):
+        end = value.index(b"\0", pos)
+        out.append(struct.unpack_from("<2i", value, end + 1 + 8))
+        pos = end + 1 + 16
+    return out
+
+
+def _zip_decode(data: bytes, size: int, path: Path) -> np.ndarray:
+    import zlib
+
+    try:
+        raw = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
+    except zlib.error as e:
+        raise UnreadableImageError(f"{path} has corrupt ZIP data ({one_line(e)}): export it again") from e
+    if raw.size != size:
+        raise UnreadableImageError(f"{path} has a ZIP chunk of {raw.size} bytes instead of {size}: export it again")
+    deltas = raw.copy()
+    deltas[1:] -= 128  # uint8 arithmetic wraps: mod 256, as the format wants
+    mixed = np.cumsum(deltas, dtype=np.uint8)
+    out = np.empty_like(mixed)
+    half = (size + 1) // 2
+    out[0::2], out[1::2] = mixed[:half], mixed[half:]
+    return out
+
+
+def _zip_encode(raw: np.ndarray) -> bytes:
+    import zlib
+
+    half = (raw.size + 1) // 2
+    mixed = np.empty_like(raw)
+    mixed[:half], mixed[half:] = raw[0::2], raw[1::2]
+    deltas = np.empty_like(raw)
+    deltas[0] = mixed[0]
+    deltas[1:] = mixed[1:] - mixed[:-1] + np.uint8(128)  # uint8 arithmetic wraps: mod 256
+    return zlib.compress(deltas.tobytes())
+
+
+def read_exr_channels(path) -> dict[str, np.ndarray]:
+    """Every channel of a single-part scanline EXR -> {channel name: (H, W) array}, row 0 = top.
+
+    Reads what Blender writes as multilayer EXR ("ViewLayer.Depth.Z", ...) as well as plain files, with no
+    compression, ZIPS or ZIP; half and float channels come back as float32, uint channels as uint32.
+    Raises UnsupportedImageError for tiled, deep, multi-part, subsampled or otherwise compressed files and
+    UnreadableImageError for truncated or corrupt ones.
+    """
+    path = Path(path)
+    header = read_exr_header(path)
+    compression = header.attributes.get("compression", ("", b"\0"))[1]
+    code = compression[0] if len(compression) == 1 else -1
+    if header.multipart or header.deep or "tiles" in header.attributes:
+        kind = "multi-part" if header.multipart else "deep" if header.deep else "tiled"
+        raise UnsupportedImageError(f"{path} is a {kind} EXR, which read_exr_channels does not read: re-save it "
+                                    f"as a single-part scanline EXR")
+    if code not in EXR_COMPRESSIONS:
+        raise UnsupportedImageError(f"{path} uses EXR compression {code}, which read_exr_channels does not read: "
+                                    f"re-save it with ZIP or no compression")
+    if any(s != (1, 1) for s in _channel_samplings(header.attributes["channels"][1])):
+        raise UnsupportedImageError(f"{path} has subsampled EXR channels: re-save it at full resolution")
+    if any(t not in _PIXEL_DTYPES for t in header.pixel_types):
+        raise UnsupportedImageError(f"{path} has unknown EXR pixel types {header.pixel_types}: export it again")
+    width, height = header.width, header.height
+    y_min = struct.unpack("<4i", header.attributes["dataWindow"][1])[1]
+    lines = EXR_COMPRESSIONS[code][1]
+    # One row of one chunk: each channel's samples one after the other (fields named by index: any name works).
+    row = np.dtype([(f"c{i}", _PIXEL_DTYPES[t], (width,)) for i, t in enumerate(header.pixel_types)])
+    data = np.fromfile(path, dtype=np.uint8)
+    chunks = -(-height // lines)
+    table = _header_size(header)
+    if data.size < table + 8 * chunks:
+        raise UnreadableImageError(f"{path} ends inside its EXR offset table: the file is truncated; export it "
+                                   f"again")
+    offsets = np.frombuffer(data[table:table + 8 * chunks].tobytes(), dtype="<i8")
+    out = {name: np.empty((height, width), _PIXEL_DTYPES[t] if t == 0 else np.float32)
+           for name, t in zip(header.channels, header.pixel_types, strict=True)}
+    for offset in offsets:
+        if not table + 8 * chunks <= offset <= data.size - 8:
+            raise UnreadableImageError(f"{path} has an EXR chunk outside the file: the file is truncated or "
+                                       f"corrupt; export it again")
+        y, size = struct.unpack("<2i", data[offset:offset + 8].tobytes())
+        first = y - y_min
+        n = min(lines, height - first)
+        if first < 0 or first % lines or n <= 0 or size < 0 or offset + 8 + size > data.size:
+            raise UnreadableImageError(f"{path} has a corrupt EXR chunk (row {y}, {size} bytes): the file is "
+                                       f"truncated or corrupt; export it again")
+        raw = data[offset + 8:offset + 8 + size]
+        if code != 0 and size != n * row.itemsize:  # a chunk that did not shrink is stored as it is
+            raw = _zip_decode(raw.tobytes(), n * row.itemsize, path)
+        if raw.size != n * row.itemsize:
+            raise UnreadableImageError(f"{path} has an EXR chunk of {raw.size} bytes instead of "
+                                       f"{n * row.itemsize}: export it again")
+        rows = np.frombuffer(raw.tobytes(), dtype=row)  # (n,) records of (width,) samples per channel
+        for i, name in enumerate(header.channels):
+            out[name][first:first + n] = rows[f"c{i}"]
+    return out
+
+
+def write_exr_channels(path, channels: dict[str, np.ndarray], compression: str = "zip",
+                       metadata: dict[str, str] | None = None) -> None:
+    """Write a single-part scanline float32 EXR with one channel per entry of `channels` {name: (H, W)}.
+
+    Layered names ("albedo.R", "depth.Z") make a multilayer file that Blender, Nuke and read_exr_channels
+    read by layer; plain "R", "G", "B", "A" are the default layer. compression: "zip" (16-row chunks) or
+    "none"; metadata: extra string attributes for the header. Writes `path` only (any suffix): callers that
+    want atomic replacement write a temporary name and rename. ValueError for bad shapes or names,
+    ImageWriteError when the file cannot be written.
+    """
+    path = Path(path)
+    if compression not in ("zip", "none"):
+        raise ValueError(f"write_exr_channels compression must be 'zip' or 'none', got {compression!r}")
+    if not channels:
+        raise ValueError(f"write_exr_channels needs at least one channel for {path}")
+    shapes = {name: np.shape(a) for name, a in channels.items()}
+    shape = next(iter(shapes.values()))
+    if len(shape) != 2 or 0 in shape or any(s != shape for s in shapes.values()):
+        raise ValueError(f"write_exr_channels needs channels of one non-empty (H, W) shape, got {shapes} for "
+                         f"{path}")
+    for name in [*channels, *(metadata or {})]:
+        if not (0 < len(name) < _MAX_NAME_BYTES and "\0" not in name and name.isascii()):
+            raise ValueError(f"EXR channel and attribute names must be 1 to 255 ASCII characters without NUL, "
+                             f"got {name!r}")
+    height, width = shape
+    names = sorted(channels)  # EXR lists channels sorted by name (bytes; ASCII sorts the same)
+    code, lines = (3, 16) if compression == "zip" else (0, 1)
+
+    def attribute(name: str, type_name: str, value: bytes) -> bytes:
+        return (name.encode("latin-1") + b"\0" + type_name.encode("latin-1") + b"\0"
+                + struct.pack("<i", len(value)) + value)
+
+    chlist = b"".join(n.encode("latin-1") + b"\0" + struct.pack("<iB3x2i", 2, 0, 1, 1) for n in names) + b"\0"
+    window = struct.pack("<4i", 0, 0, width - 1, height - 1)
+    attributes = [("channels", "chlist", chlist), ("compression", "compression", bytes([code])),
+                  ("dataWindow", "box2i", window), ("displayWindow", "box2i", window),
+                  ("lineOrder", "lineOrder", b"\0"), ("pixelAspectRatio", "float", struct.pack("<f", 1.0)),
+                  ("screenWindowCenter", "v2f", struct.pack("<2f", 0.0, 0.0)),
+                  ("screenWindowWidth", "float", struct.pack("<f", 1.0))]
+    attributes += [(k, "string", v.encode("utf-8")) for k, v in sorted((metadata or {}).items())]
+    long_names = any(len(n) > 31 for n in names + [a[0] for a in attributes])
+    header = struct.pack("<2i", EXR_MAGIC, 2 | (_LONG_NAMES_FLAG if long_names else 0))
+    header += b"".join(attribute(*a) for a in attributes) + b"\0"
+    # (H, C, W) float32 little-endian: each row holds every channel's samples in the sorted order.
+    pixels = np.stack([np.asarray(channels[n], dtype="<f4") for n in names], axis=1)
+    chunks, position = [], len(header) + 8 * (-(-height // lines))
+    for first in range(0, height, lines):
+        raw = np.frombuffer(np.ascontiguousarray(pixels[first:first + lines]).tobytes(), dtype=np.uint8)
+        data = raw.tobytes()
+        if code == 3:
+            packed = _zip_encode(raw)
+            data = packed if len(packed) < len(data) else data
+        chunks.append(struct.pack("<2i", first, len(data)) + data)
+    offsets = np.cumsum([position] + [len(c) for c in chunks[:-1]]).astype("<i8")
+    try:
+        with open(path, "wb") as f:
+            f.write(header)
+            f.write(offsets.tobytes())
+            for chunk in chunks:
+                f.write(chunk)
+    except OSError as e:
+        raise ImageWriteError(f"could not write {path} ({one_line(e.strerror or e)}): "
+                              f"check that the folder exists and is writable") from e

@@ -1,0 +1,5 @@
+"""Operators, one module a feature: properties -> settings dataclass -> one core or builder call. No maths here."""
+
+from . import export_passes, import_photo, relight
+
+classes = (*import_photo.classes, *relight.classes, *export_passes.classes)

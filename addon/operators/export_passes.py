@@ -1,0 +1,52 @@
+"""Export Passes: file browser -> one `export_passes` call (render + multilayer EXR). No maths here."""
+
+from __future__ import annotations
+
+import bpy
+from bpy_extras.io_utils import ExportHelper
+
+# Errors export_passes raises for a scene or a path it cannot use, and for a failed render: an ERROR report.
+USER_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
+
+
+class INVR_OT_export_passes(bpy.types.Operator, ExportHelper):
+    """Render the scene with Cycles from the scene camera and write beauty, albedo, normal (world), depth
+    (planar), the photo's shadow and shading passes to one multilayer OpenEXR for compositing"""
+
+    bl_idname = "invr.export_passes"
+    bl_label = "Export Passes (EXR)"
+    bl_options = {"REGISTER"}  # writes a file and leaves the scene as it was: nothing to undo
+
+    filename_ext = ".exr"
+    filter_glob: bpy.props.StringProperty(default="*.exr", options={"HIDDEN"}, maxlen=255)
+    samples: bpy.props.IntProperty(
+        name="Samples", description="Cycles samples per pixel for the passes: more gives less noise in the "
+        "beauty and shading passes and takes longer", default=64, min=1, max=1 << 24, soft_max=4096)
+    separate_files: bpy.props.BoolProperty(
+        name="Also one file per pass", description="Also write <name>_<pass>.exr with standard channel names "
+        "(R,G,B or Y), for tools that cannot read multilayer EXR", default=False)
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene.camera is None:
+            cls.poll_message_set("The scene has no camera: import a photo or set a scene camera")
+            return False
+        return True
+
+    def execute(self, context):
+        from ..build.passes import export_passes
+
+        if not self.filepath:
+            self.report({"ERROR"}, "No file chosen: pick an .exr file in the file browser")
+            return {"CANCELLED"}
+        path = bpy.path.ensure_ext(bpy.path.abspath(self.filepath), self.filename_ext)
+        try:
+            out = export_passes(context.scene, None, path, samples=self.samples, separate_files=self.separate_files)
+        except USER_ERRORS as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Wrote passes to {out}")
+        return {"FINISHED"}
+
+
+classes = (INVR_OT_export_passes,)

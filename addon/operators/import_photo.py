@@ -1,0 +1,181 @@
+"""Import Photo: panel settings -> ImportSettings -> `decompose` (on a worker thread in the UI) -> scene builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+
+from .. import jobs
+
+OPTION_NAMES = ("fov_override", "max_side", "mesh_step", "discontinuity_threshold", "sun_fraction")
+
+
+def settings_from_props(context, photo: str, with_maps: bool):
+    """ImportSettings from the panel's settings and the add-on preferences; with_maps: use the panel's depth and
+    normal maps instead of the networks."""
+    from ..build.import_photo import ImportSettings
+    from ..prefs import get_preferences
+
+    props, prefs = context.scene.invr, get_preferences(context)
+    return ImportSettings(
+        photo=Path(bpy.path.abspath(photo)),
+        depth=Path(bpy.path.abspath(props.depth_path)) if with_maps else None,
+        normals=Path(bpy.path.abspath(props.normal_path)) if with_maps else None,
+        fov_deg=props.fov_override or None,
+        max_side=props.max_side,
+        mesh_step=props.mesh_step,
+        discontinuity_threshold=props.discontinuity_threshold,
+        sun_fraction=props.sun_fraction,
+        device=prefs.device,
+        weights_dir=prefs.weights_dir,
+    )
+
+
+# Errors the core raises for bad input, missing weights, memory: they become an ERROR report.
+USER_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
+
+
+def _build(operator, context, settings, estimate_result) -> set[str]:
+    from ..build.import_photo import import_photo
+
+    try:
+        built = import_photo(settings, context.scene, estimate_result=estimate_result)
+    except USER_ERRORS as e:
+        operator.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    context.scene.invr.photo_path = str(settings.photo)
+    operator.report({"INFO"}, f"Built {built.collection.name}: {len(built.mesh.data.vertices)} vertices")
+    return {"FINISHED"}
+
+
+def run_synchronously(operator, context, settings) -> set[str]:
+    """Estimate and build on the calling thread (background mode, scripts, tests) with the cursor progress."""
+    from ..build.import_photo import estimate
+
+    wm = context.window_manager
+    wm.progress_begin(0, 100)
+    try:
+        result = estimate(settings, progress=lambda stage, fraction: wm.progress_update(int(100 * fraction)))
+    except USER_ERRORS as e:
+        operator.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    finally:
+        wm.progress_end()
+    return _build(operator, context, settings, result)
+
+
+def start_estimate(settings) -> jobs.Job:
+    """Run the bpy-free estimate of `settings` on a worker thread (progress and cancel through the job)."""
+    from ..build.import_photo import estimate
+
+    return jobs.start(lambda progress, cancel: estimate(settings, progress=progress, cancel=cancel),
+                      f"Importing {settings.photo.name}")
+
+
+def finish_job(operator, context, job: jobs.Job, settings) -> set[str]:
+    """Main thread, after the worker ended: build the scene from its estimate, or report why there is none."""
+    jobs.release(job)
+    if job.state == jobs.FINISHED:
+        return _build(operator, context, settings, job.result)
+    if job.state == jobs.CANCELLED:
+        operator.report({"ERROR"}, "Import cancelled: the scene is unchanged")
+    elif isinstance(job.error, USER_ERRORS):
+        operator.report({"ERROR"}, str(job.error))
+    else:  # a bug, not bad input: keep the traceback in the console
+        import traceback
+
+        traceback.print_exception(job.error)
+        operator.report({"ERROR"}, f"Import failed ({type(job.error).__name__}: {job.error}); see the console")
+    return {"CANCELLED"}
+
+
+def _redraw_sidebars(context) -> None:
+    for area in context.screen.areas if context.screen else ():
+        if area.type == "VIEW_3D":
+            area.tag_redraw()
+
+
+class INVR_OT_import_photo(bpy.types.Operator):
+    """Estimate albedo, normals, shadow, lighting and depth of a photo with the networks and build a
+    camera-matched, relightable scene from them"""
+
+    bl_idname = "invr.import_photo"
+    bl_label = "Import Photo as Relightable Scene"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(
+        name="Photo", description="Photo to import (PNG, JPEG, TIFF, EXR, HDR); empty: the panel's photo",
+        subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        if jobs.active_job() is not None:
+            cls.poll_message_set("An import is running: wait for it or press Esc")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        self.filepath = bpy.path.abspath(context.scene.invr.photo_path)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        for name in OPTION_NAMES:
+            layout.prop(context.scene.invr, name)
+
+    def execute(self, context):
+        photo = self.filepath or context.scene.invr.photo_path
+        if not photo:
+            self.report({"ERROR"}, "No photo chosen: pick one in the file browser or the InvRender panel")
+            return {"CANCELLED"}
+        self._settings = settings_from_props(context, photo, with_maps=False)
+        if bpy.app.background or context.window is None:
+            return run_synchronously(self, context, self._settings)
+        self._job = start_estimate(self._settings)
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.progress_begin(0, 100)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            self._job.cancel()  # the worker stops at its next stage boundary; keep polling until it has
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        state = self._job.poll()
+        context.window_manager.progress_update(int(100 * self._job.fraction))
+        if context.workspace is not None:
+            context.workspace.status_text_set(self._job.status_text if state == jobs.RUNNING else None)
+        _redraw_sidebars(context)
+        if state == jobs.RUNNING:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        return finish_job(self, context, self._job, self._settings)
+
+
+class INVR_OT_import_rgbd(bpy.types.Operator):
+    """Build a camera-matched, relightable scene from a photo with its depth and normal maps"""
+
+    bl_idname = "invr.import_rgbd"
+    bl_label = "Import Photo with Depth and Normals"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        props = context.scene.invr
+        for label, path in (("photo", props.photo_path), ("depth map", props.depth_path),
+                            ("normal map", props.normal_path)):
+            if not path:
+                self.report({"ERROR"}, f"No {label} chosen: pick one in the InvRender panel")
+                return {"CANCELLED"}
+        return run_synchronously(self, context, settings_from_props(context, props.photo_path, with_maps=True))
+
+
+classes = (INVR_OT_import_photo, INVR_OT_import_rgbd)
