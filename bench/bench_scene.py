@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_scene.py [--quick]
 
 1. Builder: the mesh (1224x816 = 1.0 MP grid, one vertex a pixel, about 2 M triangles with UVs) and its
-   material (albedo, normal and shadow images, 1 MP each) built through addon/build (foreach_set), against
+   material (albedo, normal and shadow images, 1 MP each) built through addon/build (attribute API, foreach_set), against
    the same mesh through a naive per-vertex Python path (one RNA assignment per vertex, loop and UV) and
    through `Mesh.from_pydata` (what most scripts use). The depth is that of samples/sample_photo (upscaled),
    so the mesh has the discontinuities of a real scene.
@@ -188,7 +188,7 @@ def main(argv=None) -> None:
     print(f"Builder, {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} grid: {builder['vertices']} vertices, {builder['faces']} "
           "triangles\n\n| step | seconds |\n|---|---|")
     for key, label in (("build_scene_s", "build_scene: camera, mesh, 4 images, material, world, sun"),
-                       ("mesh_foreach_set_s", "mesh through foreach_set (bpy_io.mesh_from_arrays)"),
+                       ("mesh_foreach_set_s", "mesh through the attribute API (bpy_io.mesh_from_arrays)"),
                        ("three_images_s", "three 1 MP float images, packed"),
                        ("mesh_from_pydata_s", "mesh through Mesh.from_pydata"),
                        ("mesh_naive_s", "mesh through per-vertex Python assignments")):

@@ -155,16 +155,21 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
         (tmp / "camera.json").write_text(json.dumps(
             {**estimate.camera.to_dict(), "depth_scale": "relative", **estimate.metadata}, indent=2) + "\n")
         save_preview_sheet(tmp / "preview.png", preview_tiles(estimate))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the output is an ordinary one
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def publish_folder(tmp: Path, out_dir: Path) -> None:
+    """Move a finished temporary folder (from tempfile.mkdtemp beside out_dir) to out_dir, replacing it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the output is an ordinary one
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def lit_sphere(lighting: np.ndarray, size: int = 128, albedo: float = 0.6) -> np.ndarray:

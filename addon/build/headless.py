@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from invrender_core.scene import write_estimate
+from invrender_core.scene import publish_folder, write_estimate
 
 from .import_photo import ImportSettings, estimate, import_photo
 from .novel_view import NovelViewSettings, add_novel_view_camera
@@ -66,12 +65,7 @@ def render_views(scene: bpy.types.Scene, camera: bpy.types.Object, settings: Nov
             scene.render.filepath = str((tmp / VIEW_FILE.format(i + 1)).resolve())
             bpy.ops.render.render(write_still=True)
             progress(f"rendered view {i + 1}/{settings.frames} in {time.perf_counter() - start:.1f} s")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the output is an ordinary one
-        if views_dir.exists():
-            shutil.rmtree(views_dir)
-        os.replace(tmp, views_dir)
+        publish_folder(tmp, views_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
