@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_scene.py [--quick]
 
 1. Builder: the mesh (1224x816 = 1.0 MP grid, one vertex a pixel, about 2 M triangles with UVs) and its
-   material (albedo, normal and shadow images, 1 MP each) built through addon/build (attribute API, foreach_set), against
+   material (albedo, normal and shadow images, 1 MP each) built through addon/build (attribute API), against
    the same mesh through a naive per-vertex Python path (one RNA assignment per vertex, loop and UV) and
    through `Mesh.from_pydata` (what most scripts use). The depth is that of samples/sample_photo (upscaled),
    so the mesh has the discontinuities of a real scene.
