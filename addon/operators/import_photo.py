@@ -160,6 +160,17 @@ class INVR_OT_import_photo(bpy.types.Operator):
         context.window_manager.progress_end()
         return finish_job(self, context, self._job, self._settings)
 
+    def cancel(self, context):
+        """Blender ends the modal itself (a file is loaded, the window closes): stop the worker, build nothing,
+        and free the job so that a later import can start."""
+        self._job.cancel()
+        self._job.wait(10)
+        jobs.release(self._job)
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+
 
 class INVR_OT_import_rgbd(bpy.types.Operator):
     """Build a camera-matched, relightable scene from a photo with its depth and normal maps"""
