@@ -8,22 +8,18 @@ from invrender_addon.build.bpy_io import image_from_array, image_to_array, mesh_
 from invrender_addon.build.scene import SceneAssets, build_scene, set_cycles
 from mathutils import Vector
 
-from invrender_core import geometry, sh
+from invrender_core import geometry
 from invrender_core.camera import Camera
 from invrender_core.scene import SceneEstimate, scene_assets
+from invrender_core.train.synthetic import exact_estimate
 
 
 def synthetic_estimate(camera: Camera, lighting: np.ndarray) -> SceneEstimate:
     depth, normals, _ = geometry.synthetic_sphere_plane(camera)
-    depth, normals = depth.astype(np.float32), normals.astype(np.float32)
     u, v = camera.pixel_grid()
     checker = ((u // 8 + v // 8) % 2).astype(np.float32)
     albedo = np.stack([0.3 + 0.4 * checker, 0.5 * np.ones_like(checker), 0.6 - 0.3 * checker], -1)
-    shading = sh.shading(normals, lighting).astype(np.float32)
-    image = (albedo * shading).astype(np.float32)
-    return SceneEstimate(image=image, albedo=albedo.astype(np.float32), shading=shading, normals=normals,
-                         depth=depth, depth_fused=depth, confidence=np.ones_like(depth), lighting=lighting,
-                         camera=camera)
+    return exact_estimate(camera, depth, normals, lighting, albedo)
 
 
 SKY = np.zeros((9, 3), np.float32)

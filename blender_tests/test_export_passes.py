@@ -24,6 +24,7 @@ from invrender_core.camera import Camera
 from invrender_core.io import read_exr_header
 from invrender_core.io.exr import read_exr_channels
 from invrender_core.scene import SceneEstimate, scene_assets
+from invrender_core.train.synthetic import exact_estimate
 
 CAMERA = Camera.from_fov(48, 32, 50.0)
 LIGHT = np.zeros((9, 3), np.float32)
@@ -41,11 +42,8 @@ def estimate(with_shadow=True) -> SceneEstimate:
     u, v = CAMERA.pixel_grid()
     checker = ((u // 8 + v // 8) % 2).astype(np.float32)
     albedo = np.stack([0.3 + 0.4 * checker, np.full_like(checker, 0.5), 0.6 - 0.3 * checker], -1)
-    shading = sh.shading(normals, LIGHT).astype(np.float32)
     shadow = (0.5 + 0.5 * np.sin(u / 5.0) * np.cos(v / 7.0)).astype(np.float32) if with_shadow else None
-    return SceneEstimate(image=albedo * shading, albedo=albedo, shading=shading, normals=normals.astype(np.float32),
-                         depth=depth.astype(np.float32), depth_fused=depth.astype(np.float32),
-                         confidence=np.ones_like(depth, np.float32), lighting=LIGHT, camera=CAMERA, shadow=shadow)
+    return exact_estimate(CAMERA, depth, normals, LIGHT, albedo, shadow)
 
 
 def build(scene, est):

@@ -15,7 +15,8 @@ from mathutils import Vector
 from invrender_core import cli, geometry, sh
 from invrender_core.camera import Camera
 from invrender_core.io import write_exr, write_png
-from invrender_core.scene import SceneEstimate, scene_assets
+from invrender_core.scene import scene_assets
+from invrender_core.train.synthetic import exact_estimate
 
 LIGHT = np.zeros((9, 3))
 LIGHT[0] = [1.0, 0.95, 0.9]
@@ -27,13 +28,7 @@ CAMERA = Camera(width=48, height=32, fx=45.0, fy=45.0, cx=21.0, cy=18.5)
 
 def build(scene, camera: Camera = CAMERA, name: str = "view"):
     depth, normals, _ = geometry.synthetic_sphere_plane(camera)
-    depth, normals = depth.astype(np.float32), normals.astype(np.float32)
-    albedo = np.full(normals.shape, 0.5, np.float32)
-    shading = sh.shading(normals, LIGHT).astype(np.float32)
-    est = SceneEstimate(image=albedo * shading, albedo=albedo, shading=shading, normals=normals, depth=depth,
-                        depth_fused=depth, confidence=np.ones_like(depth), lighting=LIGHT.astype(np.float32),
-                        camera=camera)
-    assets = scene_assets(est, name, environment_height=16)
+    assets = scene_assets(exact_estimate(camera, depth, normals, LIGHT), name, environment_height=16)
     built = build_scene(SceneAssets(**assets), scene)
     scene.view_layers[0].update()  # matrix_world of the new objects
     return built, assets

@@ -29,6 +29,7 @@ from mathutils import Matrix, Vector
 from invrender_core import geometry, sh
 from invrender_core.camera import Camera
 from invrender_core.scene import SceneEstimate, scene_assets, sun_direction
+from invrender_core.train.synthetic import exact_estimate
 
 # Camera-frame lighting: a sun from the upper right, in front of the camera, over a dim sky.
 SUN_CAMERA = np.array([0.6, 0.6, 0.5]) / np.linalg.norm([0.6, 0.6, 0.5])
@@ -51,12 +52,7 @@ def ground_scene(camera: Camera, radius: float = 0.6):
 
 def estimate_of(camera: Camera, depth: np.ndarray, normals: np.ndarray, lighting: np.ndarray) -> SceneEstimate:
     """An exact estimate: grey albedo, the image rendered by the image model."""
-    depth, normals = depth.astype(np.float32), normals.astype(np.float32)
-    albedo = np.full(normals.shape, 0.5, np.float32)
-    shading = sh.shading(normals, lighting).astype(np.float32)
-    return SceneEstimate(image=albedo * shading, albedo=albedo, shading=shading, normals=normals, depth=depth,
-                         depth_fused=depth, confidence=np.ones_like(depth), lighting=lighting.astype(np.float32),
-                         camera=camera)
+    return exact_estimate(camera, depth, normals, lighting)
 
 
 def build(scene, camera=None, sun_fraction=1.0, name="relit"):

@@ -123,3 +123,18 @@ def register_untrained_networks(folder, irn_name: str = "irn-test", depth_name: 
                                  card_markdown="random initialisation", folder=folder)
         path.unlink()
     return folder
+
+
+def exact_estimate(camera, depth, normals, lighting, albedo=0.5, shadow=None):
+    """A SceneEstimate that is exactly right for its maps: the image is the image model's rendering
+    albedo * E(normals) (the shadow, if given, is carried but not applied). albedo: (H, W, 3) or a grey level.
+    For building scenes with known answers in tests."""
+    from .. import sh
+    from ..scene import SceneEstimate
+
+    depth, normals = np.asarray(depth, np.float32), np.asarray(normals, np.float32)
+    albedo = np.broadcast_to(np.asarray(albedo, np.float32), normals.shape).copy()
+    shading = sh.shading(normals, lighting).astype(np.float32)
+    return SceneEstimate(image=albedo * shading, albedo=albedo, shading=shading, normals=normals, depth=depth,
+                         depth_fused=depth, confidence=np.ones_like(depth), lighting=np.asarray(lighting, np.float32),
+                         camera=camera, shadow=shadow)
