@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/bench_fusion.py
 	$(BIN)/python bench/bench_decompose.py
 	$(BIN)/python bench/bench_scene.py
+	$(BIN)/python bench/bench_relight.py
 
 # make addon: one zip with the wheels of all three platforms; make addon PLATFORM=linux-x64: that platform only.
 addon: setup

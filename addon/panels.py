@@ -47,6 +47,15 @@ class VIEW3D_PT_invr_relight(_InvRenderPanel, bpy.types.Panel):
         op = col.operator("invr.relight", text="Animate Time of Day", icon="TIME")
         op.animate, op.frame_start, op.frame_end = True, context.scene.frame_start, context.scene.frame_end
         layout.label(text="Fine-tune in Adjust Last Operation (F9)", icon="INFO")
+        # The quick 2D relight beside the path-traced scene: the photo relit from its maps, in seconds.
+        props = context.scene.invr
+        box = layout.box()
+        box.label(text="2D Preview (seconds)", icon="IMAGE_DATA")
+        col = box.column(align=True)
+        col.prop(props, "preview_sun_elevation")
+        col.prop(props, "preview_sun_azimuth")
+        op = box.operator("invr.relight_preview", text="Preview 2D Relight", icon="RENDER_STILL")
+        op.sun_elevation, op.sun_azimuth = props.preview_sun_elevation, props.preview_sun_azimuth
 
 
 class VIEW3D_PT_invr_novel_views(_InvRenderPanel, bpy.types.Panel):

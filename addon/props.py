@@ -1,5 +1,7 @@
 """Scene properties: one PointerProperty, Scene.invr."""
 
+import math
+
 import bpy
 
 
@@ -31,6 +33,13 @@ class INVR_PG_settings(bpy.types.PropertyGroup):
         name="Sun share", description="Share of the lighting's directional part given to a sun lamp, for "
         "sharp cast shadows; the rest stays in the environment", default=0.6, min=0.0, max=1.0,
         subtype="FACTOR")
+    preview_sun_elevation: bpy.props.FloatProperty(
+        name="Elevation", description="2D relight preview: sun height above the photo camera's horizon",
+        default=math.radians(45.0), min=0.0, max=math.pi / 2, subtype="ANGLE", unit="ROTATION")
+    preview_sun_azimuth: bpy.props.FloatProperty(
+        name="Azimuth", description="2D relight preview: sun direction, 0 behind the photo camera (front "
+        "light), 90° from its right, 180° in front of it (back light)", default=math.radians(90.0),
+        min=-math.pi, max=2.0 * math.pi, subtype="ANGLE", unit="ROTATION")
 
 
 classes = (INVR_PG_settings,)

@@ -23,7 +23,7 @@ from invrender_core import sh
 from invrender_core.camera import Camera
 from invrender_core.geometry import depth_discontinuities, normals_from_depth
 from invrender_core.io import srgb_to_linear
-from invrender_core.train.data import check_view, list_scenes, read_view
+from invrender_core.train.data import RELIGHT_ARRAYS, check_view, list_scenes, read_view
 
 _spec = importlib.util.spec_from_file_location(
     "render_multiview", Path(__file__).resolve().parents[1] / "datagen" / "render_multiview.py")
@@ -35,16 +35,19 @@ WIDTH, HEIGHT = 128, 96
 MARGIN = 0.05  # metres, on top of the penumbra and the pixel footprint
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("multiview")
-    code = render_multiview.main(["--out", str(out), "--scenes", "1", "--views", "2", "--width", str(WIDTH),
-                                  "--height", str(HEIGHT), "--seed", str(SEED), "--category", "clear",
-                                  "--samples", "16", "--no-tone-curve"])
+def render_one_scene(out, width: int, height: int, *options: str):
+    """Render one clear-sky scene of 2 views into `out`; (scene.json contents, views with ground truth)."""
+    code = render_multiview.main(["--out", str(out), "--scenes", "1", "--views", "2", "--width", str(width),
+                                  "--height", str(height), "--seed", str(SEED), "--category", "clear", *options])
     assert code == 0
     (scene_dir, meta), = list_scenes(out)
     views = [read_view(scene_dir / name, ground_truth=True) for name in meta["views"]]
     return meta, views
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return render_one_scene(tmp_path_factory.mktemp("multiview"), WIDTH, HEIGHT, "--samples", "16", "--no-tone-curve")
 
 
 def _camera(view) -> Camera:
@@ -249,3 +252,100 @@ def test_shadow_matches_the_recorded_geometry(dataset):
     assert in_shadow.size > 50 and in_sun.size > 200  # the checks below are not vacuous
     assert np.mean(in_shadow < 0.02) > 0.98
     assert np.mean(in_sun > 0.98) > 0.98
+
+
+RELIGHT_WIDTH, RELIGHT_HEIGHT = 64, 48
+
+
+@pytest.fixture(scope="module")
+def relight_dataset(tmp_path_factory):
+    """One tiny clear-sky scene rendered with --second-light (2 views, 64x48, 8 samples, tone curve on)."""
+    return render_one_scene(tmp_path_factory.mktemp("relight"), RELIGHT_WIDTH, RELIGHT_HEIGHT, "--samples", "8",
+                            "--second-light")
+
+
+def _azimuth_deg(d) -> float:
+    return math.degrees(math.atan2(d[1], d[0]))
+
+
+def _luminance(image_u8) -> np.ndarray:
+    return srgb_to_linear(image_u8.astype(np.float64) / 255.0) @ sh.LUMINANCE
+
+
+def test_second_light_gives_relight_pairs(relight_dataset):
+    """--second-light: a second clear sun >= 60 degrees of azimuth from the first; its arrays agree with
+    scene.json, with each other (sky SH + the sun's SH = full SH) and with the photos (pixels that the new sun
+    leaves in shadow get darker)."""
+    meta, views = relight_dataset
+    desc = meta["description"]
+    second = desc["second_light"]
+    assert second["sky"]["category"] == "clear"
+    lo, hi = render_multiview.SUN_ELEVATION_DEG
+    assert lo <= second["sky"]["sun_elevation_deg"] <= hi
+    a_world, b_world = np.asarray(desc["sun"]["direction_world"]), np.asarray(second["sun"]["direction_world"])
+    newly_shadowed, darker = 0, 0
+    for view in views:
+        check_view(view, RELIGHT_HEIGHT, RELIGHT_WIDTH)
+        for name, (dtype, template) in RELIGHT_ARRAYS.items():
+            shape = tuple({"H": RELIGHT_HEIGHT, "W": RELIGHT_WIDTH}.get(d, d) for d in template)
+            assert view[name].dtype == dtype and view[name].shape == shape, name
+        R, e = view["cam_to_world"][:3, :3], float(view["exposure"])
+        # Suns: unit, the recorded world directions seen from this camera, azimuths >= 60 degrees apart.
+        for prefix, world, record in (("", a_world, desc["sun"]), ("relight_", b_world, second["sun"])):
+            sun_cam = view[prefix + "sun_camera"].astype(np.float64)
+            assert abs(np.linalg.norm(sun_cam) - 1.0) < 1e-5
+            np.testing.assert_allclose(R @ sun_cam, world, atol=1e-5)
+            np.testing.assert_allclose(view[prefix + "sun_irradiance"], e * np.asarray(record["irradiance"]),
+                                       rtol=1e-5)
+        gap = abs((_azimuth_deg(R @ view["relight_sun_camera"]) - _azimuth_deg(R @ view["sun_camera"]) + 180) % 360
+                  - 180)
+        assert gap >= 60.0 - 1e-3
+        # Sky SH + the sun's SH = the full lighting, for both lights; light B's as recorded in scene.json.
+        np.testing.assert_allclose(view["sky_sh_camera"] + sh.directional(view["sun_camera"], view["sun_irradiance"]),
+                                   view["gt_sh_camera"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            view["relight_sky_sh_camera"] + sh.directional(view["relight_sun_camera"], view["relight_sun_irradiance"]),
+            view["relight_sh_camera"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(view["relight_sh_camera"], e * sh.rotation(R.T) @ np.asarray(second["sh_world"]),
+                                   rtol=1e-4, atol=1e-6)
+        # Same camera settings: where the new sun is blocked but the old one was not, the photo gets darker.
+        new = (view["relight_gt_shadow"] < 0.05) & (view["gt_shadow"] > 0.95) & ~view["sky_mask"]
+        newly_shadowed += int(new.sum())
+        darker += int((_luminance(view["relight_image"]) < _luminance(view["image"]))[new].sum())
+        # A shadow is a shadow: relight_gt_shadow is a sun visibility like gt_shadow, 1 on sky.
+        assert np.all(view["relight_gt_shadow"][view["sky_mask"]] == 1.0)
+    assert newly_shadowed > 20  # not vacuous
+    assert darker > 0.9 * newly_shadowed
+
+
+def test_relight_photo_is_albedo_times_sun_and_sky_under_light_b(relight_dataset):
+    """The relight photo follows its recorded light like the photo follows its own: linear(relight_image) ≈
+    albedo * (sun_b irradiance / pi * n.l + E_sky_b(n)) on pixels lit by sun B (tolerances as in
+    test_photo_is_albedo_times_sun_and_sky_on_sunlit_pixels). A wrong exposure, sun or rebuilt scene is off by
+    far more. Pixels pooled over the views: a view may face away from sun B (back light) and see few lit ones."""
+    _, views = relight_dataset
+    rels = []
+    for view in views:
+        lin = render_multiview.inverse_tone_curve(srgb_to_linear(view["relight_image"].astype(np.float32) / 255.0))
+        n = view["gt_normal"].astype(np.float64)
+        ndl = n @ view["relight_sun_camera"].astype(np.float64)
+        edges = ndimage.binary_dilation(depth_discontinuities(view["gt_depth"], 0.02) | view["sky_mask"],
+                                        iterations=1)
+        mask = (~edges & (view["relight_gt_shadow"] > 0.99) & (ndl > 0.2) & (lin.max(-1) < 0.9)
+                & (lin @ sh.LUMINANCE > 0.02))
+        sun_e = view["relight_sun_irradiance"] / math.pi * ndl[..., None]
+        pred = view["gt_albedo"].astype(np.float64) * (sun_e + sh.shading(n, view["relight_sky_sh_camera"]))
+        rels.append((lin[mask] @ sh.LUMINANCE) / (pred[mask] @ sh.LUMINANCE) - 1.0)
+    rel = np.concatenate(rels)
+    assert rel.size > 50
+    assert abs(np.median(rel)) < 0.08
+    assert np.median(np.abs(rel)) < 0.1
+
+
+def test_relight_arrays_are_all_or_none(relight_dataset):
+    _, views = relight_dataset
+    partial = {k: v for k, v in views[0].items() if k != "relight_image"}
+    with pytest.raises(ValueError, match="relight_image"):
+        check_view(partial, RELIGHT_HEIGHT, RELIGHT_WIDTH)
+    without = {k: v for k, v in views[0].items() if k not in RELIGHT_ARRAYS}
+    check_view(without, RELIGHT_HEIGHT, RELIGHT_WIDTH)  # older datasets stay valid

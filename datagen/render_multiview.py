@@ -14,6 +14,20 @@ The shipped weights (invrender_core/data/weights/*.md) were trained on scenes 0-
 set (its run was stopped there to leave the 2 CPU cores to training) and evaluated on its held-out scenes
 378-419, rendered separately: the same command with `--start 0 --end 249`, then `--start 378 --end 420`.
 
+Relight pairs (`--second-light`; photo relighting evaluation and training), 60 scenes, 15 held out:
+    .venv/bin/python datagen/render_multiview.py --out datagen/out/relight --scenes 60 --views 4 \\
+        --width 192 --height 128 --seed 5000 --heldout-fraction 0.25 --category clear --second-light
+Every scene then also gets light B, drawn from the scene's rng after everything else (so the other arrays are
+those of the same command without the flag): a "clear" sky whose sun elevation is in SUN_ELEVATION_DEG and whose
+azimuth is at least RELIGHT_MIN_AZIMUTH_DEG from light A's sun (new cast shadows). Its sky is baked like A's,
+which empties Blender's scene, so the scene is rebuilt by replaying its rng (checked: same poses and objects),
+lit by B (sky_with_ground, sun lamp of A's angle) and rendered in the "main" and "light" MODES; the geometry
+pass is A's. Each view gains the RELIGHT_ARRAYS of train/data.py: relight_image (B's photo with A's exposure
+and tone curve: same camera settings), relight_gt_shadow (B's sun visibility), and for each light the sun
+direction and RGB irradiance and the sun-less sky SH in the camera frame, times exposure (sun_camera,
+sun_irradiance, sky_sh_camera for A; relight_* for B, with relight_sh_camera = sky + sh.directional(sun)).
+scene.json's "description" -> "second_light" records B's sky parameters, sun and SH (world frame).
+
 Measured (Blender 4.5 Cycles on this machine's 2 shared CPU cores, one process, 2 threads, 192x128,
 8 views per scene, another job using about one core meanwhile): 0.67 s per view overall (about 5 s per
 scene: 0.5 s sky, 0.2 s building, 4.3 s renders, the rest writing); 0.45 s per view on an idle machine.
@@ -119,6 +133,7 @@ EXPOSURE_JITTER_EV = 0.7
 BACKGROUND_DEPTH = 1e9  # Cycles writes 1e10 in the Depth pass where the ray leaves the scene
 MAX_TERRAIN_SLOPE = math.tan(math.radians(7.0))
 ALBEDO_RANGE = (0.03, 0.85)
+RELIGHT_MIN_AZIMUTH_DEG = 60.0  # light B's sun at least this far in azimuth from light A's: new shadows
 
 
 @contextlib.contextmanager
@@ -825,21 +840,28 @@ def mvs_depth(gt_depth, sky, normal_cam, rays, texture_lum, rng, p: dict) -> np.
     return np.where(hole, 0.0, d).astype(np.float32)
 
 
+def surface(geometry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(depth (H, W) as rendered, sky mask (H, W) bool, unit world normals (H, W, 3) float64, 0 on sky) of the
+    'geometry' render's passes."""
+    depth = geometry["Depth"][..., 0]
+    sky = ~((depth > 0) & (depth < BACKGROUND_DEPTH))
+    n_world = geometry["Normal"].astype(np.float64)
+    n_world /= np.maximum(np.linalg.norm(n_world, axis=-1, keepdims=True), 1e-12)
+    n_world[sky] = 0.0
+    return depth, sky, n_world
+
+
 def assemble_view(render, light: dict, geometry: dict, pose_m: np.ndarray, camera: Camera, sun_direction,
                   sun_irradiance, sh_world, rng, mvs_params: dict, use_tone_curve: bool) -> dict:
     """All arrays of one view from the main render (H, W, 3), the 'light' render's DiffCol and DiffDir and
     the 'geometry' render's Depth and Normal passes ({name: (H, W, C)})."""
-    depth = geometry["Depth"][..., 0]
-    sky = ~((depth > 0) & (depth < BACKGROUND_DEPTH))
+    depth, sky, n_world = surface(geometry)
     R = pose_m[:3, :3]  # camera -> world rotation
-    n_world = geometry["Normal"].astype(np.float64)
-    n_world /= np.maximum(np.linalg.norm(n_world, axis=-1, keepdims=True), 1e-12)
     n_cam = n_world @ R  # (H, W, 3): R^T n per pixel
     rays = camera.rays()
     flip = (n_cam * rays).sum(-1) > 0  # facing away from the viewer
     n_cam[flip] *= -1.0
     n_cam[sky] = 0.0
-    n_world[sky] = 0.0
     albedo = np.where(sky[..., None], 0.0, light["DiffCol"])
     shadow = sun_shadow(light["DiffDir"], n_world.astype(np.float32), sky, sun_direction, sun_irradiance)
     exposure = auto_exposure(render, rng)
@@ -857,6 +879,46 @@ def assemble_view(render, light: dict, geometry: dict, pose_m: np.ndarray, camer
         "gt_shadow": shadow.astype(np.float16),
         "sky_mask": sky,
         "gt_sh_camera": (exposure * sh.rotation(R.T) @ sh_world).astype(np.float32),
+    }
+
+
+def light_in_camera(sun_direction, sun_irradiance, sh_sky_world, R, exposure: float) -> dict:
+    """One light as a view sees it: {"sun_camera": (3,) unit (zeros without a sun), "sun_irradiance": (3,),
+    "sky_sh_camera": (9, 3), "sh_camera": (9, 3) = sky + sh.directional(sun)}, camera frame, times exposure.
+    sun_direction (3,) world or None, sun_irradiance (3,), sh_sky_world (9, 3), R (3, 3) camera -> world."""
+    _check("sh_sky_world", sh_sky_world, (9, 3))
+    rot = sh.rotation(_check("R", R, (3, 3)).T)
+    sky = exposure * rot @ np.asarray(sh_sky_world, dtype=np.float64)
+    if sun_direction is None:
+        sun_cam, irradiance, full = np.zeros(3), np.zeros(3), sky
+    else:
+        sun_cam = R.T @ np.asarray(sun_direction, dtype=np.float64)
+        irradiance = exposure * np.asarray(sun_irradiance, dtype=np.float64)
+        full = sky + sh.directional(sun_cam, irradiance)
+    return {"sun_camera": sun_cam.astype(np.float32), "sun_irradiance": irradiance.astype(np.float32),
+            "sky_sh_camera": sky.astype(np.float32), "sh_camera": full.astype(np.float32)}
+
+
+def assemble_relight(view: dict, render_b, light_b: dict, geometry: dict, light_a: dict, light_b_world: dict,
+                     use_tone_curve: bool) -> dict:
+    """The RELIGHT_ARRAYS (train/data.py) of one view already assembled by `assemble_view` (its exposure and
+    pose are reused: same camera settings): the main render under light B (H, W, 3), the 'light' render of
+    B's sun (DiffDir (H, W, 3)), the 'geometry' passes; light_a / light_b_world: {"sun_direction": (3,) or
+    None, "sun_irradiance": (3,) or None, "sh_sky_world": (9, 3)} (world frame, before exposure)."""
+    _, sky, n_world = surface(geometry)
+    R = view["cam_to_world"][:3, :3]
+    exposure = float(view["exposure"])
+    a = light_in_camera(light_a["sun_direction"], light_a["sun_irradiance"], light_a["sh_sky_world"], R, exposure)
+    b = light_in_camera(light_b_world["sun_direction"], light_b_world["sun_irradiance"],
+                        light_b_world["sh_sky_world"], R, exposure)
+    shadow_b = sun_shadow(light_b["DiffDir"], n_world.astype(np.float32), sky, light_b_world["sun_direction"],
+                          light_b_world["sun_irradiance"])
+    return {
+        "sun_camera": a["sun_camera"], "sun_irradiance": a["sun_irradiance"], "sky_sh_camera": a["sky_sh_camera"],
+        "relight_image": encode_photo(render_b * exposure, use_tone_curve),
+        "relight_gt_shadow": shadow_b.astype(np.float16),
+        "relight_sun_camera": b["sun_camera"], "relight_sun_irradiance": b["sun_irradiance"],
+        "relight_sky_sh_camera": b["sky_sh_camera"], "relight_sh_camera": b["sh_camera"],
     }
 
 
@@ -928,15 +990,10 @@ def split_of(index: int, scenes: int, heldout_fraction: float) -> str:
     return "heldout" if index >= scenes - n_heldout else "train"
 
 
-def render_scene(index: int, args, scene_dir: Path, tmp: Path) -> dict:
-    """Build, render and write scene `index` into scene_dir (views + scene.json). Returns timings."""
-    t0 = time.time()
-    seed = args.seed + index
-    rng = np.random.default_rng(seed)
-    sky_params = sample_sky(rng, args.category)
-    pano, sun_dir, sun_irr = bake_sky(sky_params, tmp, args.threads)
-    t_sky = time.time() - t0
-
+def build_geometry(rng, args):
+    """Render settings, ground, objects and camera poses in the current Blender scene (which bake_sky empties),
+    drawing from rng in a fixed order, so that replaying the scene's rng rebuilds the same scene.
+    Returns (scene, ground material, terrain info, poses, SceneBuilder with the objects' records)."""
     scene = bpy.context.scene
     _configure_render(scene, args.width, args.height, args.threads)
     ground_mat = ground_material(rng)
@@ -944,14 +1001,14 @@ def render_scene(index: int, args, scene_dir: Path, tmp: Path) -> dict:
     poses, arc_azimuth = camera_poses(rng, args.views, height_fn)
     builder = SceneBuilder(scene, rng, height_fn)
     populate(builder, rng, [p["location"][:2] for p in poses], arc_azimuth + math.pi)
+    return scene, ground_mat, terrain_info, poses, builder
 
-    env = sky_with_ground(pano, sun_dir, sun_irr, ground_mat.mean)
-    L_sky = sh.from_equirect(env)
-    sh_world = L_sky + (sh.directional(sun_dir, sun_irr) if sun_dir is not None else 0.0)
+
+def set_light(scene, env: np.ndarray, sun_dir, sun_irr, sun_angle: float):
+    """Light the scene by the equirect env (H, W, 3) and, when sun_dir (3,) is not None, a SUN lamp of RGB
+    irradiance sun_irr (3,) and angular diameter sun_angle degrees. Returns the world's Background node."""
     world, background = environment_world(env)
     scene.world = world
-    sun_obj = None
-    sun_angle = float(rng.uniform(*SUN_ANGLE_DEG))
     if sun_dir is not None:
         light = bpy.data.lights.new("sun", "SUN")
         peak = float(np.max(sun_irr))
@@ -961,39 +1018,121 @@ def render_scene(index: int, args, scene_dir: Path, tmp: Path) -> dict:
         sun_obj = bpy.data.objects.new("sun", light)
         sun_obj.rotation_euler = Vector(sun_dir.tolist()).to_track_quat("Z", "Y").to_euler()  # emits along -Z
         scene.collection.objects.link(sun_obj)
+    return background
 
+
+def add_camera(scene):
     cam = bpy.data.objects.new("camera", bpy.data.cameras.new("camera"))
     cam.data.sensor_fit = "HORIZONTAL"
     cam.data.clip_start, cam.data.clip_end = 0.05, 5000.0
     scene.collection.objects.link(cam)
     scene.camera = cam
-    mvs_params = {"sigma": float(rng.uniform(0.01, 0.02)), "far_limit": float(rng.uniform(40.0, 120.0)),
-                  "texture_threshold": float(rng.uniform(0.01, 0.03)), "band_px": int(rng.integers(1, 3))}
-    t_build = time.time() - t0 - t_sky
+    return cam
 
-    passes = {mode: [] for mode in MODES}
+
+def render_views(scene, background, cam, poses: list[dict], modes, args, tmp: Path, prefix: str = ""):
+    """Render the given MODES for every pose, one settings change per mode (not per view).
+    Returns ({mode: [passes {name: (H, W, C)} per view]}, camera-to-world (4, 4) per view, Camera per view)."""
     samples = {"main": args.samples, "light": LIGHT_SAMPLES, "geometry": 1}
+    passes = {mode: [] for mode in modes}
     matrices, cameras = [], []
-    for mode in MODES:  # one settings change per mode, not per view
+    for mode in modes:
         _set_mode(scene, background, mode, samples[mode], not args.no_denoise)
         for k, pose in enumerate(poses):
             cam.matrix_world = pose_matrix(pose)
             cam.data.angle = math.radians(pose["fov_deg"])
-            passes[mode].append(_render(scene, tmp / f"{mode}_{k}.exr", samples[mode]))
+            passes[mode].append(_render(scene, tmp / f"{prefix}{mode}_{k}.exr", samples[mode]))
             if mode == "main":
                 bpy.context.view_layer.update()
                 matrices.append(np.array(cam.matrix_world, dtype=np.float64))
                 cameras.append(Camera.from_fov(args.width, args.height, pose["fov_deg"]))
+    return passes, matrices, cameras
+
+
+def sample_second_sky(rng, sky_a: dict) -> dict:
+    """Light B's sky: category "clear" (a visible sun), sun elevation in SUN_ELEVATION_DEG, sun azimuth at least
+    RELIGHT_MIN_AZIMUTH_DEG from the sun of light A's sky `sky_a` (any azimuth when that sky has no sun)."""
+    params = sample_sky(rng, "clear")
+    if "sun_rotation_deg" in sky_a:
+        offset = rng.uniform(RELIGHT_MIN_AZIMUTH_DEG, 360.0 - RELIGHT_MIN_AZIMUTH_DEG)
+        params["sun_rotation_deg"] = float((sky_a["sun_rotation_deg"] + offset) % 360.0)
+    return params
+
+
+def render_second_light(rng, seed: int, args, tmp: Path, sky_a: dict, light_a: dict, poses: list[dict],
+                        records: list[dict], geometry: list[dict], views: list[dict], sun_angle: float) -> dict:
+    """Sample light B (after everything else the scene draws from rng), render the 'main' and 'light' MODES of
+    every view under it and add the RELIGHT_ARRAYS to `views` (assembled under light A, modified in place).
+
+    bake_sky empties the Blender scene, so the scene is rebuilt by replaying its rng from `seed`; `poses` and
+    `records` (light A's) check that the replay gave the same scene. geometry: the 'geometry' passes per view
+    (unchanged by the light); light_a: assemble_relight's light description. Returns scene.json's
+    "second_light"."""
+    params = sample_second_sky(rng, sky_a)
+    pano, sun_dir, sun_irr = bake_sky(params, tmp, args.threads)
+    if sun_dir is None:
+        raise RuntimeError(f"second light {params} has no sun")
+    replay = np.random.default_rng(seed)
+    sample_sky(replay, args.category)  # light A's draws, as render_scene made them
+    scene, ground_mat, _, poses_b, builder_b = build_geometry(replay, args)
+    if poses_b != poses or builder_b.records != records:
+        raise RuntimeError("replaying the scene's random numbers did not rebuild the same scene")
+    env = sky_with_ground(pano, sun_dir, sun_irr, ground_mat.mean)
+    L_sky = sh.from_equirect(env)
+    background = set_light(scene, env, sun_dir, sun_irr, sun_angle)
+    cam = add_camera(scene)
+    passes, _, _ = render_views(scene, background, cam, poses, ("main", "light"), args, tmp, prefix="relight_")
+    light_b = {"sun_direction": sun_dir, "sun_irradiance": sun_irr, "sh_sky_world": L_sky}
+    for k, view in enumerate(views):
+        view.update(assemble_relight(view, passes["main"][k]["Combined"][..., :3], passes["light"][k], geometry[k],
+                                     light_a, light_b, not args.no_tone_curve))
+    return {"sky": params, "sun": {"direction_world": sun_dir.tolist(), "irradiance": sun_irr.tolist(),
+                                   "angle_deg": sun_angle},
+            "sh_sky_world": L_sky.tolist(), "sh_world": (L_sky + sh.directional(sun_dir, sun_irr)).tolist()}
+
+
+def render_scene(index: int, args, scene_dir: Path, tmp: Path) -> dict:
+    """Build, render and write scene `index` into scene_dir (views + scene.json). Returns timings."""
+    t0 = time.time()
+    seed = args.seed + index
+    rng = np.random.default_rng(seed)
+    sky_params = sample_sky(rng, args.category)
+    pano, sun_dir, sun_irr = bake_sky(sky_params, tmp, args.threads)
+    t_sky = time.time() - t0
+
+    scene, ground_mat, terrain_info, poses, builder = build_geometry(rng, args)
+    env = sky_with_ground(pano, sun_dir, sun_irr, ground_mat.mean)
+    L_sky = sh.from_equirect(env)
+    sh_world = L_sky + (sh.directional(sun_dir, sun_irr) if sun_dir is not None else 0.0)
+    sun_angle = float(rng.uniform(*SUN_ANGLE_DEG))
+    background = set_light(scene, env, sun_dir, sun_irr, sun_angle)
+    cam = add_camera(scene)
+    mvs_params = {"sigma": float(rng.uniform(0.01, 0.02)), "far_limit": float(rng.uniform(40.0, 120.0)),
+                  "texture_threshold": float(rng.uniform(0.01, 0.03)), "band_px": int(rng.integers(1, 3))}
+    t_build = time.time() - t0 - t_sky
+
+    passes, matrices, cameras = render_views(scene, background, cam, poses, MODES, args, tmp)
     t_render = time.time() - t0 - t_sky - t_build
 
+    views = [assemble_view(passes["main"][k]["Combined"][..., :3], passes["light"][k], passes["geometry"][k],
+                           matrices[k], cameras[k], sun_dir, sun_irr, sh_world, rng, mvs_params,
+                           not args.no_tone_curve) for k in range(len(poses))]
+    second_light, t_second = None, 0.0
+    if args.second_light:
+        t1 = time.time()
+        light_a = {"sun_direction": sun_dir, "sun_irradiance": sun_irr, "sh_sky_world": L_sky}
+        second_light = render_second_light(rng, seed, args, tmp, sky_params, light_a, poses, builder.records,
+                                           passes["geometry"], views, sun_angle)
+        t_second = time.time() - t1
     names = []
-    for k in range(len(poses)):
-        arrays = assemble_view(passes["main"][k]["Combined"][..., :3], passes["light"][k], passes["geometry"][k],
-                               matrices[k], cameras[k], sun_dir, sun_irr, sh_world, rng, mvs_params,
-                               not args.no_tone_curve)
+    for k, arrays in enumerate(views):
         names.append(f"view_{k:02d}.npz")
         write_view(scene_dir / names[-1], arrays)
     t_total = time.time() - t0
+    seconds = {"sky": round(t_sky, 2), "build": round(t_build, 2), "render": round(t_render, 2)}
+    if args.second_light:
+        seconds["second_light"] = round(t_second, 2)
+    seconds["total"] = round(t_total, 2)
     description = {
         "generator": "datagen/render_multiview.py", "blender": bpy.app.version_string, "index": index,
         "samples": args.samples, "denoiser": None if args.no_denoise else "OpenImageDenoise",
@@ -1005,17 +1144,19 @@ def render_scene(index: int, args, scene_dir: Path, tmp: Path) -> dict:
                                              "angle_deg": sun_angle},
         "sh_sky_world": L_sky.tolist(), "ground_albedo": np.asarray(ground_mat.mean).tolist(),
         "terrain": terrain_info, "poses": poses, "depth_mvs": mvs_params, "objects": builder.records,
-        "render_seconds": {"sky": round(t_sky, 2), "build": round(t_build, 2), "render": round(t_render, 2),
-                           "total": round(t_total, 2)},
+        "render_seconds": seconds,
     }
+    if second_light is not None:
+        description["second_light"] = second_light
     write_scene_json(scene_dir, {"seed": seed, "split": split_of(index, args.scenes, args.heldout_fraction),
                                  "width": args.width, "height": args.height, "views": names,
                                  "sh_world": sh_world.tolist(), "description": description})
-    return {"total": t_total, "sky": t_sky, "build": t_build, "render": t_render}
+    return {"total": t_total, "sky": t_sky, "build": t_build, "render": t_render, "second_light": t_second}
 
 
 def preview(scene_dir: Path, view: int, png: Path) -> None:
-    """Contact sheet of one view: photo, albedo, normal, shadow, depth, MVS depth, shading."""
+    """Contact sheet of one view: photo, albedo, normal, shadow, depth, MVS depth, shading, sky mask (and the
+    relight photo and shadow when the view has them)."""
     from invrender_core.io import srgb_to_linear
     from invrender_core.train.data import read_view
 
@@ -1023,7 +1164,7 @@ def preview(scene_dir: Path, view: int, png: Path) -> None:
     d = v["gt_depth"]
     far = float(np.quantile(d[d > 0], 0.95)) if (d > 0).any() else 1.0
     shading = sh.shading(v["gt_normal"].astype(np.float64), v["gt_sh_camera"]) * ~v["sky_mask"][..., None]
-    save_preview_sheet(png, [
+    tiles = [
         ("photo", srgb_to_linear(v["image"].astype(np.float32) / 255.0)),
         ("albedo", v["gt_albedo"].astype(np.float32)),
         ("normal", (v["gt_normal"].astype(np.float32) + 1.0) / 2.0 * ~v["sky_mask"][..., None]),
@@ -1032,7 +1173,11 @@ def preview(scene_dir: Path, view: int, png: Path) -> None:
         ("depth_mvs", np.clip(v["depth_mvs"] / far, 0, 1)),
         ("albedo*shadow*E", v["gt_albedo"] * v["gt_shadow"][..., None] * shading),
         ("sky", v["sky_mask"].astype(np.float32)),
-    ], tile_width=192)
+    ]
+    if "relight_image" in v:  # --second-light
+        tiles += [("relight photo", srgb_to_linear(v["relight_image"].astype(np.float32) / 255.0)),
+                  ("relight shadow", v["relight_gt_shadow"].astype(np.float32))]
+    save_preview_sheet(png, tiles, tile_width=192)
 
 
 def main(argv=None) -> int:
@@ -1052,6 +1197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tone-curve", action="store_true", help="encode exposed linear values with clipping only")
     ap.add_argument("--category", choices=sorted(render_skies.CATEGORY_FRACTIONS), default=None,
                     help="force one sky category (default: random per scene)")
+    ap.add_argument("--second-light", action="store_true",
+                    help="also render every view under a second, clear sky (relight pairs, RELIGHT_ARRAYS)")
     ap.add_argument("--preview", action="store_true", help="write OUT/previews/scene_NNNNN.png (view 0)")
     args = ap.parse_args(argv)
     end = args.scenes if args.end is None else args.end
@@ -1089,7 +1236,8 @@ def main(argv=None) -> int:
             per_view = elapsed / views_done
             eta = per_view * args.views * (len(todo) - n - 1)
             print(f"scene {n + 1}/{len(todo)} (index {index}): {times['total']:.1f} s (sky {times['sky']:.1f}, "
-                  f"build {times['build']:.1f}, render {times['render']:.1f}); {per_view:.2f} s/view overall, "
+                  f"build {times['build']:.1f}, render {times['render']:.1f}, second light "
+                  f"{times['second_light']:.1f}); {per_view:.2f} s/view overall, "
                   f"ETA {eta / 60:.1f} min", flush=True)
     print(f"done: {views_done} views in {(time.time() - t_start) / 60:.1f} min", flush=True)
     return 0

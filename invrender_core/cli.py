@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .fusion import DEFAULT_LAMBDA
+from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES
 from .scene import DEFAULT_DEPTH, DEFAULT_IRN, DEFAULT_MAX_SIDE  # scene imports torch only when it runs
 
 EXIT_FAILURE = 2
@@ -71,7 +72,7 @@ def cmd_fuse(args) -> None:
     _progress(f"wrote {args.output}" + (f" and {args.mesh}" if args.mesh else ""))
 
 
-def _decompose(args, image: Path, irn: str, depth: str):
+def _decompose(args, image, irn: str, depth: str, camera=None):
     """scene.decompose with the shared network options of `args`, reporting each stage as a progress line."""
     from .scene import decompose
 
@@ -79,7 +80,7 @@ def _decompose(args, image: Path, irn: str, depth: str):
         if stage != "done":
             _progress(f"{stage} ({fraction:.0%})")
 
-    return decompose(image, fov_deg=args.fov, device=args.device, max_side=args.max_side, irn=irn,
+    return decompose(image, fov_deg=args.fov, camera=camera, device=args.device, max_side=args.max_side, irn=irn,
                      depth=depth, weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
 
 
@@ -106,6 +107,126 @@ def cmd_scene(args) -> None:
     headless.build_and_render(args, atomic_output=atomic_output, progress=_progress)
 
 
+def _vector3(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers X,Y,Z, got {text!r}")
+    return values
+
+
+def _sky_lighting(relighter, args):
+    """The Lighting whose sky (and sun colour) the relit photo gets: --sky file, --sky-sample, or the photo's."""
+    import numpy as np
+
+    from . import sh
+    from .illumination_prior import IlluminationPrior
+    from .scene import read_json
+
+    if args.sky is not None:
+        data = read_json(args.sky)
+        try:
+            L = np.asarray(data["sh"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CLIError(f"{args.sky} has no 9x3 \"sh\" list: give a lighting.json written by "
+                           f"`invrender decompose`") from e
+        if L.shape != (9, 3):
+            raise CLIError(f"{args.sky}: \"sh\" must be 9x3, got {L.shape}")
+        if data.get("frame", "camera") == "world":
+            L = sh.rotation(sh.CAMERA_TO_WORLD.T) @ L
+        return relighter.lighting_like_photo(L)
+    if args.sky_sample is not None:
+        return relighter.lighting_like_photo(IlluminationPrior.load().sample(1, args.sky_sample)[0])
+    return relighter.original
+
+
+def _refiner(args, device):
+    if args.no_refine:
+        return None
+    from .nets import relight_refine
+
+    return relight_refine.load(args.refine, args.weights_dir, device)
+
+
+def cmd_relight(args) -> None:
+    import numpy as np
+
+    from . import relight
+    from .camera import Camera
+    from .io import load_image, write_png
+    from .scene import read_json, resolve_device
+
+    if args.frames is not None and (args.frames < 1 or args.to is None or args.sun is None):
+        raise CLIError("--frames N needs N >= 1, --sun ELEV AZIM (the first frame) and --to ELEV AZIM (the last)")
+    if args.frames is None and args.to is not None:
+        raise CLIError("--to needs --frames N (the number of frames from --sun to --to)")
+    video = args.output.suffix.lower() == ".mp4"
+    if video and args.frames is None:
+        raise CLIError("an .mp4 output needs --frames N; give a .png for one frame")
+    if not video and args.output.suffix.lower() != ".png":
+        raise CLIError(f"write a .png (or an .mp4 with --frames), not {args.output.name}")
+    image = load_image(args.image)
+    camera = Camera.from_dict(read_json(args.camera)) if args.camera else None
+    refine = _refiner(args, resolve_device(args.device))  # before the networks run: missing weights fail fast
+    _progress(f"decomposing {args.image}")
+    estimate = _decompose(args, image, args.irn, args.depth_net, camera=camera)
+    start = time.perf_counter()
+    relighter = relight.Relighter(estimate, shadow_samples=args.shadow_samples, sun_to_sky=args.sun_to_sky,
+                                  refine=refine)
+    base = _sky_lighting(relighter, args)
+    if args.frames is not None:
+        frames = relighter.time_of_day(tuple(args.sun), tuple(args.to), args.frames, up=args.up, base=base)
+        written = _write_sequence(args.output, frames, args.frames, args.fps)
+    else:
+        if args.sun_dir is not None:
+            lighting = relight.move_sun(base, np.asarray(args.sun_dir))
+        else:
+            lighting = relighter.sun_at(*args.sun, up=args.up, base=base)
+        with atomic_output(args.output) as tmp:
+            write_png(tmp, relighter.render(lighting).image)
+        written = str(args.output)
+    _progress(f"wrote {written} ({time.perf_counter() - start:.1f} s relighting"
+              + (", refined" if refine is not None else ", not refined") + ")")
+
+
+def _write_sequence(output: Path, frames, count: int, fps: float) -> str:
+    """Frames as OUTPUT_0001.png ... beside `output` (a .png) or as one MP4 (`output` .mp4); says what it wrote."""
+    import numpy as np
+
+    from .io import write_png
+    from .io._cv import cv2
+    from .io.images import _to_srgb8
+
+    def announce(k, sun):
+        _progress(f"frame {k + 1}/{count}: sun at elevation {sun[0]:.1f}, azimuth {sun[1]:.1f}")
+
+    if output.suffix.lower() == ".png":
+        for k, (sun, relit) in enumerate(frames):
+            announce(k, sun)
+            with atomic_output(output.with_name(f"{output.stem}_{k + 1:04d}.png")) as tmp:
+                write_png(tmp, relit.image)
+        return f"{output.stem}_0001.png ... {output.stem}_{count:04d}.png in {output.parent}"
+    writer = None
+    with atomic_output(output) as tmp:
+        try:
+            for k, (sun, relit) in enumerate(frames):
+                announce(k, sun)
+                rgb = _to_srgb8(relit.image)  # (H, W, 3) uint8 sRGB
+                if writer is None:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (rgb.shape[1], rgb.shape[0]))
+                    if not writer.isOpened():
+                        raise CLIError(f"OpenCV cannot write MP4 video to {output}: write PNG frames instead "
+                                       f"(-o relit.png)")
+                writer.write(np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV wants BGR
+        finally:
+            if writer is not None:
+                writer.release()
+    return str(output)
+
+
 def cmd_weights_import(args) -> None:
     from .nets import weights
 
@@ -124,6 +245,14 @@ def cmd_weights_list(args) -> None:
     for entry in entries.values():
         present = "" if (folder / entry.file).is_file() else "  (file missing)"
         print(f"{entry.name}\t{folder / entry.file}\tsha256 {entry.sha256[:12]}\t{entry.licence}{present}")
+
+
+def _add_weights_options(parser: argparse.ArgumentParser, depth_flag: str, when: str = "") -> None:
+    """--irn and the depth network's option (`depth_flag`: `scene` and `relight` keep --depth for other uses)."""
+    parser.add_argument("--irn", default=DEFAULT_IRN, metavar="NAME|PATH", help=f"{when}InverseRenderNet "
+                        f"weights: registry name or .safetensors file (default {DEFAULT_IRN})")
+    parser.add_argument(depth_flag, default=DEFAULT_DEPTH, metavar="NAME|PATH", help=f"{when}depth network "
+                        f"weights: registry name or .safetensors file (default {DEFAULT_DEPTH})")
 
 
 def _add_network_options(parser: argparse.ArgumentParser, with_lambda: bool = True) -> None:
@@ -164,10 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     decompose.add_argument("-o", "--output", type=Path, required=True,
                            help="output folder (written atomically; an existing one is replaced only if it holds "
                            "a previous output)")
-    decompose.add_argument("--irn", default=DEFAULT_IRN, metavar="NAME|PATH",
-                           help=f"InverseRenderNet weights: registry name or .safetensors file (default {DEFAULT_IRN})")
-    decompose.add_argument("--depth", default=DEFAULT_DEPTH, metavar="NAME|PATH",
-                           help=f"depth network weights: registry name or .safetensors file (default {DEFAULT_DEPTH})")
+    _add_weights_options(decompose, "--depth")
     _add_network_options(decompose)
     decompose.set_defaults(func=cmd_decompose)
 
@@ -176,10 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--depth", type=Path, help="planar depth of the photo, one-channel EXR (default: estimated "
                        "by the networks)")
     scene.add_argument("--normal", type=Path, help="camera-frame normals of the photo, RGB EXR (default: estimated)")
-    scene.add_argument("--irn", default=DEFAULT_IRN, metavar="NAME|PATH",
-                       help=f"without maps: InverseRenderNet weights (default {DEFAULT_IRN})")
-    scene.add_argument("--depth-net", default=DEFAULT_DEPTH, metavar="NAME|PATH",
-                       help=f"without maps: depth network weights (default {DEFAULT_DEPTH})")
+    _add_weights_options(scene, "--depth-net", when="without maps: ")
     scene.add_argument("--camera", type=Path, help="camera.json with the photo's intrinsics")
     scene.add_argument("-o", "--output", type=Path, required=True, help=".blend file to write")
     scene.add_argument("--render", type=Path, help="render the scene with Cycles to this PNG")
@@ -199,6 +322,42 @@ def build_parser() -> argparse.ArgumentParser:
                        "(positive: the camera moves to its right; default 20)")
     _add_network_options(scene, with_lambda=False)
     scene.set_defaults(func=cmd_scene)
+
+    relight = sub.add_parser("relight", help="relight a photo under a new sun and sky in 2D (seconds, no Blender)")
+    relight.add_argument("image", type=Path, help="the photo (PNG, JPEG, TIFF, EXR, HDR)")
+    relight.add_argument("-o", "--output", type=Path, required=True,
+                         help="relit PNG; with --frames N: OUT.png writes OUT_0001.png ... or OUT.mp4 one video")
+    where = relight.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sun-dir", type=_vector3, metavar="X,Y,Z",
+                       help="direction towards the sun in the camera frame (x right, y up, z towards the viewer)")
+    where.add_argument("--sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
+                       help="sun elevation above the horizon and azimuth (0 = behind the camera, 90 = right, "
+                       "180 = facing the camera)")
+    relight.add_argument("--up", type=_vector3, default=(0.0, 1.0, 0.0), metavar="X,Y,Z",
+                         help="the world's up in the camera frame for --sun (default 0,1,0: a level camera)")
+    relight.add_argument("--camera", type=Path, help="camera.json with the photo's intrinsics (else --fov, EXIF, 60)")
+    sky = relight.add_mutually_exclusive_group()
+    sky.add_argument("--sky", type=Path, metavar="LIGHTING_JSON",
+                     help="take sky and sun colour from this lighting.json (default: the photo's own, turned with "
+                     "the sun)")
+    sky.add_argument("--sky-sample", type=int, metavar="SEED",
+                     help="take sky and sun colour from a sample of the natural-illumination prior")
+    relight.add_argument("--sun-to-sky", type=float, metavar="RATIO",
+                         help="sun irradiance as a multiple of the sky's mean (clear day: 3 to 8; default: as "
+                         "estimated from the photo)")
+    relight.add_argument("--frames", type=int, metavar="N",
+                         help="a time-of-day sequence of N frames from --sun to --to")
+    relight.add_argument("--to", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"), help="the last frame's sun")
+    relight.add_argument("--fps", type=float, default=12.0, help="frame rate of an MP4 output (default 12)")
+    relight.add_argument("--shadow-samples", type=int, default=DEFAULT_SHADOW_SAMPLES,
+                         help="sun directions per pixel for soft shadows (default "
+                         f"{DEFAULT_SHADOW_SAMPLES})")
+    relight.add_argument("--refine", default=DEFAULT_REFINER, metavar="NAME|PATH",
+                         help=f"refinement network weights (default {DEFAULT_REFINER})")
+    relight.add_argument("--no-refine", action="store_true", help="the simple image model only, no network")
+    _add_weights_options(relight, "--depth-net")
+    _add_network_options(relight)
+    relight.set_defaults(func=cmd_relight)
 
     weights = sub.add_parser("weights", help="import and list network weights (safetensors registry)")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

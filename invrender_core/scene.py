@@ -44,7 +44,8 @@ class SceneEstimate:
     image (H, W, 3) linear RGB; albedo (H, W, 3); shading (H, W, 3) = E(normal); normals (H, W, 3)
     camera frame; depth (H, W) input depth; depth_fused (H, W); confidence (H, W) in [0, 1];
     lighting (9, 3) SH in the camera frame; camera the photo's intrinsics; shadow (H, W) in [0, 1]
-    (None: no shadow, written as ones), so that image ≈ albedo * shadow * shading.
+    (None: no shadow, written as ones), so that image ≈ albedo * shadow * shading; sky (H, W) bool pixels
+    that show the sky (None: none known).
     """
 
     image: np.ndarray
@@ -58,6 +59,7 @@ class SceneEstimate:
     camera: Camera
     metadata: dict = field(default_factory=dict)
     shadow: np.ndarray | None = None
+    sky: np.ndarray | None = None
 
 
 def _check_maps(image, depth, normals, camera):
@@ -624,7 +626,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
         metadata["warnings"] = [str(c.message) for c in caught]
     return SceneEstimate(image=rgb, albedo=albedo, shading=shading, normals=normals, depth=depth_full,
                          depth_fused=depth_fused, confidence=confidence, lighting=lighting.astype(np.float32),
-                         camera=camera, metadata=metadata, shadow=shadow.astype(np.float32))
+                         camera=camera, metadata=metadata, shadow=shadow.astype(np.float32), sky=sky)
 
 
 def _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky_depth, lam):

@@ -170,3 +170,71 @@ def test_scene_without_maps_runs_the_networks(photo_file, nets):
     assert json.loads((folder / "out" / "maps" / "camera.json").read_text())["geometry_source"] == "networks"
     assert (folder / "out" / "scene.blend").stat().st_size > 0
     assert sorted(p.name for p in folder.iterdir()) == ["out", "photo.png"]
+
+
+# ------------------------------------------------------------------------------------------------ relight
+
+
+def _relight_args(photo_file, nets, *extra):
+    return ["relight", str(photo_file), "--irn", "irn-test", "--depth-net", "depth-test", "--weights-dir", str(nets),
+            "--max-side", "32", "--device", "cpu", "--no-refine", *extra]
+
+
+def test_relight_writes_a_png_of_the_photo_size(photo_file, nets, capsys):
+    out = photo_file.parent / "relit.png"
+    assert cli.main(_relight_args(photo_file, nets, "-o", str(out), "--sun", "30", "110")) == 0
+    from invrender_core.io import load_image
+
+    relit = load_image(out).rgb
+    assert relit.shape == (40, 56, 3) and np.isfinite(relit).all()
+    assert "not refined" in capsys.readouterr().err
+    assert sorted(p.name for p in photo_file.parent.iterdir()) == ["photo.png", "relit.png"]
+
+
+def test_relight_sequence_as_pngs_and_mp4(photo_file, nets):
+    folder = photo_file.parent
+    assert cli.main(_relight_args(photo_file, nets, "-o", str(folder / "seq.png"), "--sun", "10", "60",
+                                  "--to", "50", "200", "--frames", "3", "--sky-sample", "1")) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.png", "seq_0001.png", "seq_0002.png", "seq_0003.png"]
+    assert cli.main(_relight_args(photo_file, nets, "-o", str(folder / "seq.mp4"), "--sun", "10", "60",
+                                  "--to", "50", "200", "--frames", "4")) == 0
+    from invrender_core.io._cv import cv2
+
+    video = cv2.VideoCapture(str(folder / "seq.mp4"))
+    frames = 0
+    while video.read()[0]:
+        frames += 1
+    video.release()
+    assert frames == 4
+
+
+@pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "bad-sun-dir", "missing-refiner",
+                                  "sky-not-lighting"])
+def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, case, capsys, no_shipped_weights):
+    folder = photo_file.parent
+    args = _relight_args(photo_file, nets, "-o", str(folder / "relit.png"), "--sun", "30", "100")
+    expected = {"frames-without-to": "--frames N needs", "mp4-single": "needs --frames", "jpeg": "write a .png",
+                "bad-sun-dir": "three comma-separated numbers", "missing-refiner": "no weights named",
+                "sky-not-lighting": "9x3"}[case]
+    if case == "frames-without-to":
+        args += ["--frames", "3"]
+    elif case == "mp4-single":
+        args[args.index("-o") + 1] = str(folder / "relit.mp4")
+    elif case == "jpeg":
+        args[args.index("-o") + 1] = str(folder / "relit.jpg")
+    elif case == "bad-sun-dir":
+        args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "1,2"]
+    elif case == "missing-refiner":
+        args.remove("--no-refine")
+    else:
+        (folder / "lighting.json").write_text(json.dumps({"sh": [[1.0, 1.0, 1.0]] * 4, "frame": "camera"}))
+        args += ["--sky", str(folder / "lighting.json")]
+    before = sorted(p.name for p in folder.iterdir())
+    if case == "bad-sun-dir":  # argparse refuses it: usage line and exit 2
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(args)
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    else:
+        assert cli.main(args) == cli.EXIT_FAILURE
+        assert expected in _one_error_line(capsys, "relight")
+    assert sorted(p.name for p in folder.iterdir()) == before

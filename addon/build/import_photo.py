@@ -69,4 +69,7 @@ def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
     assets = core_scene.scene_assets(result, name=Path(settings.photo).stem, mesh_step=settings.mesh_step,
                                      discontinuity_threshold=settings.discontinuity_threshold,
                                      sun_fraction=settings.sun_fraction, relight_sun=settings.relight_sun)
-    return build_scene(SceneAssets(**assets), scene or bpy.context.scene)
+    # The fused depth, sky and camera-frame lighting are kept so the 2D relight preview works from the .blend.
+    return build_scene(SceneAssets(**assets, depth_fused=result.depth_fused, sky=result.sky,
+                                   lighting_camera=result.lighting, sun_fraction=settings.sun_fraction),
+                       scene or bpy.context.scene)

@@ -8,12 +8,13 @@ vertices and its object-space normal map are simply camera-frame data.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 
 import bpy
 import numpy as np
 
-from .bpy_io import image_from_array, mesh_from_arrays
+from .bpy_io import image_from_array, image_to_array, mesh_from_arrays
 
 SENSOR_WIDTH_MM = 36.0
 # Names of the nodes the relight and export tools look for (labels are what the artist sees).
@@ -21,6 +22,8 @@ ALBEDO_NODE, NORMALS_NODE, SHADOW_NODE = "InvRender Albedo", "InvRender Normals"
 ENVIRONMENT_NODE, ENVIRONMENT_MAPPING_NODE = "InvRender Environment", "InvRender Mapping"
 SHADOW_AOV = "shadow"
 IMPORT_KEY = "invrender_import"  # collection ID property: names of what an import built
+# Keys of the IMPORT_KEY record that the 2D relight preview needs (`stored_estimate`).
+PREVIEW_KEYS = ("photo", "albedo", "normals", "depth", "intrinsics", "lighting_camera")
 CAMERA_ROTATION_EULER = (math.pi / 2, 0.0, 0.0)  # Blender camera looking along +y, up = +z
 
 
@@ -33,6 +36,10 @@ class SceneAssets:
     camera frame; environment (He, We, 3) equirect radiance in the world frame (Blender mapping);
     sun: optional (direction towards the sun in the world frame (3,), strength W/m², RGB colour);
     shadow: optional (H, W) in [0, 1], kept as an image and a Cycles AOV for compositing.
+
+    Kept for the 2D relight preview (`stored_estimate`), which rebuilds the estimate from the .blend alone:
+    depth_fused: optional (H, W) fused planar depth (non-finite or <= 0: unknown); sky: optional (H, W) bool;
+    lighting_camera: optional (9, 3) SH lighting in the camera frame; sun_fraction: the sun's share of it.
     """
 
     name: str
@@ -46,6 +53,10 @@ class SceneAssets:
     environment: np.ndarray
     sun: tuple | None = None
     shadow: np.ndarray | None = None
+    depth_fused: np.ndarray | None = None
+    sky: np.ndarray | None = None
+    lighting_camera: np.ndarray | None = None
+    sun_fraction: float | None = None
 
 
 @dataclass
@@ -179,7 +190,16 @@ def build_scene(assets: SceneAssets, scene: bpy.types.Scene | None = None) -> Bu
         raise
 
 
+def _check_preview_maps(assets: SceneAssets) -> None:
+    size = np.shape(assets.photo)[:2]
+    for name, value, shape in (("depth_fused", assets.depth_fused, size), ("sky", assets.sky, size),
+                               ("lighting_camera", assets.lighting_camera, (9, 3))):
+        if value is not None and np.shape(value) != shape:
+            raise ValueError(f"{name} has shape {np.shape(value)}, expected {shape}")
+
+
 def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
+    _check_preview_maps(assets)
     collection = bpy.data.collections.new(assets.name)
     scene.collection.children.link(collection)
 
@@ -213,9 +233,38 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
     if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
         aov = scene.view_layers[0].aovs.add()
         aov.name, aov.type = SHADOW_AOV, "VALUE"
-    collection[IMPORT_KEY] = {"camera": camera.name, "mesh": mesh.name, "world": world.name,
-                              "sun": sun.name if sun is not None else ""}
+    record = {"camera": camera.name, "mesh": mesh.name, "world": world.name,
+              "sun": sun.name if sun is not None else "",
+              # What the 2D relight preview reads back (`stored_estimate`); a new id per import so that cached
+              # relighters of an earlier import are never taken for this one.
+              "import_id": uuid.uuid4().hex, "photo": photo.name, "albedo": albedo.name, "normals": normals.name,
+              "shadow": shadow.name if shadow is not None else "",
+              "intrinsics": {k: assets.camera[k] for k in ("width", "height", "fx", "fy", "cx", "cy")}}
+    if assets.depth_fused is not None:
+        record["depth"] = _depth_image(f"{assets.name} depth", assets.depth_fused, assets.sky).name
+        record["sky"] = assets.sky is not None
+    if assets.lighting_camera is not None:
+        record["lighting_camera"] = np.asarray(assets.lighting_camera, np.float64).tolist()  # (9, 3) doubles
+    if assets.sun_fraction is not None:
+        record["sun_fraction"] = float(assets.sun_fraction)
+    collection[IMPORT_KEY] = record
     return BuiltScene(collection, camera, mesh, world, sun)
+
+
+def _depth_image(name: str, depth_fused: np.ndarray, sky: np.ndarray | None) -> bpy.types.Image:
+    """A packed float image: R = fused depth (0 where unknown), G = sky mask (1 on sky), B = 0.
+
+    Unknown depth is stored as 0 (the image bridge cannot keep NaN); the preview treats both alike. Nothing
+    uses this image, so it gets a fake user: otherwise saving the .blend would drop it.
+    """
+    depth = np.asarray(depth_fused, np.float32)
+    channels = np.zeros((*depth.shape, 3), np.float32)
+    channels[..., 0] = np.where(np.isfinite(depth), depth, 0.0)
+    if sky is not None:
+        channels[..., 1] = np.asarray(sky, bool)
+    image = image_from_array(name, channels, non_color=True)
+    image.use_fake_user = True
+    return image
 
 
 def find_import(scene: bpy.types.Scene, name: str | None = None) -> BuiltScene:
@@ -232,6 +281,49 @@ def find_import(scene: bpy.types.Scene, name: str | None = None) -> BuiltScene:
     return BuiltScene(chosen, bpy.data.objects.get(names["camera"]), bpy.data.objects.get(names["mesh"]),
                       bpy.data.worlds.get(names["world"]),
                       bpy.data.objects.get(names["sun"]) if names["sun"] else None)
+
+
+def stored_estimate(collection: bpy.types.Collection):
+    """The `invrender_core.scene.SceneEstimate` an import was built from, read back from its packed images and
+    ID properties (no networks): what `invrender_core.relight.Relighter` needs.
+
+    image, albedo, normals (H, W, 3), depth_fused (H, W), sky (H, W) bool or None, shadow (H, W) or None,
+    lighting (9, 3) camera frame, camera. Not stored: the network depth (depth_fused stands in), confidence
+    (ones) and shading (NaN). metadata["sun_fraction"]: the import's sun share. ValueError (one line) when the
+    import predates the preview or one of its images is gone.
+    """
+    from invrender_core.camera import Camera
+    from invrender_core.scene import DEFAULT_SUN_FRACTION, SceneEstimate
+
+    record = collection[IMPORT_KEY].to_dict()
+    missing = [key for key in PREVIEW_KEYS if not record.get(key)]
+    if missing:
+        raise ValueError(f"{collection.name!r} does not keep what the 2D preview needs ({', '.join(missing)}): "
+                         "import the photo again")
+    camera = Camera.from_dict(record["intrinsics"])
+    size = (camera.height, camera.width)
+    maps = {}
+    for key in ("photo", "albedo", "normals", "depth", "shadow"):
+        name = record.get(key)
+        if not name:
+            continue
+        image = bpy.data.images.get(name)
+        if image is None:
+            raise ValueError(f"image {name!r} of {collection.name!r} is missing: import the photo again")
+        maps[key] = image_to_array(image)  # (h, w, 3)
+        if maps[key].shape[:2] != size:
+            raise ValueError(f"image {name!r} is {image.size[0]}x{image.size[1]}, expected {camera.width}x"
+                             f"{camera.height} (the import's camera): import the photo again")
+    depth_fused = np.ascontiguousarray(maps["depth"][..., 0])  # (H, W)
+    return SceneEstimate(
+        image=maps["photo"], albedo=maps["albedo"], shading=np.full((*size, 3), np.nan, np.float32),
+        normals=2.0 * maps["normals"] - 1.0,  # object-space normal map encoding, as built
+        depth=depth_fused, depth_fused=depth_fused, confidence=np.ones(size, np.float32),
+        lighting=np.asarray(record["lighting_camera"], np.float64), camera=camera,
+        metadata={"source": f"stored import {collection.name!r}",
+                  "sun_fraction": record.get("sun_fraction", DEFAULT_SUN_FRACTION)},
+        shadow=np.ascontiguousarray(maps["shadow"][..., 0]) if "shadow" in maps else None,
+        sky=maps["depth"][..., 1] > 0.5 if record.get("sky") else None)
 
 
 def set_cycles(scene: bpy.types.Scene, samples: int = 32) -> None:

@@ -1,5 +1,5 @@
 """Operators, one module a feature: properties -> settings dataclass -> one core or builder call. No maths here."""
 
-from . import export_passes, import_photo, relight
+from . import export_passes, import_photo, relight, relight_preview
 
-classes = (*import_photo.classes, *relight.classes, *export_passes.classes)
+classes = (*import_photo.classes, *relight.classes, *relight_preview.classes, *export_passes.classes)

@@ -424,6 +424,9 @@ def save_preview_sheet(path, tiles, tile_width: int = 320, columns: int | None =
     _save_png(path, sheet)
 
 
+CV_MAX_CHANNELS = 4
+
+
 def resize_linear(img, width: int, height: int) -> np.ndarray:
     """Resample a float image (H, W) or (H, W, C) to (height, width[, C]).
 
@@ -438,6 +441,9 @@ def resize_linear(img, width: int, height: int) -> np.ndarray:
     if int(width) != width or int(height) != height or width < 1 or height < 1:
         raise ValueError(f"resize_linear needs a positive integer size, got {width}x{height}")
     width, height = int(width), int(height)
+    if arr.ndim == 3 and arr.shape[2] > CV_MAX_CHANNELS:  # OpenCV's area filter takes at most 4 channels
+        return np.concatenate([resize_linear(arr[..., c:c + CV_MAX_CHANNELS], width, height)
+                               for c in range(0, arr.shape[2], CV_MAX_CHANNELS)], axis=-1)
     out = np.ascontiguousarray(arr if arr.dtype == np.float64 else arr.astype(np.float32))
     src_height, src_width = arr.shape[:2]
     # One axis at a time so that each axis gets the filter that suits its own scale factor.

@@ -8,8 +8,8 @@ an importer (`import_megadepth_checkpoint`) that reads them with `torch.load(wei
 unpickling), checks the layout against the architecture exactly, and writes a safetensors file registered with
 its sha256; trained models are added to the shipped folder with `register_shipped`.
 
-An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth") plus a `config`
-dict of constructor arguments, so `build_model` never evaluates text. Loading is strict and returns the model
+An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth", "relight_refine") plus a
+`config` dict of constructor arguments, so `build_model` never evaluates text. Loading is strict and returns the model
 in `eval()` mode.
 """
 
@@ -100,13 +100,21 @@ def _build_megadepth(width: float = 1.0) -> nn.Module:
     return MegaDepthHourglass(width=_number(width, "width", "megadepth"))
 
 
+def _build_relight_refine(width: int = 24, max_side: int = 256) -> nn.Module:
+    from .relight_refine import RelightRefiner
+
+    return RelightRefiner(width=int(_number(width, "width", "relight_refine")),
+                          max_side=int(_number(max_side, "max_side", "relight_refine")))
+
+
 # The only constructors a registry entry can name: architecture key -> function of the config's keywords.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megadepth": _build_megadepth}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megadepth": _build_megadepth,
+                                                      "relight_refine": _build_relight_refine}
 # Exact strings older registries stored as `architecture` -> (key, config). Matched literally, never parsed.
 LEGACY_ARCHITECTURES = {
     "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)": ("megadepth", {"width": 1.0}),
 }
-_CONFIG_KEYS = {"irn": {"width", "groups", "prior"}, "megadepth": {"width"}}
+_CONFIG_KEYS = {"irn": {"width", "groups", "prior"}, "megadepth": {"width"}, "relight_refine": {"width", "max_side"}}
 
 
 def architecture_of(entry: WeightsEntry) -> tuple[str, dict]:
@@ -152,8 +160,11 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict]:
     stem = state.get("0.weight")
     if stem is not None and stem.ndim == 4 and tuple(stem.shape[1:]) == (3, 7, 7):
         return "megadepth", {"width": stem.shape[0] / 128}
-    raise ValueError("the weights match no known architecture (neither InverseRenderNet nor the MegaDepth "
-                     "hourglass): give weights saved from one of these networks")
+    refine = state.get("enc1.0.weight")
+    if refine is not None and refine.ndim == 4 and tuple(refine.shape[1:]) == (20, 3, 3):
+        return "relight_refine", {"width": refine.shape[0]}
+    raise ValueError("the weights match no known architecture (InverseRenderNet, the MegaDepth hourglass or the "
+                     "relighting refiner): give weights saved from one of these networks")
 
 
 def user_weights_dir() -> Path:

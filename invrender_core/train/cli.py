@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["TASKS", "add_train_parser", "build_task", "run_train"]
 
-TASKS = ("depth", "irn")
+TASKS = ("depth", "irn", "relight")
 DEFAULT_LR = 1e-3  # used when the task class has no `default_lr`
 
 
@@ -27,7 +27,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train the depth or inverse-rendering network on multiview data",
                               description="Train a network on a rendered multiview dataset (or COLMAP workspaces); "
                               "under torchrun, trains data-parallel.")
-    p.add_argument("task", choices=TASKS, help="depth: MegaDepth-style depth net; irn: InverseRenderNet")
+    p.add_argument("task", choices=TASKS, help="depth: MegaDepth-style depth net; irn: InverseRenderNet; relight: "
+                   "the relighting refiner (needs pairs rendered with --second-light)")
     p.add_argument("--data", type=Path, required=True,
                    help="multiview dataset folder (scene_*/scene.json) or COLMAP dense workspace(s)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, logs, model.safetensors")
@@ -61,6 +62,10 @@ def _task_class(name: str):
         from .depth_task import DepthTask
 
         return DepthTask
+    if name == "relight":
+        from .relight_task import RelightTask
+
+        return RelightTask
     try:  # imported only when asked for: the IRN task is written separately
         from .irn_task import IRNTask
     except ImportError as e:

@@ -28,6 +28,21 @@ does not even load it):
     sky_mask      bool (H, W)      True where the ray leaves the scene
     gt_sh_camera  float32 (9, 3)   the lighting in the camera frame, times exposure: the SH for which
                                    linear(image) ≈ albedo · shadow · E(normal) up to the tone curve
+
+Relight pairs, OPTIONAL (`render_multiview.py --second-light`; all of them or none; read with the ground truth
+when present). Light A is the photo's, light B a second clear sky with a sun; the scene, cameras and exposure
+are the same, so the pair differs only by its light. Camera frame, times the view's exposure, like gt_sh_camera:
+
+    sun_camera              float32 (3,)     unit direction towards A's sun (zeros when A has no sun)
+    sun_irradiance          float32 (3,)     A's sun RGB irradiance at normal incidence (zeros: no sun)
+    sky_sh_camera           float32 (9, 3)   A's lighting without the sun: gt_sh_camera =
+                                             sky_sh_camera + sh.directional(sun_camera, sun_irradiance)
+    relight_image           uint8 (H, W, 3)  the photo under B, same exposure and tone curve as `image`
+    relight_gt_shadow       float16 (H, W)   B's sun visibility, like gt_shadow
+    relight_sun_camera      float32 (3,)     unit direction towards B's sun
+    relight_sun_irradiance  float32 (3,)     B's sun RGB irradiance
+    relight_sky_sh_camera   float32 (9, 3)   B's lighting without the sun
+    relight_sh_camera       float32 (9, 3)   B's full lighting: relight_sky_sh_camera + sh.directional(sun)
 """
 
 from __future__ import annotations
@@ -57,18 +72,37 @@ GROUND_TRUTH_ARRAYS = {
     "gt_sh_camera": (np.float32, (9, 3)),
 }
 ALL_ARRAYS = {**INPUT_ARRAYS, **GROUND_TRUTH_ARRAYS}
+# Optional group: a view has all of these or none (older datasets have none).
+RELIGHT_ARRAYS = {
+    "sun_camera": (np.float32, (3,)),
+    "sun_irradiance": (np.float32, (3,)),
+    "sky_sh_camera": (np.float32, (9, 3)),
+    "relight_image": (np.uint8, ("H", "W", 3)),
+    "relight_gt_shadow": (np.float16, ("H", "W")),
+    "relight_sun_camera": (np.float32, (3,)),
+    "relight_sun_irradiance": (np.float32, (3,)),
+    "relight_sky_sh_camera": (np.float32, (9, 3)),
+    "relight_sh_camera": (np.float32, (9, 3)),
+}
 
 
 def _expected_shape(template: tuple, height: int, width: int) -> tuple[int, ...]:
     return tuple({"H": height, "W": width}.get(d, d) for d in template)
 
 
+def _specs_of(arrays) -> dict:
+    """ALL_ARRAYS, plus RELIGHT_ARRAYS when `arrays` (names) holds any of them."""
+    return {**ALL_ARRAYS, **RELIGHT_ARRAYS} if set(RELIGHT_ARRAYS) & set(arrays) else ALL_ARRAYS
+
+
 def check_view(arrays: dict, height: int, width: int, source: str = "view") -> None:
-    """Raise ValueError unless `arrays` holds every array of the format with its dtype and shape."""
-    missing = sorted(set(ALL_ARRAYS) - set(arrays))
+    """Raise ValueError unless `arrays` holds every array of the format with its dtype and shape (and, when it
+    holds any relight array, every one of RELIGHT_ARRAYS)."""
+    specs = _specs_of(arrays)
+    missing = sorted(set(specs) - set(arrays))
     if missing:
         raise ValueError(f"{source}: missing arrays {missing}")
-    for name, (dtype, template) in ALL_ARRAYS.items():
+    for name, (dtype, template) in specs.items():
         a = np.asarray(arrays[name])
         shape = _expected_shape(template, height, width)
         if a.dtype != dtype or a.shape != shape:
@@ -76,16 +110,18 @@ def check_view(arrays: dict, height: int, width: int, source: str = "view") -> N
 
 
 def write_view(path: str | Path, arrays: dict) -> None:
-    """Write one view (every array of the format, checked) as a compressed .npz."""
+    """Write one view (every array of the format, and the relight group when present, checked) as a compressed
+    .npz."""
     image = np.asarray(arrays["image"])
     check_view(arrays, image.shape[0], image.shape[1], str(path))
-    np.savez_compressed(path, **{name: np.asarray(arrays[name]) for name in ALL_ARRAYS})
+    np.savez_compressed(path, **{name: np.asarray(arrays[name]) for name in _specs_of(arrays)})
 
 
 def read_view(path: str | Path, ground_truth: bool = False) -> dict[str, np.ndarray]:
-    """Read one view: the input arrays, plus the ground-truth ones when `ground_truth` (evaluation only)."""
-    names = ALL_ARRAYS if ground_truth else INPUT_ARRAYS
+    """Read one view: the input arrays, plus the ground-truth ones and, when the file has them, the relight
+    ones (RELIGHT_ARRAYS) when `ground_truth` (evaluation only)."""
     with np.load(path, allow_pickle=False) as z:
+        names = _specs_of(z.files) if ground_truth else INPUT_ARRAYS
         missing = sorted(set(names) - set(z.files))
         if missing:
             raise ValueError(f"{path}: not an {FORMAT} view, missing {missing}")

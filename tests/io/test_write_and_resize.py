@@ -121,3 +121,13 @@ def test_mixed_scaling_and_channels():
 def test_resize_errors(img, size, match):
     with pytest.raises(ValueError, match=match):
         resize_linear(img, *size)
+
+
+def test_resize_of_many_channels_matches_channel_by_channel():
+    rng = np.random.default_rng(3)
+    img = rng.random((12, 18, 7)).astype(np.float32)
+    for size in ((6, 4), (30, 20)):
+        out = resize_linear(img, *size)
+        assert out.shape == (size[1], size[0], 7)
+        for c in range(7):
+            np.testing.assert_allclose(out[..., c], resize_linear(img[..., c], *size), atol=1e-6)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invrender_core import scene
+from invrender_core import relight, scene
 from invrender_core.camera import Camera
 from invrender_core.io import load_image, read_exr
 from invrender_core.nets import weights
@@ -14,7 +14,7 @@ from invrender_core.train import metrics
 from invrender_core.train.depth_losses import si_log_rmse
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-SHIPPED = (scene.DEFAULT_IRN, scene.DEFAULT_DEPTH)
+SHIPPED = (scene.DEFAULT_IRN, scene.DEFAULT_DEPTH, relight.DEFAULT_REFINER)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -1,0 +1,156 @@
+"""2D relight preview of an import: operator == core Relighter, the stored maps survive save and reload, errors
+leave the scene unchanged."""
+
+import math
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+from invrender_addon.build.bpy_io import image_to_array
+from invrender_addon.build.import_photo import ImportSettings, import_photo
+from invrender_addon.build.scene import DATA_COLLECTIONS, SceneAssets, build_scene, find_import, stored_estimate
+from invrender_addon.operators import relight_preview
+
+from invrender_core import geometry, sh
+from invrender_core.camera import Camera
+from invrender_core.relight import DEFAULT_SHADOW_SAMPLES, Relighter
+from invrender_core.scene import scene_assets
+from invrender_core.train.synthetic import exact_estimate
+
+# Camera-frame lighting: a sun from the upper right, in front of the camera, over a dim sky.
+SUN_CAMERA = np.array([0.6, 0.6, 0.5]) / np.linalg.norm([0.6, 0.6, 0.5])
+LIGHT = sh.directional(SUN_CAMERA, [2.5, 2.4, 2.2])
+LIGHT[0] += [0.35, 0.4, 0.5]
+LIGHT[1] += [0.1, 0.1, 0.12]
+SUN_FRACTION = 0.8  # not the default: the import's sun share must reach the preview
+SETTINGS = ImportSettings(photo=Path("yard.png"), sun_fraction=SUN_FRACTION)
+PREVIEW = "yard 2D Relight"
+SKY_ROWS = 5
+
+
+def yard_estimate():
+    """A 48x32 exact estimate of a sphere resting on a ground plane (it casts shadows), a checkered albedo, a
+    shadow map, the top rows marked as sky and one pixel of unknown fused depth."""
+    camera = Camera.from_fov(48, 32, 50.0)
+    n = np.array([0.0, 1.0, 0.5]) / np.linalg.norm([0.0, 1.0, 0.5])
+    foot = np.array([0.0, -0.4, -3.2])
+    depth, normals, _ = geometry.synthetic_sphere_plane(camera, centre=foot + 0.6 * n, radius=0.6,
+                                                        plane_normal=n, plane_offset=float(n @ foot))
+    u, v = camera.pixel_grid()
+    checker = ((u // 6 + v // 6) % 2).astype(np.float32)
+    albedo = np.stack([0.3 + 0.4 * checker, 0.5 * np.ones_like(checker), 0.6 - 0.3 * checker], -1)
+    shadow = np.clip(0.5 + 0.02 * u, 0.0, 1.0).astype(np.float32)
+    est = exact_estimate(camera, depth, normals, LIGHT, albedo, shadow=shadow)
+    est.sky = np.zeros(depth.shape, bool)
+    est.sky[:SKY_ROWS] = True
+    est.depth_fused = est.depth.copy()
+    est.depth_fused[:SKY_ROWS] = 60.0  # the sky is far
+    est.depth_fused[20, 7] = np.nan  # unknown: stored as 0, unknown to the preview as well
+    return est
+
+
+def through_property(degrees: float) -> float:
+    """The angle as the operator sees it: radians in a float32 property (a sun direction a hair away from the
+    float64 one can flip a borderline shadow sample)."""
+    return math.degrees(float(np.float32(math.radians(degrees))))
+
+
+def core_relight(est, elevation, azimuth, samples=DEFAULT_SHADOW_SAMPLES):
+    """The core API's relight for the operator's angles (degrees)."""
+    relighter = Relighter(est, sun_fraction=SUN_FRACTION, shadow_samples=samples)
+    return relighter.render(relighter.sun_at(through_property(elevation), through_property(azimuth)))
+
+
+def preview(elevation, azimuth, **options):
+    return bpy.ops.invr.relight_preview(sun_elevation=math.radians(elevation), sun_azimuth=math.radians(azimuth),
+                                        **options)
+
+
+def counts():
+    return {kind: len(getattr(bpy.data, kind)) for kind in DATA_COLLECTIONS}
+
+
+def test_operator_equals_core_relighter(registered_addon, clean_scene):
+    est = yard_estimate()
+    import_photo(SETTINGS, clean_scene, estimate_result=est)
+    assert preview(30.0, 120.0) == {"FINISHED"}
+    image = bpy.data.images[PREVIEW]
+    assert image.is_float and image.colorspace_settings.name == "Linear Rec.709"  # linear like the photo
+    assert image.packed_file is not None
+    expected = core_relight(est, 30.0, 120.0)
+    assert (expected.visibility < 0.5).sum() > 10  # the sphere casts a shadow: the test sees visibility
+    assert np.abs(expected.image - est.image).max() > 0.1  # and the relight changes the photo
+    np.testing.assert_allclose(image_to_array(image), expected.image, rtol=1e-5, atol=1e-6)
+
+    # A second preview (cached relighter) updates the same datablock, with its own shadow samples.
+    before = counts()
+    assert preview(60.0, -45.0, shadow_samples=2) == {"FINISHED"}
+    assert counts() == before and bpy.data.images[PREVIEW] is not None
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), core_relight(est, 60.0, -45.0, 2).image,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_save_reload_keeps_what_the_preview_needs(registered_addon, clean_scene, tmp_path):
+    est = yard_estimate()
+    import_photo(SETTINGS, clean_scene, estimate_result=est)
+    assert preview(20.0, 200.0) == {"FINISHED"}
+    first = image_to_array(bpy.data.images[PREVIEW])
+    (cached,) = relight_preview._RELIGHTERS.values()
+    path = tmp_path / "moved" / "yard.blend"
+    path.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+
+    # The maps, lighting and camera come back exactly (unknown depth as 0, normals through their encoding).
+    stored = stored_estimate(find_import(bpy.context.scene).collection)
+    np.testing.assert_array_equal(stored.image, est.image)
+    np.testing.assert_array_equal(stored.albedo, est.albedo)
+    np.testing.assert_allclose(stored.normals, est.normals, atol=1e-6)
+    np.testing.assert_array_equal(stored.depth_fused, np.nan_to_num(est.depth_fused, nan=0.0))
+    np.testing.assert_array_equal(stored.sky, est.sky)
+    np.testing.assert_array_equal(stored.shadow, est.shadow)
+    np.testing.assert_array_equal(stored.lighting, est.lighting)
+    assert stored.camera == est.camera and stored.metadata["sun_fraction"] == SUN_FRACTION
+
+    assert np.array_equal(image_to_array(bpy.data.images[PREVIEW]), first)  # the last preview was saved too
+    assert preview(20.0, 200.0) == {"FINISHED"}
+    assert relight_preview._RELIGHTERS[next(iter(relight_preview._RELIGHTERS))] is not cached  # rebuilt from file
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), first, rtol=1e-6, atol=1e-7)
+    assert len([i for i in bpy.data.images if i.name.startswith(PREVIEW)]) == 1
+
+
+def test_no_import_reports_and_changes_nothing(registered_addon, clean_scene):
+    before = counts()
+    with pytest.raises(RuntimeError, match="no InvRender import"):  # bpy.ops turns an ERROR report into this
+        preview(30.0, 90.0)
+    assert counts() == before
+
+
+def test_import_without_stored_maps_reports_and_changes_nothing(registered_addon, clean_scene):
+    # Built from the core's assets alone (as before the preview existed): no fused depth, no lighting kept.
+    build_scene(SceneAssets(**scene_assets(yard_estimate(), "old", environment_height=16)), clean_scene)
+    before = counts()
+    with pytest.raises(RuntimeError, match="depth, lighting_camera.*import the photo again"):
+        preview(30.0, 90.0)
+    assert counts() == before
+
+    # A full import whose depth image was deleted.
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    built = import_photo(SETTINGS, bpy.context.scene, estimate_result=yard_estimate())
+    depth_name = built.collection["invrender_import"]["depth"]
+    bpy.data.images.remove(bpy.data.images[depth_name])
+    before = counts()
+    with pytest.raises(RuntimeError, match=f"{depth_name!r}.*missing"):
+        preview(30.0, 90.0)
+    assert counts() == before and PREVIEW not in bpy.data.images
+
+
+def test_defaults_and_names(registered_addon):
+    rna = bpy.ops.invr.relight_preview.get_rna_type().properties
+    assert rna["shadow_samples"].default == DEFAULT_SHADOW_SAMPLES
+    name = relight_preview.preview_image_name("é" * 40)  # 80 bytes of name: too long for a datablock
+    assert name.endswith(" 2D Relight") and len(name.encode()) <= 63
+    image = bpy.data.images.new(name, 4, 4)
+    assert image.name == name  # Blender keeps it whole, so the next preview finds it again

@@ -1,0 +1,433 @@
+"""Relight a decomposed photo under a new sun and sky in 2D (Yu et al., ECCV 2020): seconds, no Blender.
+
+The photo's decomposition (`scene.decompose`) gives albedo, normals, the shadow map and fused depth. The
+shadows are removed by dividing them out (albedo = photo / (shadow · shading)), and the photo is rendered
+again under the new light as
+
+    relit = albedo · (sun irradiance · max(n · s, 0) · visibility + E_sky(n))
+
+where visibility is the new sun's cast shadow, found by marching rays towards the sun through the fused depth
+(`cast_shadow`; soft shadows by averaging directions within the sun's disc) and E_sky is the sky's SH shading.
+Sky pixels are recoloured by the ratio of the new sky's radiance to the old one's along each pixel's ray, so
+clouds keep their texture. `nets/relight_refine.py` optionally corrects what this simple model misses.
+
+Frames and units follow DESIGN.md: the camera frame (x right, y up, z towards the viewer), linear RGB, SH
+lighting (9, 3) in the irradiance convention, and a sun given by its direction (towards the sun) and RGB
+irradiance in the same units as E(n), i.e. it adds ``irradiance · max(n · s, 0)`` to the shading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import geometry, sh
+from .camera import Camera
+from .io import resize_linear
+from .scene import DEFAULT_SUN_FRACTION, SceneEstimate, sun_direction
+
+DEFAULT_SUN_ANGLE_DEG = 0.53  # the real sun's angular diameter
+DEFAULT_SHADOW_SAMPLES = 4
+DEFAULT_SHADOW_STEPS = 40
+DEFAULT_SHADOW_MAX_SIDE = 640
+DEFAULT_REFINER = "relight-refine-small"
+# Rays start this far from the surface (relative to its depth) so that a surface does not shadow itself.
+SHADOW_START = 0.004
+# Rays go this far (relative to the depth of the surface they start from): far enough for a building to
+# shadow the street in front of it, not so far that the sky-facing rays of every pixel are marched forever.
+SHADOW_REACH = 2.0
+# A ray point is hidden by the visible surface when it is behind it by more than this (relative to its depth):
+# nearest-pixel lookups of a slanted surface's depth are off by up to half a pixel's depth change.
+SHADOW_BIAS = 0.01
+# A ray point behind the visible surface counts as inside an object when it is at most this far behind it
+# (relative to its depth): objects are solid but not infinitely deep, so a ray passing far behind a thin
+# foreground pole is not shadowed by it.
+SHADOW_THICKNESS = 0.2
+SKY_RATIO_LIMITS = (0.05, 20.0)  # how far a sky pixel's colour may be scaled per channel
+OBSERVED_PIXELS = 20000  # pixels `observed_lighting` fits to (evenly spread)
+
+
+@dataclass(frozen=True)
+class Sun:
+    """A distant sun: direction (3,) unit vector towards it (camera frame), irradiance (3,) RGB, angular
+    diameter in degrees (0: hard shadows)."""
+
+    direction: np.ndarray
+    irradiance: np.ndarray
+    angle_deg: float = DEFAULT_SUN_ANGLE_DEG
+
+    def __post_init__(self):
+        d = np.asarray(self.direction, dtype=np.float64)
+        e = np.broadcast_to(np.asarray(self.irradiance, dtype=np.float64), (3,)).copy()
+        if d.shape != (3,) or not np.isfinite(d).all() or not np.linalg.norm(d) > 0:
+            raise ValueError(f"sun direction must be a finite non-zero (3,) vector, got {self.direction!r}")
+        if not (np.isfinite(e).all() and (e >= 0).all()):
+            raise ValueError(f"sun irradiance must be finite and non-negative (3,), got {self.irradiance!r}")
+        if not 0.0 <= self.angle_deg < 30.0:
+            raise ValueError(f"sun angle must be in [0, 30) degrees, got {self.angle_deg}")
+        object.__setattr__(self, "direction", d / np.linalg.norm(d))
+        object.__setattr__(self, "irradiance", e)
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """New lighting: sky (9, 3) SH in the camera frame without the sun, and an optional sun."""
+
+    sky: np.ndarray
+    sun: Sun | None = None
+
+    def __post_init__(self):
+        sky = np.asarray(self.sky, dtype=np.float64)
+        if sky.shape != (9, 3) or not np.isfinite(sky).all():
+            raise ValueError(f"sky must be finite SH coefficients of shape (9, 3), got {np.shape(self.sky)}")
+        object.__setattr__(self, "sky", sky)
+
+    def sh(self) -> np.ndarray:
+        """The whole lighting as SH (9, 3): sky plus the sun's order-2 projection."""
+        if self.sun is None:
+            return self.sky.copy()
+        return self.sky + np.outer(sh.radiance_basis(self.sun.direction), self.sun.irradiance)
+
+
+@dataclass
+class RelitImage:
+    """image (H, W, 3) linear RGB; visibility (H, W) of the new sun in [0, 1] (1 on sky); sun_shading (H, W, 3)
+    = irradiance · max(n · s, 0) · visibility; sky_shading (H, W, 3) = E_sky(n); sky (H, W) bool."""
+
+    image: np.ndarray
+    visibility: np.ndarray
+    sun_shading: np.ndarray
+    sky_shading: np.ndarray
+    sky: np.ndarray
+    metadata: dict = field(default_factory=dict)
+
+
+def sun_direction_camera(elevation_deg: float, azimuth_deg: float, up=(0.0, 1.0, 0.0)) -> np.ndarray:
+    """Unit (3,) camera-frame direction towards a sun at `elevation_deg` above the horizon.
+
+    The horizon is the plane perpendicular to `up` (3,) (camera frame; default the camera's own y axis, i.e.
+    a level camera). Azimuth as in `scene.sun_direction`: 0 puts the sun behind the camera (front light),
+    90 to the camera's right, 180 in front of it (backlight).
+    """
+    up = np.asarray(up, dtype=np.float64)
+    if up.shape != (3,) or not np.linalg.norm(up) > 0:
+        raise ValueError(f"up must be a non-zero (3,) vector, got {up!r}")
+    up = up / np.linalg.norm(up)
+    back = np.array([0.0, 0.0, 1.0]) - up[2] * up  # the viewer's side, in the horizon plane
+    if np.linalg.norm(back) < 1e-6:
+        raise ValueError("up must not point along the viewing direction")
+    back /= np.linalg.norm(back)
+    right = np.cross(up, back)
+    # scene.sun_direction gives (right, forward, up) components in the world frame of a level camera.
+    r, f, u = sun_direction(elevation_deg, azimuth_deg)
+    return r * right - f * back + u * up
+
+
+def lighting_from_estimate(L, sun_fraction: float = DEFAULT_SUN_FRACTION,
+                           angle_deg: float = DEFAULT_SUN_ANGLE_DEG) -> Lighting:
+    """Split estimated SH lighting L (9, 3) into a sun (a share `sun_fraction` of its directional part, as the
+    scene builder does) and the sky that remains."""
+    direction, irradiance, rest = sh.extract_sun(L, sun_fraction)
+    sun = Sun(direction, irradiance, angle_deg) if irradiance.max() > 0 else None
+    return Lighting(sky=rest, sun=sun)
+
+
+def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) -> np.ndarray:
+    """Order-1 SH lighting (9, 3) (order-2 rows zero, non-negative radiance) fitted by least squares to the
+    shading that lighting L (9, 3) gives the photo's normals (H, W, 3) over `mask` (H, W) (default all).
+
+    A photo shows its surfaces' normals only over the half of the sphere facing the camera, and mostly near its
+    centre: an estimate's order-2 terms are barely constrained and can be wild elsewhere, which turning the
+    lighting brings into view. What the photo does pin down, its mean level and main gradient, is order 1. The
+    order-1 part is then shortened where needed so the radiance is nowhere negative (|L1| Y1 <= L00 Y0).
+    """
+    normals = np.asarray(normals, dtype=np.float64)
+    L = np.asarray(L, dtype=np.float64)
+    if normals.ndim != 3 or normals.shape[2] != 3 or L.shape != (9, 3):
+        raise ValueError(f"normals must be (H, W, 3) and L (9, 3), got {normals.shape} and {L.shape}")
+    mask = np.ones(normals.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != normals.shape[:2]:
+        raise ValueError(f"mask has shape {mask.shape}, expected {normals.shape[:2]}")
+    index = np.flatnonzero(mask & np.isfinite(normals).all(-1))
+    if index.size < 4:
+        raise ValueError("too few pixels with normals to fit lighting to")
+    index = index[:: max(1, index.size // max_pixels)]
+    n = normals.reshape(-1, 3)[index]  # (N, 3)
+    shading = np.maximum(sh.shading(n, L), 0.0)  # (N, 3) as the photo's model shades them
+    A = sh.basis(n)[:, :4]  # (N, 4): order 0 and 1
+    ridge = 1e-6 * np.trace(A.T @ A) * np.eye(4)
+    L = np.zeros((9, 3))
+    L[:4] = np.linalg.solve(A.T @ A + ridge, A.T @ shading)  # (4, 3)
+    # Radiance ∝ Y0 L00 + Y1 (L1 · d) >= 0 for every d iff |L1| Y1 <= L00 Y0 (per channel).
+    length = np.linalg.norm(L[1:4], axis=0)  # (3,)
+    limit = np.maximum(L[0], 0.0) * sh.radiance_basis(np.array([0.0, 0.0, 1.0]))[0] / sh._Y1
+    L[1:4] *= np.minimum(1.0, limit / np.maximum(length, 1e-12))
+    L[0] = np.maximum(L[0], 0.0)
+    return L
+
+
+def with_sun_to_sky(lighting: Lighting, ratio: float) -> Lighting:
+    """`lighting` with its sun's irradiance set to `ratio` times the sky's mean shading (luminance; the sky's
+    DC term), colour kept. Clear days give a ratio of about 3 to 8 (hard shadows), hazy ones 1 to 2."""
+    if not ratio >= 0:
+        raise ValueError(f"the sun-to-sky ratio must be >= 0, got {ratio}")
+    if lighting.sun is None:
+        raise ValueError("the lighting has no sun whose strength could be set")
+    sky_mean = float(sh.C4 * lighting.sky[0] @ sh.LUMINANCE)
+    sun_lum = float(lighting.sun.irradiance @ sh.LUMINANCE)
+    if not (sky_mean > 0 and sun_lum > 0):
+        raise ValueError("the sun-to-sky ratio needs a sky and a sun that are both bright")
+    sun = lighting.sun
+    return Lighting(sky=lighting.sky, sun=Sun(sun.direction, sun.irradiance * ratio * sky_mean / sun_lum,
+                                              sun.angle_deg))
+
+
+def move_sun(lighting: Lighting, direction) -> Lighting:
+    """The same lighting with the sun moved to `direction` (3,) and the sky turned with it (the sky's bright
+    side follows the sun). Without a sun only the sky turns, taking its dominant direction there."""
+    target = np.asarray(direction, dtype=np.float64)
+    source = lighting.sun.direction if lighting.sun is not None else sh.dominant_direction(lighting.sky)
+    R = geometry.rotation_between(source, target)
+    sun = None if lighting.sun is None else Sun(target, lighting.sun.irradiance, lighting.sun.angle_deg)
+    return Lighting(sky=sh.rotation(R) @ lighting.sky, sun=sun)
+
+
+def _disc_directions(direction: np.ndarray, angle_deg: float, samples: int) -> np.ndarray:
+    """(samples, 3) unit directions spread over the sun's disc (a Vogel spiral; the centre when samples == 1)."""
+    if samples == 1 or angle_deg == 0.0:
+        return direction[None]
+    a = np.cross(direction, np.eye(3)[np.argmin(np.abs(direction))])
+    a /= np.linalg.norm(a)
+    b = np.cross(direction, a)
+    k = np.arange(samples) + 0.5
+    radius = math.tan(math.radians(angle_deg) / 2.0) * np.sqrt(k / samples)
+    phi = k * math.pi * (3.0 - math.sqrt(5.0))
+    d = direction + radius[:, None] * (np.cos(phi)[:, None] * a + np.sin(phi)[:, None] * b)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def cast_shadow(depth, camera: Camera, direction, sky=None, angle_deg: float = DEFAULT_SUN_ANGLE_DEG,
+                samples: int = DEFAULT_SHADOW_SAMPLES, steps: int = DEFAULT_SHADOW_STEPS,
+                thickness: float = SHADOW_THICKNESS, reach: float = SHADOW_REACH, seed: int = 0) -> np.ndarray:
+    """Sun visibility (H, W) float32 in [0, 1] by marching rays towards the sun through a depth map.
+
+    depth (H, W) planar depth (<= 0 or non-finite: unknown, never occludes, visible); camera its intrinsics;
+    direction (3,) towards the sun, camera frame; sky (H, W) bool pixels that never occlude (visible).
+    From each pixel's 3D point a ray towards the sun is sampled at `steps` distances growing geometrically from
+    SHADOW_START to `reach` times the point's depth (jittered per pixel against banding); a sample is
+    occluded when the surface seen at its pixel is in front of it by more than SHADOW_BIAS and by less than
+    `thickness` times its depth (plus the last step's depth change, so thin objects are not stepped over).
+    Rays leaving the image or passing behind the camera are unoccluded.
+    Soft shadows: the mean over `samples` directions within the sun's disc of `angle_deg`.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    if depth.shape != (camera.height, camera.width):
+        raise ValueError(f"depth has shape {depth.shape}, expected {(camera.height, camera.width)} of the camera")
+    sky = np.zeros(depth.shape, bool) if sky is None else np.asarray(sky, bool)
+    if sky.shape != depth.shape:
+        raise ValueError(f"sky has shape {sky.shape}, expected {depth.shape} to match depth")
+    if samples < 1 or steps < 1:
+        raise ValueError(f"samples and steps must be >= 1, got {samples} and {steps}")
+    direction = np.asarray(direction, dtype=np.float64)
+    if direction.shape != (3,) or not np.linalg.norm(direction) > 0:
+        raise ValueError(f"direction must be a non-zero (3,) vector, got {direction!r}")
+    direction = direction / np.linalg.norm(direction)
+
+    H, W = depth.shape
+    known = geometry.valid_mask(depth) & ~sky
+    occluder_depth = np.where(known, depth, np.inf).ravel()  # (H*W,): unknown and sky never occlude
+    start = np.flatnonzero(known)  # pixels whose visibility we march
+    points = geometry.backproject(np.where(known, depth, 0.0), camera).reshape(-1, 3)[start]  # (N, 3)
+    d0 = depth.ravel()[start]  # (N,)
+    rng = np.random.default_rng(seed)
+    ratio = (reach / SHADOW_START) ** (1.0 / max(steps - 1, 1))
+    visibility = np.ones(H * W, np.float64)
+    occluded_sum = np.zeros(start.size, np.float64)
+    directions = _disc_directions(direction, angle_deg, samples)  # (S, 3)
+    for s in directions:
+        jitter = rng.uniform(0.0, 1.0, start.size)  # (N,) per-pixel offset of the step distances
+        active = np.arange(start.size)  # rays still marching
+        for k in range(steps):
+            if active.size == 0:
+                break
+            t = d0[active] * SHADOW_START * ratio ** (k + jitter[active])  # (n,) distance along the ray
+            step_depth = t * (1.0 - 1.0 / ratio) * abs(s[2])  # (n,) depth change over the last step
+            q = points[active] + t[:, None] * s  # (n, 3)
+            qd = -q[:, 2]  # (n,) planar depth of the ray point
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u = camera.cx + camera.fx * q[:, 0] / qd
+                v = camera.cy - camera.fy * q[:, 1] / qd
+            inside = (qd > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            j = np.clip(u, 0, W - 1).astype(np.int64)
+            i = np.clip(v, 0, H - 1).astype(np.int64)
+            seen = occluder_depth[i * W + j]  # (n,) depth of the surface at the ray point's pixel
+            gap = qd - seen
+            hit = inside & (gap > SHADOW_BIAS * qd) & (gap < thickness * qd + step_depth)
+            occluded_sum[active[hit]] += 1.0
+            active = active[inside & ~hit]
+    visibility[start] = 1.0 - occluded_sum / len(directions)
+    return visibility.reshape(H, W).astype(np.float32)
+
+
+def sky_mask(estimate: SceneEstimate) -> np.ndarray:
+    """(H, W) bool sky pixels of an estimate (stored by decompose; none for other estimates)."""
+    if estimate.sky is not None:
+        return np.asarray(estimate.sky, bool)
+    return np.zeros(estimate.depth.shape, bool)
+
+
+def _sky_radiance(L: np.ndarray, rays: np.ndarray) -> np.ndarray:
+    """Order-2 radiance (up to π) of SH lighting L (9, 3) along unit rays (N, 3): (N, 3), floored at a tenth
+    of the mean (order-2 lobes can dip below zero)."""
+    floor = 0.1 * np.maximum(L[0] * sh.radiance_basis(np.array([0.0, 0.0, 1.0]))[0], 1e-6)
+    return np.maximum(sh.radiance_basis(rays) @ L, floor)
+
+
+def recolour_sky(image, rays, old_sky, new_sky) -> np.ndarray:
+    """Sky pixels (N, 3) linear RGB seen along camera-frame rays (N, 3), scaled per channel by the ratio of the
+    new sky's radiance (SH (9, 3)) to the old one's along each ray (clipped to SKY_RATIO_LIMITS)."""
+    rays = np.asarray(rays, dtype=np.float64)
+    rays = rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+    ratio = _sky_radiance(np.asarray(new_sky, np.float64), rays) / _sky_radiance(np.asarray(old_sky, np.float64),
+                                                                                   rays)
+    return (np.asarray(image) * np.clip(ratio, *SKY_RATIO_LIMITS)).astype(np.float32)
+
+
+def _shadow_grid(camera: Camera, max_side: int) -> Camera:
+    scale = min(1.0, max_side / max(camera.width, camera.height))
+    return camera.resized(max(1, round(camera.width * scale)), max(1, round(camera.height * scale)))
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    return image @ sh.LUMINANCE.astype(np.float32)
+
+
+class Relighter:
+    """Relights one decomposed photo under any number of new lightings (one decomposition, one exposure).
+
+    estimate: `scene.decompose`'s SceneEstimate. `lighting` is the photo's lighting, the starting point of
+    `sun_at`; by default the estimate's SH lighting reduced to what the photo pins down (`observed_lighting`)
+    and split into a sun and a sky (`lighting_from_estimate`). `sun_to_sky` overrides the sun's strength
+    (`with_sun_to_sky`): photos rarely pin it down (clipped sunlit areas, a shadow map of unknown gauge).
+    Cast shadows are marched on a grid of at most `shadow_max_side` pixels on the longer side. The exposure
+    is matched once: a single factor makes the relit image under the photo's own lighting as bright as the
+    photo (median over non-sky pixels), because the network's shadow map and lighting are only known up to a
+    common scale. `refine`, a `nets.relight_refine.RelightRefiner` (or None), corrects what the simple image
+    model misses.
+    """
+
+    def __init__(self, estimate: SceneEstimate, *, lighting: Lighting | None = None,
+                 sun_fraction: float = DEFAULT_SUN_FRACTION,
+                 sun_angle_deg: float = DEFAULT_SUN_ANGLE_DEG, shadow_samples: int = DEFAULT_SHADOW_SAMPLES,
+                 shadow_steps: int = DEFAULT_SHADOW_STEPS, shadow_max_side: int = DEFAULT_SHADOW_MAX_SIDE,
+                 thickness: float = SHADOW_THICKNESS, sun_to_sky: float | None = None, refine=None,
+                 seed: int = 0):
+        self.estimate = estimate
+        self.sun_fraction = sun_fraction
+        self.sky = sky_mask(estimate)
+        if lighting is None:
+            observed = observed_lighting(estimate.normals, estimate.lighting, ~self.sky)
+            lighting = lighting_from_estimate(observed, sun_fraction, sun_angle_deg)
+        if sun_to_sky is not None:
+            lighting = with_sun_to_sky(lighting, sun_to_sky)
+        self.original = lighting
+        self.refine = refine
+        self.shadow_options = {"samples": shadow_samples, "steps": shadow_steps, "thickness": thickness, "seed": seed}
+        cam = estimate.camera
+        self.grid = _shadow_grid(cam, shadow_max_side)
+        self.grid_depth = estimate.depth_fused
+        self.grid_sky = self.sky
+        if (self.grid.width, self.grid.height) != (cam.width, cam.height):
+            self.grid_depth = resize_linear(estimate.depth_fused, self.grid.width, self.grid.height)
+            self.grid_sky = resize_linear(self.sky.astype(np.float32), self.grid.width, self.grid.height) > 0.5
+        self.exposure = 1.0
+        # The photo as the model re-renders it under its own lighting: sets the exposure, and what it fails
+        # to explain is one of the refiner's inputs.
+        self.own_render = self.render(self.original, refine=False).image  # (H, W, 3)
+        ground = ~self.sky
+        if ground.any():
+            own = _luminance(self.own_render[ground])
+            photo = _luminance(np.asarray(estimate.image, np.float32)[ground])
+            ok = own > 1e-6
+            self.exposure = float(np.median(photo[ok] / own[ok])) if ok.any() else 1.0
+            self.own_render[ground] *= self.exposure
+
+    def sun_at(self, elevation_deg: float, azimuth_deg: float, up=(0.0, 1.0, 0.0),
+               base: Lighting | None = None) -> Lighting:
+        """`base` (default: the photo's own lighting) with the sun moved to (elevation, azimuth)
+        (`sun_direction_camera`) and the sky turned with it."""
+        return move_sun(self.original if base is None else base, sun_direction_camera(elevation_deg, azimuth_deg, up))
+
+    def scaled_like_photo(self, lighting: Lighting) -> Lighting:
+        """`lighting` (sky and sun together) scaled so its mean (DC) luminance is the photo's lighting's: lights
+        from elsewhere (another photo, a prior sample, a renderer) come in arbitrary units."""
+        dc = float(lighting.sh()[0] @ sh.LUMINANCE)
+        if not dc > 0:
+            raise ValueError("the lighting has no positive mean (DC) luminance: it lights nothing")
+        scale = float(self.original.sh()[0] @ sh.LUMINANCE) / dc
+        sun = lighting.sun
+        if sun is not None:
+            sun = Sun(sun.direction, sun.irradiance * scale, sun.angle_deg)
+        return Lighting(sky=lighting.sky * scale, sun=sun)
+
+    def lighting_like_photo(self, L) -> Lighting:
+        """Other SH lighting L (9, 3) (camera frame; e.g. another photo's lighting.json or an illumination-prior
+        sample) split into sun and sky like the photo's, then `scaled_like_photo`."""
+        L = np.asarray(L, dtype=np.float64)
+        if L.shape != (9, 3) or not np.isfinite(L).all():
+            raise ValueError(f"lighting must be finite SH coefficients of shape (9, 3), got {L.shape}")
+        sun = self.original.sun
+        angle = sun.angle_deg if sun is not None else DEFAULT_SUN_ANGLE_DEG
+        return self.scaled_like_photo(lighting_from_estimate(L, self.sun_fraction, angle))
+
+    def visibility(self, sun: Sun) -> np.ndarray:
+        """(H, W) float32 visibility of `sun` at the photo's resolution (1 on sky)."""
+        cam = self.estimate.camera
+        v = cast_shadow(self.grid_depth, self.grid, sun.direction, sky=self.grid_sky, angle_deg=sun.angle_deg,
+                        **self.shadow_options)
+        if (self.grid.width, self.grid.height) != (cam.width, cam.height):
+            v = np.clip(resize_linear(v, cam.width, cam.height), 0.0, 1.0)
+        v[self.sky] = 1.0
+        return v
+
+    def render(self, lighting: Lighting, refine: bool = True) -> RelitImage:
+        """The photo under `lighting` (camera frame) as a RelitImage at the photo's (H, W)."""
+        est = self.estimate
+        H, W = est.camera.height, est.camera.width
+        normals = np.asarray(est.normals, dtype=np.float32)
+        sky_shading = np.empty((H, W, 3), np.float32)
+        sun_shading = np.zeros((H, W, 3), np.float32)
+        visibility = np.ones((H, W), np.float32)
+        rows = 256  # the SH basis is 9 float64 values per pixel: shade in row blocks
+        for r in range(0, H, rows):
+            sky_shading[r:r + rows] = np.maximum(sh.shading(normals[r:r + rows], lighting.sky), 0.0)
+        if lighting.sun is not None:
+            visibility = self.visibility(lighting.sun)
+            s = lighting.sun.direction.astype(np.float32)
+            for r in range(0, H, rows):
+                cos = np.maximum(normals[r:r + rows] @ s, 0.0)  # (rows, W)
+                sun_shading[r:r + rows] = (cos * visibility[r:r + rows])[..., None] * lighting.sun.irradiance
+        image = self.exposure * np.asarray(est.albedo, np.float32) * (sun_shading + sky_shading)
+        if self.sky.any():
+            image[self.sky] = recolour_sky(est.image[self.sky], est.camera.rays()[self.sky], self.original.sky,
+                                           lighting.sky)
+        relit = RelitImage(image=image.astype(np.float32), visibility=visibility, sun_shading=sun_shading,
+                           sky_shading=sky_shading, sky=self.sky,
+                           metadata={"shadow_grid": [self.grid.width, self.grid.height], "exposure": self.exposure,
+                                     **self.shadow_options, "refined": bool(refine and self.refine is not None)})
+        if refine and self.refine is not None:
+            relit.image = self.refine.apply(est, relit, self.exposure, self.own_render)
+        return relit
+
+    def time_of_day(self, start: tuple[float, float], end: tuple[float, float], frames: int,
+                    up=(0.0, 1.0, 0.0), base: Lighting | None = None):
+        """Yield ((elevation, azimuth), RelitImage) for `frames` suns moving linearly from `start` to `end`
+        ((elevation_deg, azimuth_deg) each), the sky (`base`'s, default the photo's) turning with the sun."""
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        for k in range(frames):
+            f = k / max(frames - 1, 1)
+            sun = (start[0] + f * (end[0] - start[0]), start[1] + f * (end[1] - start[1]))
+            yield sun, self.render(self.sun_at(*sun, up=up, base=base))

@@ -1,0 +1,276 @@
+"""Relighting on the synthetic two-light pairs (`datagen/render_multiview.py --second-light`): training the
+refinement network (`invrender train relight`) and measuring relighting (`python -m
+invrender_core.train.relight_task --data DIR`).
+
+A pair is one view rendered under light A (the input photo) and light B (the target). The photo is decomposed
+by the shipped networks (`scene.decompose`), and B is handed to `relight.Relighter` only as what a user would
+give: its sun (direction, irradiance) and its sky's SH, scaled to the photo's lighting. The target photo
+is used as the training target and for scoring, never as an input. Both photos are compared as the decomposition
+sees a photo: sRGB decoded to linear.
+
+Metrics (held-out split):
+- si_log_lum: scale-invariant RMSE of log luminance, relit vs the target photo, over pixels where both are
+  above 1e-4 (sky included: it is recoloured); "unchanged" scores the input photo itself against the target.
+- shadow_iou: cast shadow of B, relit (visibility < 0.5) vs truth (relight_gt_shadow < 0.5), over non-sky
+  pixels that face B's sun (n · s > 0.1 with the true normals), pooled over all views.
+- the same with the true albedo, normals and depth instead of the networks' ("oracle"): what the relighting
+  itself achieves when the decomposition is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import relight, sh
+from ..camera import Camera
+from ..io import srgb_to_linear
+from ..nets.relight_refine import LOG_RATIO_LIMIT, RelightRefiner, features
+from ..scene import DEFAULT_DEPTH, DEFAULT_IRN, SceneEstimate, decompose
+from .data import list_scenes, read_view
+
+SUN_FACING_COS = 0.1
+SHADOW_THRESHOLD = 0.5
+MIN_LUMINANCE = 1e-4
+
+
+def _linear(image_u8: np.ndarray) -> np.ndarray:
+    return srgb_to_linear(image_u8.astype(np.float32) / 255.0).astype(np.float32)
+
+
+def target_lighting(view: dict) -> relight.Lighting:
+    """Light B of a pair view as a user would give it: sky SH (9, 3) and sun, camera frame."""
+    sun = relight.Sun(view["relight_sun_camera"], view["relight_sun_irradiance"] / math.pi)  # E units
+    return relight.Lighting(sky=view["relight_sky_sh_camera"], sun=sun)
+
+
+def oracle_estimate(view: dict, camera: Camera) -> SceneEstimate:
+    """The view's true maps as a SceneEstimate (albedo, normals, depth, sky, light A): relighting alone."""
+    sky = view["sky_mask"].astype(bool)
+    normals = view["gt_normal"].astype(np.float32)
+    albedo = view["gt_albedo"].astype(np.float32)
+    depth = np.where(sky, np.nan, view["gt_depth"]).astype(np.float32)
+    lighting = view["gt_sh_camera"].astype(np.float64)
+    shading = np.maximum(sh.shading(normals, lighting), 0.0).astype(np.float32)
+    return SceneEstimate(image=_linear(view["image"]), albedo=albedo, shading=shading, normals=normals,
+                         depth=depth, depth_fused=depth, confidence=np.ones(sky.shape, np.float32), lighting=lighting,
+                         camera=camera, shadow=view["gt_shadow"].astype(np.float32), sky=sky)
+
+
+def pair_views(root, split: str) -> list[Path]:
+    """Every view file of the split's scenes that holds a second light."""
+    paths = []
+    for scene_dir, meta in list_scenes(root, split):
+        for name in meta["views"]:
+            with np.load(scene_dir / name, allow_pickle=False) as z:
+                if "relight_image" in z.files:
+                    paths.append(scene_dir / name)
+    if not paths:
+        raise ValueError(f"no two-light views in the {split!r} split of {root}: render them with "
+                         f"datagen/render_multiview.py --second-light")
+    return paths
+
+
+@functools.cache
+def _networks(device: str = "cpu") -> tuple:
+    """The shipped InverseRenderNet and depth network, loaded once (decompose would load them per call)."""
+    from ..nets import weights
+
+    return (weights.load_named(DEFAULT_IRN, expect="irn", device=device),
+            weights.load_named(DEFAULT_DEPTH, expect="megadepth", device=device))
+
+
+def prepare(path: Path, oracle: bool = False, device: str = "cpu") -> dict:
+    """Decompose one pair's photo and relight it under light B (unrefined): everything training and scoring need."""
+    view = read_view(path, ground_truth=True)
+    h, w = view["image"].shape[:2]
+    camera = Camera.from_K(view["K"], w, h)
+    if oracle:
+        estimate = oracle_estimate(view, camera)
+    else:
+        irn, depth = _networks(device)
+        estimate = decompose(_linear(view["image"]), camera=camera, device=device, irn=irn, depth=depth)
+    relighter = relight.Relighter(estimate)
+    relit = relighter.render(relighter.scaled_like_photo(target_lighting(view)))
+    return {"view": view, "estimate": estimate, "relighter": relighter, "relit": relit,
+            "target": _linear(view["relight_image"])}
+
+
+def si_log_luminance(a: np.ndarray, b: np.ndarray) -> float:
+    """Scale-invariant RMSE of log luminance between linear images (H, W, 3), over pixels above MIN_LUMINANCE."""
+    la, lb = a @ sh.LUMINANCE, b @ sh.LUMINANCE
+    ok = (la > MIN_LUMINANCE) & (lb > MIN_LUMINANCE)
+    d = np.log(la[ok]) - np.log(lb[ok])
+    return float(np.sqrt(max(np.mean(d * d) - np.mean(d) ** 2, 0.0))) if d.size else float("nan")
+
+
+def shadow_counts(visibility: np.ndarray, view: dict) -> tuple[int, int]:
+    """(intersection, union) of relit vs true cast shadow of light B over sun-facing non-sky pixels."""
+    facing = (view["gt_normal"].astype(np.float32) @ view["relight_sun_camera"]) > SUN_FACING_COS
+    region = facing & ~view["sky_mask"].astype(bool)
+    est = (visibility < SHADOW_THRESHOLD) & region
+    truth = (view["relight_gt_shadow"].astype(np.float32) < SHADOW_THRESHOLD) & region
+    return int((est & truth).sum()), int((est | truth).sum())
+
+
+def refine_image(model: RelightRefiner, pair: dict) -> np.ndarray:
+    r = pair["relighter"]
+    return model.apply(pair["estimate"], pair["relit"], r.exposure, r.own_render)
+
+
+def evaluate(root, split: str = "heldout", model: RelightRefiner | None = None, oracle: bool = True,
+             progress=None) -> dict:
+    """The module docstring's metrics over a split; `model` adds the refined relit image's score."""
+    rows = {"unchanged": [], "relit": [], "refined": [], "oracle_relit": []}
+    counts = {"relit": [0, 0], "oracle_relit": [0, 0]}
+    paths = pair_views(root, split)
+    for k, path in enumerate(paths):
+        pair = prepare(path)
+        rows["unchanged"].append(si_log_luminance(_linear(pair["view"]["image"]), pair["target"]))
+        rows["relit"].append(si_log_luminance(pair["relit"].image, pair["target"]))
+        counts["relit"] = np.add(counts["relit"], shadow_counts(pair["relit"].visibility, pair["view"]))
+        if model is not None:
+            rows["refined"].append(si_log_luminance(refine_image(model, pair), pair["target"]))
+        if oracle:
+            o = prepare(path, oracle=True)
+            rows["oracle_relit"].append(si_log_luminance(o["relit"].image, o["target"]))
+            counts["oracle_relit"] = np.add(counts["oracle_relit"], shadow_counts(o["relit"].visibility, o["view"]))
+        if progress is not None:
+            progress(k + 1, len(paths))
+    out = {"views": len(paths)}
+    for name, values in rows.items():
+        if values:
+            out[f"si_log_lum_{name}"] = round(float(np.nanmean(values)), 4)
+    for name, (inter, union) in counts.items():
+        if union:
+            out[f"shadow_iou_{name}"] = round(inter / union, 4)
+    return out
+
+
+class RelightPairs(torch.utils.data.Dataset):
+    """Training items from the pairs of a split: features (20, h, w), simple relit (3, h, w), target (3, h, w),
+    mask (1, h, w) of the pixels the loss uses (non-sky, target not saturated). Decomposed once, in memory."""
+
+    def __init__(self, root, split: str = "train", max_views: int | None = None, augment: bool = True,
+                 seed: int = 0):
+        self.items = []
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        paths = pair_views(root, split)[:max_views]
+        t0 = time.time()
+        for k, path in enumerate(paths):
+            pair = prepare(path)
+            r = pair["relighter"]
+            feats = features(pair["estimate"], pair["relit"], r.exposure, r.own_render)  # (H, W, 20)
+            mask = ~pair["relit"].sky & (pair["view"]["relight_image"].max(-1) < 250)
+            self.items.append({"features": feats.transpose(2, 0, 1).copy(),
+                               "relit": pair["relit"].image.transpose(2, 0, 1).copy(),
+                               "target": pair["target"].transpose(2, 0, 1).copy(),
+                               "mask": mask[None].astype(np.float32)})
+            if (k + 1) % 20 == 0 or k + 1 == len(paths):
+                print(f"decomposed {k + 1}/{len(paths)} {split} pairs ({time.time() - t0:.0f} s)", file=sys.stderr,
+                      flush=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {k: torch.from_numpy(v) for k, v in self.items[index].items()}
+        flip = self.augment and np.random.default_rng((self.seed, self.epoch, index)).random() < 0.5
+        if flip:  # mirror left-right: the normals' x flips with it (channel 3, stored as n * 0.5 + 0.5)
+            item = {k: v.flip(-1) for k, v in item.items()}
+            item["features"] = item["features"].clone()
+            item["features"][3] = 1.0 - item["features"][3]
+        return item
+
+
+def refine_loss(log_ratio: torch.Tensor, relit: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Scale-invariant squared log error of relit · exp(log_ratio) vs target, all (B, 3, H, W), mask (B, 1, H, W):
+    per image, the mean log difference (over masked pixels and channels) is removed first (exposure is free)."""
+    d = torch.log(relit.clamp(min=MIN_LUMINANCE)) + log_ratio - torch.log(target.clamp(min=MIN_LUMINANCE))
+    m = mask.expand_as(d)
+    n = m.sum(dim=(1, 2, 3)).clamp(min=1.0)
+    mean = (d * m).sum(dim=(1, 2, 3)) / n
+    return (((d - mean[:, None, None, None]) ** 2) * m).sum(dim=(1, 2, 3)).div(n).mean()
+
+
+class RelightTask:
+    """`invrender train relight`: the refinement network on the two-light pairs of `data`'s train split."""
+
+    default_lr = 2e-3
+
+    def __init__(self, data, width: float = 24, seed: int = 0, eval_data=None, eval_views: int = 16):
+        self.data, self.seed = data, int(seed)
+        self.model = RelightRefiner(width=int(width))
+        self.eval_data = data if eval_data is None else eval_data
+        self.eval_views = int(eval_views)
+        self._eval = None
+
+    def make_dataset(self) -> RelightPairs:
+        return RelightPairs(self.data, "train", seed=self.seed)
+
+    def compute_losses(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        log_ratio = model(batch["features"]).float()
+        unrefined = refine_loss(torch.zeros_like(log_ratio), batch["relit"], batch["target"], batch["mask"])
+        loss = refine_loss(log_ratio, batch["relit"], batch["target"], batch["mask"])
+        smooth = (log_ratio.diff(dim=-1).abs().mean() + log_ratio.diff(dim=-2).abs().mean())
+        total = loss + 0.05 * smooth
+        return {"total": total, "si_log": loss, "si_log_unrefined": unrefined.detach(), "smooth": smooth}
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Mean scale-invariant log error, refined and not, on up to eval_views held-out pairs."""
+        if self._eval is None:
+            try:
+                self._eval = RelightPairs(self.eval_data, "heldout", max_views=self.eval_views, augment=False)
+            except ValueError:
+                self._eval = []
+        if len(self._eval) == 0:
+            return {}
+        device = next(model.parameters()).device
+        refined, plain = [], []
+        for k in range(len(self._eval)):
+            b = {key: v[None].to(device) for key, v in self._eval[k].items()}
+            log_ratio = model(b["features"]).float().clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+            refined.append(float(refine_loss(log_ratio, b["relit"], b["target"], b["mask"])))
+            plain.append(float(refine_loss(torch.zeros_like(log_ratio), b["relit"], b["target"], b["mask"])))
+        return {"si_log_refined": float(np.mean(refined)), "si_log_unrefined": float(np.mean(plain))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Score 2D relighting on the held-out two-light pairs.")
+    ap.add_argument("--data", type=Path, required=True, help="dataset rendered with --second-light")
+    ap.add_argument("--split", default="heldout", choices=("train", "heldout"))
+    ap.add_argument("--refine", default=relight.DEFAULT_REFINER, help="refiner weights (name or path), or 'none'")
+    ap.add_argument("--no-oracle", action="store_true", help="skip the scores with the true maps")
+    ap.add_argument("--json", type=Path, help="also write the metrics here")
+    args = ap.parse_args(argv)
+    model = None
+    if args.refine != "none":
+        from ..nets.relight_refine import load
+
+        model = load(args.refine)
+    t0 = time.time()
+    metrics = evaluate(args.data, args.split, model, oracle=not args.no_oracle,
+                       progress=lambda k, n: print(f"\r{k}/{n} views", end="", file=sys.stderr, flush=True))
+    print(file=sys.stderr)
+    metrics["seconds"] = round(time.time() - t0, 1)
+    metrics["refiner"] = args.refine
+    print(json.dumps(metrics, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

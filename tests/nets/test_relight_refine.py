@@ -1,0 +1,75 @@
+"""nets/relight_refine.py: the relighting refiner's shapes, identity at start, learning, and registry layout."""
+
+import numpy as np
+import pytest
+import torch
+
+from invrender_core import relight
+from invrender_core.camera import Camera
+from invrender_core.nets import relight_refine, weights
+from invrender_core.scene import SceneEstimate
+from invrender_core.train.relight_task import refine_loss
+
+
+def small_estimate(h=24, w=32):
+    rng = np.random.default_rng(0)
+    normals = np.zeros((h, w, 3), np.float32)
+    normals[..., 2] = 1.0
+    depth = np.full((h, w), 3.0, np.float32)
+    image = rng.uniform(0.1, 0.6, (h, w, 3)).astype(np.float32)
+    lighting = np.zeros((9, 3))
+    lighting[0] = 1.0
+    lighting[2] = 0.3
+    return SceneEstimate(image=image, albedo=image.copy(), shading=np.ones_like(image), normals=normals, depth=depth,
+                         depth_fused=depth, confidence=np.ones((h, w), np.float32), lighting=lighting,
+                         camera=Camera.from_fov(w, h, 60.0), shadow=np.ones((h, w), np.float32),
+                         sky=np.zeros((h, w), bool))
+
+
+def test_untrained_refiner_changes_nothing():
+    estimate = small_estimate()
+    plain = relight.Relighter(estimate)
+    refined = relight.Relighter(estimate, refine=relight_refine.RelightRefiner(width=8).eval())
+    lighting = plain.sun_at(40.0, 120.0)
+    np.testing.assert_allclose(refined.render(lighting).image, plain.render(lighting).image, rtol=1e-6)
+
+
+def test_refiner_checks_its_input():
+    net = relight_refine.RelightRefiner(width=8)
+    assert net(torch.zeros(2, relight_refine.INPUT_CHANNELS, 8, 12)).shape == (2, 3, 8, 12)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.zeros(1, relight_refine.INPUT_CHANNELS, 10, 12))
+    with pytest.raises(ValueError, match="B, 20"):
+        net(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        relight_refine.RelightRefiner(width=6)
+    assert net.working_size(1224, 816) == (256, 172)
+
+
+def test_refiner_learns_a_smooth_correction():
+    torch.manual_seed(0)
+    net = relight_refine.RelightRefiner(width=8)
+    features = torch.rand(4, relight_refine.INPUT_CHANNELS, 16, 16)
+    relit = torch.rand(4, 3, 16, 16) + 0.1
+    target = relit * torch.exp(0.5 * (features[:, :3] - 0.5))  # a correction the features explain
+    mask = torch.ones(4, 1, 16, 16)
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    start = float(refine_loss(torch.zeros_like(relit), relit, target, mask))
+    for _ in range(150):
+        optimiser.zero_grad()
+        loss = refine_loss(net(features), relit, target, mask)
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.3 * start
+
+
+def test_refiner_weights_are_recognised_and_load_strictly(tmp_path):
+    from safetensors.torch import save_file
+
+    net = relight_refine.RelightRefiner(width=8)
+    assert weights.infer_architecture(net.state_dict()) == ("relight_refine", {"width": 8})
+    save_file(net.state_dict(), tmp_path / "refine.safetensors")
+    loaded = relight_refine.load(tmp_path / "refine.safetensors")
+    assert isinstance(loaded, relight_refine.RelightRefiner) and not loaded.training
+    with pytest.raises(ValueError, match="holds 'relight_refine' weights"):
+        weights.load_named(tmp_path / "refine.safetensors", expect="irn")

@@ -1,0 +1,283 @@
+"""invrender_core.relight: sun directions, cast shadows against ray-cast truth, relighting round trips."""
+
+import math
+
+import numpy as np
+import pytest
+
+from invrender_core import geometry, relight, sh
+from invrender_core.camera import Camera
+from invrender_core.scene import SceneEstimate, sun_direction
+
+CAMERA = Camera.from_fov(128, 96, 60.0)
+SPHERE_CENTRE = np.array([0.1, -0.3, -3.5])
+SPHERE_RADIUS = 0.8
+GROUND_NORMAL = np.array([0.0, 0.6, 0.8])  # a ground plane seen from above, the sphere resting on it
+GROUND_OFFSET = float(GROUND_NORMAL @ SPHERE_CENTRE) - SPHERE_RADIUS
+
+
+def sphere_on_ground():
+    return geometry.synthetic_sphere_plane(CAMERA, centre=SPHERE_CENTRE, radius=SPHERE_RADIUS,
+                                           plane_normal=GROUND_NORMAL, plane_offset=GROUND_OFFSET)
+
+
+def true_sphere_shadow(depth, on_sphere, direction):
+    """Ground pixels whose ray towards the sun hits the sphere (exact ray-sphere test)."""
+    points = geometry.backproject(depth, CAMERA)
+    oc = points - SPHERE_CENTRE
+    b = oc @ direction
+    disc = b * b - ((oc * oc).sum(-1) - SPHERE_RADIUS**2)
+    far_hit = -b + np.sqrt(np.maximum(disc, 0.0))
+    return (disc > 0) & (far_hit > 1e-3) & ~on_sphere
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+# ------------------------------------------------------------------------------------------ directions
+
+
+@pytest.mark.parametrize(("elevation", "azimuth", "expected"), [
+    (0.0, 0.0, (0.0, 0.0, 1.0)),  # behind the camera
+    (0.0, 90.0, (1.0, 0.0, 0.0)),  # to the right
+    (0.0, 180.0, (0.0, 0.0, -1.0)),  # in front
+    (90.0, 37.0, (0.0, 1.0, 0.0)),  # overhead
+])
+def test_sun_direction_camera_for_a_level_camera(elevation, azimuth, expected):
+    np.testing.assert_allclose(relight.sun_direction_camera(elevation, azimuth), expected, atol=1e-12)
+
+
+def test_sun_direction_camera_agrees_with_the_scene_builder_world_frame():
+    for elevation, azimuth in ((30.0, 110.0), (65.0, -40.0), (5.0, 250.0)):
+        world = sun_direction(elevation, azimuth)
+        np.testing.assert_allclose(sh.CAMERA_TO_WORLD @ relight.sun_direction_camera(elevation, azimuth), world,
+                                   atol=1e-12)
+
+
+def test_sun_direction_camera_measures_elevation_from_the_given_up():
+    tilt = math.radians(25.0)  # camera pitched down 25 degrees: the world's up leans towards the viewer
+    up = np.array([0.0, math.cos(tilt), math.sin(tilt)])
+    for elevation in (10.0, 45.0, 80.0):
+        d = relight.sun_direction_camera(elevation, 60.0, up)
+        assert np.linalg.norm(d) == pytest.approx(1.0)
+        assert d @ up == pytest.approx(math.sin(math.radians(elevation)))
+
+
+def test_sun_direction_camera_rejects_an_up_along_the_view():
+    with pytest.raises(ValueError, match="viewing direction"):
+        relight.sun_direction_camera(30.0, 0.0, up=(0.0, 0.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------------ lighting
+
+
+def test_sun_and_lighting_check_their_values():
+    with pytest.raises(ValueError, match="direction"):
+        relight.Sun((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="irradiance"):
+        relight.Sun((0.0, 1.0, 0.0), (1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match=r"\(9, 3\)"):
+        relight.Lighting(sky=np.zeros((4, 3)))
+    np.testing.assert_allclose(relight.Sun((0.0, 2.0, 0.0), 3.0).direction, (0.0, 1.0, 0.0))
+
+
+def test_lighting_from_estimate_and_sh_round_trip():
+    L = sh.directional(np.array([0.3, 0.8, 0.5]), (3.0, 2.5, 2.0))
+    L[0] += 0.5
+    split = relight.lighting_from_estimate(L, sun_fraction=0.6)
+    np.testing.assert_allclose(split.sh(), L, atol=1e-12)
+    assert split.sun is not None and split.sun.irradiance.min() > 0
+
+
+def sphere_normals(n=2000):
+    return sh._fibonacci_sphere(n).reshape(1, n, 3)
+
+
+def test_observed_lighting_recovers_order_one_lighting_from_all_normals():
+    L = np.zeros((9, 3))
+    L[0], L[1], L[3] = (1.0, 0.9, 0.8), (0.2, 0.1, 0.0), (-0.1, 0.0, 0.1)
+    np.testing.assert_allclose(relight.observed_lighting(sphere_normals(), L), L, atol=1e-5)
+
+
+def test_observed_lighting_of_wild_lighting_has_no_negative_radiance():
+    L = np.zeros((9, 3))
+    L[0], L[2], L[6], L[8] = 30.0, -15.0, -40.0, 90.0  # a real network estimate's kind of order-2 terms
+    facing = sphere_normals()[:, sh._fibonacci_sphere(2000)[:, 2] > 0.3]  # normals the camera can see
+    fitted = relight.observed_lighting(facing, L)
+    assert np.all(fitted[4:] == 0.0)
+    radiance = sh.radiance_basis(sh._fibonacci_sphere(500)) @ fitted
+    assert radiance.min() >= -1e-9
+    with pytest.raises(ValueError, match="too few"):
+        relight.observed_lighting(facing[:, :2], L)
+
+
+def test_move_sun_turns_sky_with_the_sun_and_keeps_its_energy():
+    rng = np.random.default_rng(0)
+    sky = rng.normal(size=(9, 3)) * 0.1
+    sky[0] += 1.0
+    start = relight.Lighting(sky=sky, sun=relight.Sun((0.0, 1.0, 0.0), (2.0, 2.0, 2.0)))
+    target = np.array([0.6, 0.6, -0.53])
+    moved = relight.move_sun(start, target)
+    np.testing.assert_allclose(moved.sun.direction, target / np.linalg.norm(target))
+    R = geometry.rotation_between(start.sun.direction, target)
+    for n in rng.normal(size=(5, 3)):  # the moved sky shades a turned normal as the old one shaded the normal
+        n /= np.linalg.norm(n)
+        np.testing.assert_allclose(sh.shading(R @ n, moved.sky), sh.shading(n, sky), atol=1e-9)
+    np.testing.assert_allclose(moved.sky[0], sky[0], atol=1e-12)  # rotations keep the DC term
+
+
+# ------------------------------------------------------------------------------------------ cast shadows
+
+
+@pytest.mark.parametrize("direction", [(0.28, 0.94, 0.19), (0.5, 0.5, 0.7), (-0.6, 0.7, 0.3)])
+def test_cast_shadow_of_a_sphere_matches_ray_casting(direction):
+    depth, _, on_sphere = sphere_on_ground()
+    direction = np.asarray(direction) / np.linalg.norm(direction)
+    truth = true_sphere_shadow(depth, on_sphere, direction)
+    assert truth.sum() > 200  # the shadow falls in view
+    visibility = relight.cast_shadow(depth, CAMERA, direction, samples=1, angle_deg=0.0)
+    assert visibility.shape == depth.shape and visibility.dtype == np.float32
+    assert iou((visibility < 0.5) & ~on_sphere, truth) > 0.75
+
+
+def test_cast_shadow_of_a_bare_plane_is_empty():
+    depth, _, _ = geometry.synthetic_sphere_plane(CAMERA, centre=(0.0, 0.0, 50.0), radius=0.1,
+                                                  plane_normal=GROUND_NORMAL, plane_offset=GROUND_OFFSET)
+    visibility = relight.cast_shadow(depth, CAMERA, np.array([0.3, 0.9, 0.3]))
+    assert visibility.min() == 1.0
+
+
+def test_cast_shadow_ignores_sky_and_unknown_depth():
+    depth, _, on_sphere = sphere_on_ground()
+    direction = np.array([0.28, 0.94, 0.19]) / np.linalg.norm([0.28, 0.94, 0.19])
+    unknown = np.where(on_sphere, np.nan, depth)  # the sphere's depth unknown: nothing casts the shadow
+    assert relight.cast_shadow(unknown, CAMERA, direction).min() == 1.0
+    as_sky = relight.cast_shadow(depth, CAMERA, direction, sky=on_sphere)
+    assert as_sky.min() == 1.0
+
+
+def test_soft_shadows_have_penumbrae_and_hard_ones_do_not():
+    depth, _, on_sphere = sphere_on_ground()
+    direction = np.array([0.5, 0.5, 0.7]) / np.linalg.norm([0.5, 0.5, 0.7])
+    hard = relight.cast_shadow(depth, CAMERA, direction, samples=1)
+    soft = relight.cast_shadow(depth, CAMERA, direction, samples=16, angle_deg=8.0)
+    assert set(np.unique(hard)) <= {0.0, 1.0}
+    partial = (soft > 0.05) & (soft < 0.95) & ~on_sphere
+    assert partial.sum() > 50
+    assert iou((soft < 0.5) & ~on_sphere, (hard < 0.5) & ~on_sphere) > 0.8  # the same shadow, softened
+
+
+def test_cast_shadow_checks_shapes():
+    depth, _, _ = sphere_on_ground()
+    with pytest.raises(ValueError, match="expected"):
+        relight.cast_shadow(depth[:10], CAMERA, np.array([0.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="sky"):
+        relight.cast_shadow(depth, CAMERA, np.array([0.0, 1.0, 0.0]), sky=np.zeros((3, 3), bool))
+    with pytest.raises(ValueError, match="direction"):
+        relight.cast_shadow(depth, CAMERA, np.zeros(3))
+
+
+# ------------------------------------------------------------------------------------------ Relighter
+
+
+def rendered_estimate(sun_dir, sky_rows=2):
+    """A SceneEstimate whose photo IS the image model: albedo · (sun · cos · visibility + E_sky(n)), with
+    visibility from cast_shadow itself, a sky without order-1 part (so the sun is recovered exactly), and the
+    top `sky_rows` rows marked as sky."""
+    depth, normals, _ = sphere_on_ground()
+    sun = relight.Sun(sun_dir, (2.0, 1.8, 1.5), angle_deg=0.0)
+    sky_L = np.zeros((9, 3))
+    sky_L[0] = (0.5, 0.6, 0.8)
+    sky_L[6] = (0.05, 0.05, 0.1)
+    rng = np.random.default_rng(1)
+    albedo = rng.uniform(0.2, 0.8, size=(CAMERA.height, CAMERA.width, 3)).astype(np.float32)
+    sky = np.zeros(depth.shape, bool)
+    sky[:sky_rows] = True
+    shadow_options = {"samples": 1, "steps": relight.DEFAULT_SHADOW_STEPS, "thickness": relight.SHADOW_THICKNESS,
+                      "seed": 0}
+    visibility = relight.cast_shadow(np.where(sky, np.nan, depth), CAMERA, sun.direction, sky=sky, angle_deg=0.0,
+                                     **shadow_options)
+    shading_sun = np.maximum(normals @ sun.direction, 0.0)[..., None] * visibility[..., None] * sun.irradiance
+    image = (albedo * (shading_sun + sh.shading(normals, sky_L))).astype(np.float32)
+    image[sky] = (0.3, 0.4, 0.9)
+    lighting = sky_L + np.outer(sh.radiance_basis(sun.direction), sun.irradiance)
+    estimate = SceneEstimate(image=image, albedo=albedo, shading=np.ones_like(image),
+                             normals=normals.astype(np.float32),
+                             depth=depth.astype(np.float32), depth_fused=depth.astype(np.float32),
+                             confidence=np.ones(depth.shape, np.float32), lighting=lighting, camera=CAMERA,
+                             shadow=np.ones(depth.shape, np.float32), sky=sky)
+    return estimate, sun, sky_L
+
+
+def make_relighter(estimate):
+    """A Relighter given the estimate's exact lighting (sun and sky as the photo was made)."""
+    lighting = relight.lighting_from_estimate(estimate.lighting, sun_fraction=1.0, angle_deg=0.0)
+    return relight.Relighter(estimate, lighting=lighting, shadow_samples=1)
+
+
+def test_relighter_recovers_the_photo_under_its_own_lighting():
+    estimate, sun, sky_L = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    np.testing.assert_allclose(r.original.sun.direction, sun.direction, atol=1e-9)
+    np.testing.assert_allclose(r.original.sky, sky_L, atol=1e-9)
+    assert r.exposure == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(r.render(r.original).image, estimate.image, atol=1e-5)
+
+
+def test_relighter_renders_a_moved_sun_as_the_image_model_says():
+    estimate, sun, sky_L = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    lighting = r.sun_at(40.0, 120.0, up=GROUND_NORMAL)
+    relit = r.render(lighting)
+    s = lighting.sun.direction
+    visibility = relight.cast_shadow(np.where(estimate.sky, np.nan, estimate.depth_fused), CAMERA, s,
+                                     sky=estimate.sky, angle_deg=0.0, samples=1)
+    expected = estimate.albedo * (np.maximum(estimate.normals @ s, 0.0)[..., None] * visibility[..., None]
+                                  * sun.irradiance + np.maximum(sh.shading(estimate.normals, lighting.sky), 0.0))
+    ground = ~estimate.sky
+    np.testing.assert_allclose(relit.image[ground], expected[ground], rtol=1e-4, atol=1e-5)
+    assert relit.visibility.min() == 0.0  # the sphere casts a shadow
+    np.testing.assert_allclose(relit.image[estimate.sky], estimate.image[estimate.sky], rtol=0.05)  # same sky, turned
+
+
+def test_sky_pixels_follow_the_sky_brightness():
+    estimate, sun, sky_L = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    brighter = relight.Lighting(sky=2.0 * r.original.sky, sun=r.original.sun)
+    relit = r.render(brighter)
+    np.testing.assert_allclose(relit.image[estimate.sky], 2.0 * estimate.image[estimate.sky], rtol=1e-5)
+
+
+def test_scaled_like_photo_matches_the_mean_luminance():
+    estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    other = relight.Lighting(sky=5.0 * r.original.sky, sun=relight.Sun((0.0, 1.0, 0.0), 7.0))
+    scaled = r.scaled_like_photo(other)
+    assert scaled.sh()[0] @ sh.LUMINANCE == pytest.approx(estimate.lighting[0] @ sh.LUMINANCE)
+    assert scaled.sun.irradiance[0] / scaled.sky[0, 0] == pytest.approx(7.0 / (5.0 * r.original.sky[0, 0]))
+
+
+def test_time_of_day_moves_the_sun_between_the_ends():
+    estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    frames = list(r.time_of_day((10.0, 90.0), (50.0, 150.0), 3))
+    assert [sun for sun, _ in frames] == [(10.0, 90.0), (30.0, 120.0), (50.0, 150.0)]
+    np.testing.assert_allclose(frames[1][1].image, r.render(r.sun_at(30.0, 120.0)).image)
+    with pytest.raises(ValueError, match="frames"):
+        list(r.time_of_day((10.0, 90.0), (50.0, 150.0), 0))
+
+
+def test_with_sun_to_sky_sets_the_sun_strength_and_keeps_its_colour():
+    sky = np.zeros((9, 3))
+    sky[0] = (0.8, 0.9, 1.2)
+    lighting = relight.Lighting(sky=sky, sun=relight.Sun((0.0, 1.0, 0.0), (3.0, 2.0, 1.0)))
+    strong = relight.with_sun_to_sky(lighting, 5.0)
+    sky_mean = sh.C4 * sky[0] @ sh.LUMINANCE  # a white surface's shading under the sky, averaged over normals
+    assert strong.sun.irradiance @ sh.LUMINANCE == pytest.approx(5.0 * sky_mean)
+    np.testing.assert_allclose(strong.sun.irradiance / strong.sun.irradiance[0], (1.0, 2 / 3, 1 / 3))
+    np.testing.assert_array_equal(strong.sky, sky)
+    with pytest.raises(ValueError, match="no sun"):
+        relight.with_sun_to_sky(relight.Lighting(sky=sky), 2.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        relight.with_sun_to_sky(lighting, -1.0)
