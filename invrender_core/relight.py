@@ -327,6 +327,7 @@ class Relighter:
         self.estimate = estimate
         self.sun_fraction = sun_fraction
         self.sky = sky_mask(estimate)
+        self.sky_rays = estimate.camera.rays()[self.sky]  # (N, 3) rays of the sky pixels, recoloured every frame
         if lighting is None:
             observed = observed_lighting(estimate.normals, estimate.lighting, ~self.sky)
             lighting = lighting_from_estimate(observed, sun_fraction, sun_angle_deg)
@@ -411,8 +412,7 @@ class Relighter:
                 sun_shading[r:r + rows] = (cos * visibility[r:r + rows])[..., None] * lighting.sun.irradiance
         image = self.exposure * np.asarray(est.albedo, np.float32) * (sun_shading + sky_shading)
         if self.sky.any():
-            image[self.sky] = recolour_sky(est.image[self.sky], est.camera.rays()[self.sky], self.original.sky,
-                                           lighting.sky)
+            image[self.sky] = recolour_sky(est.image[self.sky], self.sky_rays, self.original.sky, lighting.sky)
         relit = RelitImage(image=image.astype(np.float32), visibility=visibility, sun_shading=sun_shading,
                            sky_shading=sky_shading, sky=self.sky,
                            metadata={"shadow_grid": [self.grid.width, self.grid.height], "exposure": self.exposure,
