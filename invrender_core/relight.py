@@ -162,7 +162,7 @@ def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) 
     L[:4] = np.linalg.solve(A.T @ A + ridge, A.T @ shading)  # (4, 3)
     # Radiance ∝ Y0 L00 + Y1 (L1 · d) >= 0 for every d iff |L1| Y1 <= L00 Y0 (per channel).
     length = np.linalg.norm(L[1:4], axis=0)  # (3,)
-    limit = np.maximum(L[0], 0.0) * sh.radiance_basis(np.array([0.0, 0.0, 1.0]))[0] / sh._Y1
+    limit = np.maximum(L[0], 0.0) * sh._Y0 / sh._Y1
     L[1:4] *= np.minimum(1.0, limit / np.maximum(length, 1e-12))
     L[0] = np.maximum(L[0], 0.0)
     return L
@@ -281,7 +281,7 @@ def sky_mask(estimate: SceneEstimate) -> np.ndarray:
 def _sky_radiance(L: np.ndarray, rays: np.ndarray) -> np.ndarray:
     """Order-2 radiance (up to π) of SH lighting L (9, 3) along unit rays (N, 3): (N, 3), floored at a tenth
     of the mean (order-2 lobes can dip below zero)."""
-    floor = 0.1 * np.maximum(L[0] * sh.radiance_basis(np.array([0.0, 0.0, 1.0]))[0], 1e-6)
+    floor = 0.1 * np.maximum(L[0] * sh._Y0, 1e-6)
     return np.maximum(sh.radiance_basis(rays) @ L, floor)
 
 
