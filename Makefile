@@ -35,6 +35,8 @@ bench: setup
 	$(BIN)/python bench/bench_decompose.py
 	$(BIN)/python bench/bench_scene.py
 	$(BIN)/python bench/bench_relight.py
+	$(BIN)/python bench/bench_face_fit.py --quick
+	$(BIN)/python bench/bench_face.py
 
 # make addon: one zip with the wheels of all three platforms; make addon PLATFORM=linux-x64: that platform only.
 addon: setup

@@ -72,6 +72,32 @@ class VIEW3D_PT_invr_novel_views(_InvRenderPanel, bpy.types.Panel):
         layout.operator("invr.export_passes", text="Export Passes (EXR)", icon="RENDERLAYERS")
 
 
+FACE_OPTION_NAMES = ("face_smoothing", "face_fov")
+
+
+class VIEW3D_PT_invr_face(_InvRenderPanel, bpy.types.Panel):
+    bl_label = "Face Rig"
+    bl_idname = "VIEW3D_PT_invr_face"
+
+    def draw(self, context):
+        props = context.scene.invr
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(props, "face_input_path")
+        layout.prop(props, "face_model_path")
+        layout.prop(props, "face_expressions_path")
+        frames = layout.column(align=True, heading="Frames")
+        frames.prop(props, "face_frame_start")
+        frames.prop(props, "face_frame_end", text="End (0: last)")
+        frames.prop(props, "face_frame_step")
+        for name in FACE_OPTION_NAMES:
+            layout.prop(props, name)
+        job = jobs.active_job()
+        if job is not None:
+            layout.progress(factor=job.fraction, type="BAR", text=job.status_text)
+        layout.operator("invr.fit_face", icon="MONKEY")
+
+
 class VIEW3D_PT_invr_device(_InvRenderPanel, bpy.types.Panel):
     bl_label = "Device & Models"
     bl_idname = "VIEW3D_PT_invr_device"
@@ -83,4 +109,5 @@ class VIEW3D_PT_invr_device(_InvRenderPanel, bpy.types.Panel):
         prefs.draw_device_and_models(layout, context)
 
 
-classes = (VIEW3D_PT_invr_photo, VIEW3D_PT_invr_relight, VIEW3D_PT_invr_novel_views, VIEW3D_PT_invr_device)
+classes = (VIEW3D_PT_invr_photo, VIEW3D_PT_invr_relight, VIEW3D_PT_invr_novel_views, VIEW3D_PT_invr_face,
+           VIEW3D_PT_invr_device)

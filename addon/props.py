@@ -41,5 +41,30 @@ class INVR_PG_settings(bpy.types.PropertyGroup):
         "light), 90° from its right, 180° in front of it (back light)", default=math.radians(90.0),
         min=-math.pi, max=2.0 * math.pi, subtype="ANGLE", unit="ROTATION")
 
+    face_input_path: bpy.props.StringProperty(
+        name="Video", description="Face video (MP4, MOV, AVI, ...), a single image, or a folder of frames",
+        subtype="FILE_PATH")
+    face_model_path: bpy.props.StringProperty(
+        name="Face model", description="3D morphable face model: Surrey .bin (eos), BFM 2009 .mat, BFM 2017 .h5, "
+        "FLAME .pkl or InvRender .npz", subtype="FILE_PATH")
+    face_expressions_path: bpy.props.StringProperty(
+        name="Expressions", description="Expression blendshapes of a Surrey .bin model; empty: the file beside "
+        "the model, when there is one", subtype="FILE_PATH")
+    face_frame_start: bpy.props.IntProperty(
+        name="Start", description="First source frame to fit (0: the first frame of the video)",
+        default=0, min=0)
+    face_frame_end: bpy.props.IntProperty(
+        name="End", description="Source frame to stop before; 0: to the end of the video", default=0, min=0)
+    face_frame_step: bpy.props.IntProperty(
+        name="Step", description="Fit every N-th frame (the keys are interpolated in between)",
+        default=1, min=1, soft_max=10)
+    face_smoothing: bpy.props.FloatProperty(
+        name="Smoothing", description="Temporal smoothing of expression and head pose: Gaussian sigma in fitted "
+        "frames (0: none)", default=1.5, min=0.0, max=10.0)
+    face_fov: bpy.props.FloatProperty(
+        name="Field of view", description="Horizontal field of view of the camera that filmed the face; 0 "
+        "estimates it from the fit", default=0.0, min=0.0, max=math.radians(170.0), subtype="ANGLE",
+        unit="ROTATION")
+
 
 classes = (INVR_PG_settings,)

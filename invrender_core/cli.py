@@ -12,9 +12,10 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from .face.pipeline import FaceSettings
 from .fusion import DEFAULT_LAMBDA
 from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES
 from .scene import DEFAULT_DEPTH, DEFAULT_IRN, DEFAULT_MAX_SIDE  # scene imports torch only when it runs
@@ -105,6 +106,57 @@ def cmd_scene(args) -> None:
         raise CLIError(f"`invrender scene` needs Blender's Python module ({e}): "
                        "pip install 'invrender[blender]'") from e
     headless.build_and_render(args, atomic_output=atomic_output, progress=_progress)
+
+
+def cmd_face(args) -> None:
+    import math
+
+    from .face import pipeline, rig
+    from .face.morphable_model import load_model
+    from .scene import resolve_device
+
+    if args.output is None and args.export_npz is None:
+        raise CLIError("give -o RIG.blend, --export-npz PARAMS.npz or both")
+    if args.output is not None and args.output.suffix.lower() != ".blend":
+        raise CLIError(f"-o must name a .blend file, got {args.output}")
+    if args.fov is not None and not 1.0 <= args.fov <= 170.0:
+        raise CLIError(f"--fov must be between 1 and 170 degrees, got {args.fov}")
+    build_rig_file = None
+    if args.output is not None:
+        try:  # the Blender side lives in the add-on package; the core itself never imports bpy
+            from invrender_addon.build.headless import save_face_rig as build_rig_file
+        except ImportError as e:
+            raise CLIError(f"writing a .blend needs Blender's Python module ({e}): pip install 'invrender[blender]', "
+                           "or write only --export-npz") from e
+    model = load_model(args.model, expressions_path=args.expressions)
+    _progress(f"loaded {model.name}: {model.num_vertices} vertices, {model.num_identity} identity and "
+              f"{model.num_expressions} expression components")
+    settings = FaceSettings(start=args.start, end=args.end, step=args.step, smoothing=args.smoothing,
+                                     weights=args.weights, weights_dir=args.weights_dir,
+                                     device=str(resolve_device(args.device)))
+    if args.fov is not None:
+        from .face.video import open_source
+
+        width = open_source(args.input, args.start, args.end, args.step).width
+        settings.focal = width / (2.0 * math.tan(math.radians(args.fov) / 2.0))
+    last = [-1.0]
+
+    def progress(stage: str, fraction: float) -> None:
+        if fraction - last[0] >= 0.1 or stage == "done":
+            last[0] = fraction
+            _progress(f"{stage} ({fraction:.0%})")
+
+    start = time.perf_counter()
+    fitted = pipeline.fit_face(args.input, model, settings, progress=progress)
+    _progress(f"fitted {fitted.num_frames} frames in {time.perf_counter() - start:.1f} s "
+              f"(focal {fitted.focal[0]:.0f} px)")
+    with ExitStack() as outputs:  # both files appear together, or neither
+        if args.export_npz is not None:
+            rig.save_npz(fitted, outputs.enter_context(atomic_output(args.export_npz)))
+        if build_rig_file is not None:
+            build_rig_file(fitted, args.output, atomic_output=atomic_output, progress=_progress)
+    if args.export_npz is not None:
+        _progress(f"wrote {args.export_npz}")
 
 
 def _vector3(text: str) -> tuple[float, float, float]:
@@ -358,6 +410,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_options(relight, "--depth-net")
     _add_network_options(relight)
     relight.set_defaults(func=cmd_relight)
+
+    face = sub.add_parser("face", help="fit a 3D morphable face model to a video, image or folder of frames and "
+                          "build an animated face rig (.blend) and/or its parameters (.npz)")
+    face.add_argument("input", type=Path, help="a video (.mp4, .mov, ...), an image or a folder of frames")
+    face.add_argument("--model", type=Path, required=True, help="the morphable model: Surrey .bin (eos), BFM 2009 "
+                      ".mat, BFM 2017 .h5, FLAME .pkl or InvRender .npz")
+    face.add_argument("--expressions", type=Path, help="Surrey expression blendshapes (default: "
+                      "expression_blendshapes_<V>.bin beside the model)")
+    face.add_argument("-o", "--output", type=Path, help="the face rig .blend to write")
+    face.add_argument("--export-npz", type=Path, metavar="PARAMS.npz", help="also write the fitted parameters "
+                      "(identity, per-frame expression, pose, focal, vertices, SH) as .npz")
+    face.add_argument("--start", type=int, default=0, help="first frame (default 0)")
+    face.add_argument("--end", type=int, help="frame to stop before (default: the last frame)")
+    face.add_argument("--step", type=int, default=1, help="use every N-th frame (default 1)")
+    face.add_argument("--smoothing", type=float, default=FaceSettings().smoothing,
+                      help="temporal smoothing, Gaussian sigma in frames (0 = none; default %(default)s)")
+    face.add_argument("--fov", type=float, help="horizontal field of view of the camera in degrees (default: "
+                      "estimated from the fit)")
+    face.add_argument("--weights", default=FaceSettings().weights, metavar="NAME|PATH",
+                      help="correspondence network weights (default %(default)s)")
+    face.add_argument("--weights-dir", type=Path, help="weights folder searched before the shipped weights")
+    face.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                      help="where the network runs (default auto: CUDA when available)")
+    face.set_defaults(func=cmd_face)
 
     weights = sub.add_parser("weights", help="import and list network weights (safetensors registry)")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

@@ -71,3 +71,74 @@ def mesh_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, uvs: np
         mesh.attributes[layer.name].data.foreach_set("vector", np.ascontiguousarray(uvs[faces.ravel()]).ravel())
     mesh.update(calc_edges=True)
     return mesh
+
+
+# ------------------------------------------------------------------------ animation, version-robust, in bulk
+
+
+def action_fcurves(id_data: bpy.types.ID) -> list[bpy.types.FCurve]:
+    """The F-curves animating `id_data` through its action: the action slot's channel bag in Blender 4.4+
+    (slotted actions; 5.0 removed Action.fcurves), Action.fcurves before. [] when it is not animated."""
+    anim = getattr(id_data, "animation_data", None)
+    if anim is None or anim.action is None:
+        return []
+    action = anim.action
+    if not hasattr(action, "layers"):  # before 4.4
+        return list(action.fcurves)
+    slot = anim.action_slot
+    if slot is None:
+        return []
+    fcurves = []
+    for layer in action.layers:
+        for strip in layer.strips:
+            channelbag = strip.channelbag(slot)
+            if channelbag is not None:
+                fcurves.extend(channelbag.fcurves)
+    return fcurves
+
+
+def ensure_fcurves(id_data: bpy.types.ID, action_name: str):
+    """The collection that new F-curves of `id_data` go into (its `.new(data_path, index=)` adds one).
+
+    Gives `id_data` an action named `action_name` when it has none. Blender 4.4+ (slotted actions): a slot for
+    `id_data`, the first layer's keyframe strip and that slot's channel bag, each created when missing; before
+    4.4: Action.fcurves.
+    """
+    anim = id_data.animation_data or id_data.animation_data_create()
+    if anim.action is None:
+        anim.action = bpy.data.actions.new(action_name)
+    action = anim.action
+    if not hasattr(action, "layers"):  # before 4.4
+        return action.fcurves
+    if anim.action_slot is None:
+        anim.action_slot = action.slots.new(id_data.id_type, id_data.name)
+    layer = action.layers[0] if len(action.layers) else action.layers.new("Layer")
+    strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type="KEYFRAME")
+    return strip.channelbag(anim.action_slot, ensure=True).fcurves
+
+
+def keyframes_from_arrays(fcurves, data_path: str, frames: np.ndarray, values: np.ndarray,
+                          interpolation: str = "LINEAR") -> list[bpy.types.FCurve]:
+    """New F-curves keyed at `frames` (N,) with `values` (N,) or (N, C) (one F-curve per column, array index =
+    column), all keys set at once (keyframe_points.add + foreach_set): hundreds of frames cost no Python loop.
+
+    `fcurves`: from `ensure_fcurves`. The curves must not exist yet (F-curves are unique per path and index).
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    values = np.asarray(values, dtype=np.float32)
+    if frames.ndim != 1 or values.ndim not in (1, 2) or len(values) != len(frames):
+        raise ValueError(f"keyframes of {data_path!r}: frames must be (N,) and values (N,) or (N, C), "
+                         f"got {frames.shape} and {values.shape}")
+    columns = values.reshape(len(values), -1)  # (N, C)
+    mode = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items[interpolation].value
+    created = []
+    for index in range(columns.shape[1]):
+        fcurve = fcurves.new(data_path, index=index)
+        points = fcurve.keyframe_points
+        points.add(len(frames))
+        co = np.stack([frames, columns[:, index]], axis=-1).ravel()  # (2N,) frame, value pairs
+        points.foreach_set("co", co)
+        points.foreach_set("interpolation", np.full(len(frames), mode, np.int32))
+        fcurve.update()  # sorts the keys and recomputes the handles
+        created.append(fcurve)
+    return created

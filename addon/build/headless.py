@@ -1,4 +1,4 @@
-"""`invrender scene`: build the scene in a fresh Blender session with the bpy module, save, render."""
+"""`invrender scene` and `invrender face`: build in a fresh Blender session with the bpy module, save, render."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from invrender_core.scene import publish_folder, write_estimate
 
 from .import_photo import ImportSettings, estimate, import_photo
 from .novel_view import NovelViewSettings, add_novel_view_camera
+from .rig import build_face_rig
 from .scene import set_cycles
 
 VIEW_FILE = "view_{:04d}.png"
@@ -122,3 +123,16 @@ def build_and_render(args, atomic_output, progress) -> None:
             render_views(scene, novel_camera, views, args.views_dir, progress)
             progress(f"wrote {views.frames} views to {args.views_dir}")
     progress(f"saved {args.output}")
+
+
+def save_face_rig(rig, output: Path, atomic_output, progress) -> None:
+    """`invrender face -o RIG.blend`: the FaceRig built in an empty scene, saved atomically."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    built = build_face_rig(rig, bpy.context)
+    for warning in built.warnings:
+        progress(f"warning: {warning}")
+    progress(f"built {built.collection.name}: {len(built.mesh.data.vertices)} vertices, "
+             f"{len(built.mesh.data.shape_keys.key_blocks) - 1} expression shape keys, {rig.num_frames} keyed frames")
+    with atomic_output(output) as tmp_blend:
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend.resolve()), check_existing=False, copy=True)
+    progress(f"saved {output}")

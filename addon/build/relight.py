@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import bpy
 
+from .bpy_io import action_fcurves
 from .scene import ENVIRONMENT_MAPPING_NODE, ENVIRONMENT_NODE, BuiltScene, find_import
 
 RELIGHT_BASE_KEY = "invrender_relight_base"  # collection ID property: the estimate's sun and world strength
@@ -266,27 +267,6 @@ def _clear_time_of_day_keys(built: BuiltScene) -> None:
 
 
 # ------------------------------------------------------------------------------- animation, version-robust
-
-
-def action_fcurves(id_data: bpy.types.ID) -> list[bpy.types.FCurve]:
-    """The F-curves animating `id_data` through its action: the action slot's channel bag in Blender 4.4+
-    (slotted actions; 5.0 removed Action.fcurves), Action.fcurves before. [] when it is not animated."""
-    anim = getattr(id_data, "animation_data", None)
-    if anim is None or anim.action is None:
-        return []
-    action = anim.action
-    if not hasattr(action, "layers"):  # before 4.4
-        return list(action.fcurves)
-    slot = anim.action_slot
-    if slot is None:
-        return []
-    fcurves = []
-    for layer in action.layers:
-        for strip in layer.strips:
-            channelbag = strip.channelbag(slot)
-            if channelbag is not None:
-                fcurves.extend(channelbag.fcurves)
-    return fcurves
 
 
 def channel_fcurves(struct: bpy.types.bpy_struct, prop: str, index: int = -1) -> list[bpy.types.FCurve]:

@@ -1,5 +1,6 @@
 """Operators, one module a feature: properties -> settings dataclass -> one core or builder call. No maths here."""
 
-from . import export_passes, import_photo, relight, relight_preview
+from . import export_passes, fit_face, import_photo, relight, relight_preview
 
-classes = (*import_photo.classes, *relight.classes, *relight_preview.classes, *export_passes.classes)
+classes = (*import_photo.classes, *relight.classes, *relight_preview.classes, *export_passes.classes,
+           *fit_face.classes)

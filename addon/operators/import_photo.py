@@ -78,16 +78,20 @@ def finish_job(operator, context, job: jobs.Job, settings) -> set[str]:
     jobs.release(job)
     if job.state == jobs.FINISHED:
         return _build(operator, context, settings, job.result)
-    if job.state == jobs.CANCELLED:
-        operator.report({"ERROR"}, "Import cancelled: the scene is unchanged")
-    elif isinstance(job.error, USER_ERRORS):
-        operator.report({"ERROR"}, str(job.error))
-    else:  # a bug, not bad input: keep the traceback in the console
-        import traceback
-
-        traceback.print_exception(job.error)
-        operator.report({"ERROR"}, f"Import failed ({type(job.error).__name__}: {job.error}); see the console")
+    operator.report({"ERROR"}, job_failure_message(job, "Import"))
     return {"CANCELLED"}
+
+
+def job_failure_message(job: jobs.Job, what: str) -> str:
+    """The ERROR report for a job that ended without a result; `what` names the work ("Import")."""
+    if job.state == jobs.CANCELLED:
+        return f"{what} cancelled: the scene is unchanged"
+    if isinstance(job.error, USER_ERRORS):
+        return str(job.error)
+    import traceback  # a bug, not bad input: keep the traceback in the console
+
+    traceback.print_exception(job.error)
+    return f"{what} failed ({type(job.error).__name__}: {job.error}); see the console"
 
 
 def _redraw_sidebars(context) -> None:
@@ -96,47 +100,21 @@ def _redraw_sidebars(context) -> None:
             area.tag_redraw()
 
 
-class INVR_OT_import_photo(bpy.types.Operator):
-    """Estimate albedo, normals, shadow, lighting and depth of a photo with the networks and build a
-    camera-matched, relightable scene from them"""
-
-    bl_idname = "invr.import_photo"
-    bl_label = "Import Photo as Relightable Scene"
-    bl_options = {"REGISTER", "UNDO"}
-
-    filepath: bpy.props.StringProperty(
-        name="Photo", description="Photo to import (PNG, JPEG, TIFF, EXR, HDR); empty: the panel's photo",
-        subtype="FILE_PATH", options={"SKIP_SAVE"})
-    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-    filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+class JobModal:
+    """The modal part of an operator whose work runs on a `jobs.Job`: `run_modal` starts polling it on a timer,
+    with progress in the cursor, the status bar and the sidebar; Esc cancels it. The operator's `finish(context)`
+    runs on the main thread once the worker ended and returns the operator's result."""
 
     @classmethod
     def poll(cls, context):
-        if jobs.active_job() is not None:
-            cls.poll_message_set("An import is running: wait for it or press Esc")
+        job = jobs.active_job()
+        if job is not None:
+            cls.poll_message_set(f"{job.name} is running: wait for it or press Esc")
             return False
         return True
 
-    def invoke(self, context, event):
-        self.filepath = bpy.path.abspath(context.scene.invr.photo_path)
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
-    def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        for name in OPTION_NAMES:
-            layout.prop(context.scene.invr, name)
-
-    def execute(self, context):
-        photo = self.filepath or context.scene.invr.photo_path
-        if not photo:
-            self.report({"ERROR"}, "No photo chosen: pick one in the file browser or the InvRender panel")
-            return {"CANCELLED"}
-        self._settings = settings_from_props(context, photo, with_maps=False)
-        if bpy.app.background or context.window is None:
-            return run_synchronously(self, context, self._settings)
-        self._job = start_estimate(self._settings)
+    def run_modal(self, context, job: jobs.Job) -> set[str]:
+        self._job = job
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 100)
@@ -158,11 +136,11 @@ class INVR_OT_import_photo(bpy.types.Operator):
             return {"RUNNING_MODAL"}
         context.window_manager.event_timer_remove(self._timer)
         context.window_manager.progress_end()
-        return finish_job(self, context, self._job, self._settings)
+        return self.finish(context)
 
     def cancel(self, context):
         """Blender ends the modal itself (a file is loaded, the window closes): stop the worker, build nothing,
-        and free the job so that a later import can start."""
+        and free the job so that a later one can start."""
         self._job.cancel()
         self._job.wait(10)
         jobs.release(self._job)
@@ -170,6 +148,45 @@ class INVR_OT_import_photo(bpy.types.Operator):
         context.window_manager.progress_end()
         if context.workspace is not None:
             context.workspace.status_text_set(None)
+
+
+class INVR_OT_import_photo(JobModal, bpy.types.Operator):
+    """Estimate albedo, normals, shadow, lighting and depth of a photo with the networks and build a
+    camera-matched, relightable scene from them"""
+
+    bl_idname = "invr.import_photo"
+    bl_label = "Import Photo as Relightable Scene"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(
+        name="Photo", description="Photo to import (PNG, JPEG, TIFF, EXR, HDR); empty: the panel's photo",
+        subtype="FILE_PATH", options={"SKIP_SAVE"})
+    filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        self.filepath = bpy.path.abspath(context.scene.invr.photo_path)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        for name in OPTION_NAMES:
+            layout.prop(context.scene.invr, name)
+
+    def execute(self, context):
+        photo = self.filepath or context.scene.invr.photo_path
+        if not photo:
+            self.report({"ERROR"}, "No photo chosen: pick one in the file browser or the InvRender panel")
+            return {"CANCELLED"}
+        self._settings = settings_from_props(context, photo, with_maps=False)
+        if bpy.app.background or context.window is None:
+            return run_synchronously(self, context, self._settings)
+        return self.run_modal(context, start_estimate(self._settings))
+
+    def finish(self, context):
+        return finish_job(self, context, self._job, self._settings)
 
 
 class INVR_OT_import_rgbd(bpy.types.Operator):

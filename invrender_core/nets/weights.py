@@ -8,7 +8,8 @@ an importer (`import_megadepth_checkpoint`) that reads them with `torch.load(wei
 unpickling), checks the layout against the architecture exactly, and writes a safetensors file registered with
 its sha256; trained models are added to the shipped folder with `register_shipped`.
 
-An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth", "relight_refine") plus a
+An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth", "relight_refine",
+"face_corr") plus a
 `config` dict of constructor arguments, so `build_model` never evaluates text. Loading is strict and returns the model
 in `eval()` mode.
 """
@@ -107,14 +108,23 @@ def _build_relight_refine(width: int = 24, max_side: int = 256) -> nn.Module:
                           max_side=int(_number(max_side, "max_side", "relight_refine")))
 
 
+def _build_face_corr(width: int = 16, size: int = 128) -> nn.Module:
+    from .face_corr import FaceCorrespondenceNet
+
+    return FaceCorrespondenceNet(width=int(_number(width, "width", "face_corr")),
+                                 size=int(_number(size, "size", "face_corr")))
+
+
 # The only constructors a registry entry can name: architecture key -> function of the config's keywords.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megadepth": _build_megadepth,
-                                                      "relight_refine": _build_relight_refine}
+                                                      "relight_refine": _build_relight_refine,
+                                                      "face_corr": _build_face_corr}
 # Exact strings older registries stored as `architecture` -> (key, config). Matched literally, never parsed.
 LEGACY_ARCHITECTURES = {
     "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)": ("megadepth", {"width": 1.0}),
 }
-_CONFIG_KEYS = {"irn": {"width", "groups", "prior"}, "megadepth": {"width"}, "relight_refine": {"width", "max_side"}}
+_CONFIG_KEYS = {"irn": {"width", "groups", "prior"}, "megadepth": {"width"}, "relight_refine": {"width", "max_side"},
+                "face_corr": {"width", "size"}}
 
 
 def architecture_of(entry: WeightsEntry) -> tuple[str, dict]:
@@ -163,8 +173,12 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict]:
     refine = state.get("enc1.0.weight")
     if refine is not None and refine.ndim == 4 and tuple(refine.shape[1:]) == (20, 3, 3):
         return "relight_refine", {"width": refine.shape[0]}
-    raise ValueError("the weights match no known architecture (InverseRenderNet, the MegaDepth hourglass or the "
-                     "relighting refiner): give weights saved from one of these networks")
+    face = state.get("down.0.0.weight")
+    if face is not None and face.ndim == 4 and tuple(face.shape[1:]) == (3, 3, 3):
+        return "face_corr", {"width": face.shape[0]}
+    raise ValueError("the weights match no known architecture (InverseRenderNet, the MegaDepth hourglass, the "
+                     "relighting refiner or the face correspondence network): give weights saved from one of these "
+                     "networks")
 
 
 def user_weights_dir() -> Path:

@@ -1,4 +1,4 @@
-"""`invrender train depth|irn`: the command-line front of `trainer.Trainer`.
+"""`invrender train depth|irn|relight|face`: the command-line front of `trainer.Trainer`.
 
     invrender train depth --data datagen/out/multiview --out runs/depth --steps 20000 --width 0.25
     torchrun --nproc_per_node 4 -m invrender_core.cli train irn --data DIR --out runs/irn --device cuda --amp
@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["TASKS", "add_train_parser", "build_task", "run_train"]
 
-TASKS = ("depth", "irn", "relight")
+TASKS = ("depth", "irn", "relight", "face")
 DEFAULT_LR = 1e-3  # used when the task class has no `default_lr`
 
 
@@ -28,9 +28,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                               description="Train a network on a rendered multiview dataset (or COLMAP workspaces); "
                               "under torchrun, trains data-parallel.")
     p.add_argument("task", choices=TASKS, help="depth: MegaDepth-style depth net; irn: InverseRenderNet; relight: "
-                   "the relighting refiner (needs pairs rendered with --second-light)")
+                   "the relighting refiner (needs pairs rendered with --second-light); face: the face correspondence "
+                   "network (--data is the morphable model file, faces are rendered on the fly)")
     p.add_argument("--data", type=Path, required=True,
-                   help="multiview dataset folder (scene_*/scene.json) or COLMAP dense workspace(s)")
+                   help="multiview dataset folder (scene_*/scene.json) or COLMAP dense workspace(s); for face: "
+                   "the morphable model file")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, logs, model.safetensors")
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps (default 20000)")
     p.add_argument("--batch-size", type=int, default=8, help="global batch size (default 8)")
@@ -45,6 +47,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="resample COLMAP views to W x H (multiples of 16); ignored for multiview datasets")
     p.add_argument("--eval-data", type=Path, help="multiview dataset whose held-out split evaluates the net "
                    "(default: --data when it has one)")
+    p.add_argument("--init", type=Path, help="start from these weights (.safetensors of the same architecture)")
+    p.add_argument("--real-frames", type=Path, nargs="+", metavar="PATH",
+                   help="face: unlabelled real videos, images or folders for self-supervised adaptation")
     p.add_argument("--num-workers", type=int, help="data loading processes per process (default: 0 on a CPU, "
                    "where loading is ~1 %% of a step and workers would compete with the network, else 4)")
     p.add_argument("--log-every", type=int, default=10, help="steps per log.csv row (default 10)")
@@ -66,6 +71,10 @@ def _task_class(name: str):
         from .relight_task import RelightTask
 
         return RelightTask
+    if name == "face":
+        from .face_task import FaceTask
+
+        return FaceTask
     try:  # imported only when asked for: the IRN task is written separately
         from .irn_task import IRNTask
     except ImportError as e:
@@ -76,6 +85,10 @@ def _task_class(name: str):
 def _data_source(args):
     """--data as given, or a ColmapScenes resampled to --colmap-size when it is a COLMAP workspace folder."""
     data = Path(args.data)
+    if args.task == "face":
+        if not data.is_file():
+            raise FileNotFoundError(f"no morphable model file at {data}: give the .bin (Surrey) or .npz model")
+        return data
     if not data.is_dir():
         raise FileNotFoundError(f"no dataset folder at {data}")
     if any(data.glob("scene_*/scene.json")):
@@ -97,7 +110,8 @@ def build_task(args):
 
     cls = _task_class(args.task)
     kwargs = {"data": _data_source(args), "seed": args.seed}
-    for key, value in (("width", args.width), ("crop", args.crop), ("eval_data", args.eval_data)):
+    for key, value in (("width", args.width), ("crop", args.crop), ("eval_data", args.eval_data), ("init", args.init),
+                       ("real_frames", args.real_frames)):
         if value is not None:
             kwargs[key] = tuple(value) if key == "crop" else value
     params = inspect.signature(cls).parameters

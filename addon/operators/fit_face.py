@@ -1,0 +1,148 @@
+"""Fit Face Rig: panel settings -> FaceRequest -> `pipeline.fit_face` (on a worker thread in the UI) -> rig builder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import bpy
+
+from .. import jobs
+from .import_photo import USER_ERRORS, JobModal, job_failure_message
+
+if TYPE_CHECKING:  # the core is imported on use: it pulls in numpy, OpenCV and (on the worker) PyTorch
+    from invrender_core.face.pipeline import FaceSettings
+
+MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 170.0  # as `invrender face --fov`
+
+
+@dataclass(frozen=True)
+class FaceRequest:
+    """What Fit Face Rig fits: the files, the source camera's field of view and the core's settings.
+
+    input_path: video, image or folder of frames; model_path, expressions_path: the morphable model (and the
+    Surrey expression blendshapes, None: beside the model). fov_deg: horizontal field of view of the source
+    camera in degrees, None: the fit estimates the focal. settings.device may be "auto" (resolved on the worker).
+    """
+
+    input_path: Path
+    model_path: Path
+    expressions_path: Path | None
+    fov_deg: float | None
+    settings: FaceSettings
+
+
+def request_from_props(context) -> FaceRequest:
+    """FaceRequest from the Face Rig panel's settings and the add-on preferences (device, weights folder)."""
+    from invrender_core.face.pipeline import FaceSettings
+
+    from ..prefs import get_preferences
+
+    props, prefs = context.scene.invr, get_preferences(context)
+    settings = FaceSettings(start=props.face_frame_start, end=props.face_frame_end or None,
+                            step=props.face_frame_step, smoothing=props.face_smoothing,
+                            weights_dir=prefs.weights_dir, device=prefs.device)
+    return FaceRequest(
+        input_path=Path(bpy.path.abspath(props.face_input_path)),
+        model_path=Path(bpy.path.abspath(props.face_model_path)),
+        expressions_path=Path(bpy.path.abspath(props.face_expressions_path)) if props.face_expressions_path else None,
+        fov_deg=math.degrees(props.face_fov) if props.face_fov > 0 else None,
+        settings=settings,
+    )
+
+
+def fit(request: FaceRequest, progress=None, cancel=None):
+    """The bpy-free part (worker thread or main thread): load the model, fit it to the frames; returns a FaceRig.
+
+    Raises ValueError/OSError for bad input (one line), `pipeline.Cancelled` when `cancel` is set.
+    """
+    from invrender_core.face import pipeline
+    from invrender_core.face.morphable_model import load_model
+    from invrender_core.scene import resolve_device
+
+    report = progress or (lambda stage, fraction: None)
+    report("loading the face model", 0.0)
+    settings = replace(request.settings, device=str(resolve_device(request.settings.device)))
+    if request.fov_deg is not None:
+        if not MIN_FOV_DEG <= request.fov_deg <= MAX_FOV_DEG:
+            raise ValueError(f"the field of view must be between {MIN_FOV_DEG:g} and {MAX_FOV_DEG:g} degrees "
+                             f"(0: estimate it), got {request.fov_deg:g}")
+        from invrender_core.face.video import open_source
+
+        width = open_source(request.input_path, settings.start, settings.end, settings.step).width
+        settings.focal = width / (2.0 * math.tan(math.radians(request.fov_deg) / 2.0))
+    model = load_model(request.model_path, expressions_path=request.expressions_path)
+    if cancel is not None and cancel.is_set():
+        raise pipeline.Cancelled("face fit cancelled")
+    return pipeline.fit_face(request.input_path, model, settings, progress=report, cancel=cancel)
+
+
+def _build(operator, context, face_rig) -> set[str]:
+    from ..build.rig import build_face_rig
+
+    try:
+        built = build_face_rig(face_rig, context)
+    except USER_ERRORS as e:
+        operator.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    for warning in built.warnings:
+        operator.report({"WARNING"}, warning)
+    operator.report({"INFO"}, f"Fitted {face_rig.num_frames} frames: {built.collection.name}")
+    return {"FINISHED"}
+
+
+def run_synchronously(operator, context, request: FaceRequest) -> set[str]:
+    """Fit and build on the calling thread (background mode, scripts, tests) with the cursor progress."""
+    wm = context.window_manager
+    wm.progress_begin(0, 100)
+    try:
+        face_rig = fit(request, progress=lambda stage, fraction: wm.progress_update(int(100 * fraction)))
+    except USER_ERRORS as e:
+        operator.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    finally:
+        wm.progress_end()
+    return _build(operator, context, face_rig)
+
+
+def start_fit(request: FaceRequest) -> jobs.Job:
+    """Run the bpy-free fit of `request` on a worker thread (progress and cancel through the job)."""
+    return jobs.start(lambda progress, cancel: fit(request, progress=progress, cancel=cancel),
+                      f"Fitting {request.input_path.name}")
+
+
+def finish_job(operator, context, job: jobs.Job) -> set[str]:
+    """Main thread, after the worker ended: build the rig from its fit, or report why there is none."""
+    jobs.release(job)
+    if job.state == jobs.FINISHED:
+        return _build(operator, context, job.result)
+    operator.report({"ERROR"}, job_failure_message(job, "Face fit"))
+    return {"CANCELLED"}
+
+
+class INVR_OT_fit_face(JobModal, bpy.types.Operator):
+    """Fit the morphable face model to the face in a video, an image or a folder of frames and build an animated,
+    textured face rig (shape keys, head pose, source camera)"""
+
+    bl_idname = "invr.fit_face"
+    bl_label = "Fit Face Rig"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        props = context.scene.invr
+        for label, path in (("video, image or folder", props.face_input_path), ("face model", props.face_model_path)):
+            if not path:
+                self.report({"ERROR"}, f"No {label} chosen: pick one in the Face Rig panel")
+                return {"CANCELLED"}
+        request = request_from_props(context)
+        if bpy.app.background or context.window is None:
+            return run_synchronously(self, context, request)
+        return self.run_modal(context, start_fit(request))
+
+    def finish(self, context):
+        return finish_job(self, context, self._job)
+
+
+classes = (INVR_OT_fit_face,)

@@ -1,0 +1,118 @@
+"""face/pipeline.py: network output -> correspondences -> fit, the face box from a mask, errors, and the whole
+tool on a short synthetic video with the shipped network."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invrender_core.face import fit, pipeline, video
+from invrender_core.face.morphable_model import load_model
+from invrender_core.face.render import SurfaceLookup, TemplateFrame
+from invrender_core.face.synthetic import FaceParams, render_face, rotation_from_euler, synthetic_video
+from invrender_core.io._cv import cv2
+from invrender_core.nets import weights
+
+EOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "eos"
+needs_eos = pytest.mark.skipif(not (EOS / "sfm_shape_3448.bin").exists(), reason="../shared/data/eos not available")
+shipped = pytest.mark.skipif(pipeline.DEFAULT_FACE_WEIGHTS not in weights.read_registry(
+    weights.shipped_weights_dir() / weights.REGISTRY_FILE), reason="face-corr-small not shipped")
+
+
+@pytest.fixture(scope="module")
+def sfm():
+    return load_model(EOS / "sfm_shape_3448.bin")
+
+
+@needs_eos
+def test_true_template_maps_give_correspondences_that_fit_the_true_pose(sfm):
+    """The network's ideal output (the rendered template coordinates) through the crop mapping, the surface
+    lookup and the fit: the head rotation comes back within half a degree."""
+    size = 128
+    whole_frame = video.FaceBox(0.0, 0.0, float(size), 1.0, True)  # the crop is the whole frame
+    from invrender_core.camera import Camera
+
+    cam = Camera.from_fov(size, size, 25.0)
+    frame = TemplateFrame.of(sfm.mean)
+    R = rotation_from_euler(25.0, -10.0, 5.0)
+    t = np.array([5.0, -3.0, -cam.fx * 2 * frame.scale / (0.65 * size)]) - R @ frame.centre
+    params = FaceParams(np.zeros(sfm.num_identity), np.zeros(sfm.num_expressions), R, t, cam, np.zeros((9, 3)))
+    out = render_face(sfm, params, np.full((sfm.num_vertices, 3), 0.5), frame)
+    lookup = SurfaceLookup(sfm.mean, sfm.triangles)
+    settings = pipeline.FaceSettings(max_points=2000)
+    corr = pipeline.correspondences_from_prediction(
+        out["template"], out["mask"].astype(np.float32), out["mask"].astype(np.float32), whole_frame,
+        np.full((size, size, 3), 0.25), lookup, settings, np.random.default_rng(0))
+    assert 1000 < len(corr) <= 2000
+    np.testing.assert_allclose(corr.colors, 0.25)
+    fitted = fit.fit_frame(sfm, corr, (size, size), focal=cam.fx, identity_weight=100.0)
+    angle = np.degrees(np.arccos(np.clip((np.trace(fitted.rotation @ R.T) - 1) / 2, -1, 1)))
+    assert angle < 0.5
+
+
+def test_box_from_mask_frames_the_masked_face():
+    box = video.FaceBox(100.0, 50.0, 200.0, 1.0, True)  # crop pixel = 200 / 100 frame pixels
+    mask = np.zeros((100, 100), np.float32)
+    mask[20:60, 30:50] = 1.0  # 20 wide, 40 tall, centre (40, 40) in the crop
+    found = pipeline.box_from_mask(mask, box)
+    assert found.centre == pytest.approx((100 + 40 * 2, 50 + 40 * 2))
+    assert found.size == pytest.approx(40 * 2 / pipeline.FACE_FILL)
+    assert pipeline.box_from_mask(np.zeros((100, 100)), box) is None
+
+
+@needs_eos
+def test_errors_are_one_line_and_say_what_to_do(sfm, tmp_path):
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(grey / f"f{k}.png"), np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="not registered|no weights|not found|registry"):
+        pipeline.fit_face(grey, sfm, pipeline.FaceSettings(weights="no-such-weights"))
+    from invrender_core.nets.face_corr import FaceCorrespondenceNet
+
+    untrained = FaceCorrespondenceNet(width=4, size=64).eval()
+    torch_zero_mask(untrained)
+    with pytest.raises(ValueError, match="no face found in .*grey"):
+        pipeline.fit_face(grey, sfm, net=untrained)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(pipeline.Cancelled):
+        pipeline.fit_face(grey, sfm, net=untrained, cancel=cancel)
+    no_uvs = load_model(EOS / "sfm_shape_3448.bin")
+    no_uvs.uvs = None
+    with pytest.raises(ValueError, match="no texture coordinates"):
+        pipeline.fit_face(grey, no_uvs, net=untrained)
+
+
+def torch_zero_mask(net) -> None:
+    """Make the mask logit strongly negative everywhere: a network that never sees a face."""
+    import torch
+
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[3] = -20.0
+
+
+@needs_eos
+@shipped
+def test_shipped_network_fits_a_synthetic_clip_end_to_end(sfm, tmp_path):
+    clip = synthetic_video(sfm, num_frames=4, size=192, seed=3)
+    for k, frame in enumerate(clip.frames):
+        cv2.imwrite(str(tmp_path / f"frame_{k:02d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    stages = []
+    rig = pipeline.fit_face(tmp_path, sfm, pipeline.FaceSettings(texture_size=64),
+                            progress=lambda stage, fraction: stages.append((stage, fraction)))
+    assert rig.num_frames == 4 and list(rig.frames) == [0, 1, 2, 3]
+    assert rig.albedo.shape == (64, 64, 3) and rig.image_size == (192, 192)
+    assert stages[-1] == ("done", 1.0) and all(0 <= f <= 1 for _, f in stages)
+    # The fitted head is where the rendered one is: projected mean-shape centres within a tenth of the face.
+    frame = TemplateFrame.of(sfm.mean)
+    for k in range(4):
+        true_centre = clip.rotation[k] @ frame.centre + clip.translation[k]
+        fit_centre = rig.rotation[k] @ frame.centre + rig.translation[k]
+        uv_true, _ = clip.camera.project(true_centre)
+        f = float(rig.focal[k])
+        uv_fit = np.array([96 + f * fit_centre[0] / -fit_centre[2], 96 - f * fit_centre[1] / -fit_centre[2]])
+        assert np.linalg.norm(uv_fit - uv_true) < 0.1 * 0.5 * 192

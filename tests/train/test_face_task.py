@@ -1,0 +1,90 @@
+"""train/face_task.py and train/evaluate_face.py: synthetic crops, pseudo-labels from the fit, real crops,
+and the evaluation's metrics against analytic answers."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from invrender_core.camera import Camera
+from invrender_core.face.morphable_model import load_model
+from invrender_core.face.render import SurfaceLookup, TemplateFrame
+from invrender_core.face.synthetic import FaceParams, render_face, rotation_from_euler
+from invrender_core.train import evaluate_face, face_task
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+needs_eos = pytest.mark.skipif(not (DATA / "eos" / "sfm_shape_3448.bin").exists(), reason="../shared/data missing")
+
+
+@pytest.fixture(scope="module")
+def sfm():
+    return load_model(DATA / "eos" / "sfm_shape_3448.bin")
+
+
+@needs_eos
+def test_pseudo_labels_of_a_true_prediction_are_the_truth(sfm):
+    """Fitting the model to exact template maps and rasterising the fit gives back the template maps."""
+    size = 96
+    camera = Camera.from_fov(size, size, 20.0)
+    frame = TemplateFrame.of(sfm.mean)
+    R = rotation_from_euler(-20.0, 10.0, 0.0)
+    identity = np.random.default_rng(1).normal(0, 1, sfm.num_identity)
+    t = np.array([0.0, 0.0, -camera.fx * 2 * frame.scale / (0.65 * size)]) - R @ frame.centre
+    out = render_face(sfm, FaceParams(identity, np.zeros(6), R, t, camera, np.zeros((9, 3))),
+                      np.full((sfm.num_vertices, 3), 0.5), frame)
+    lookup = SurfaceLookup(sfm.mean, sfm.triangles)
+    mask = out["mask"].astype(np.float32)
+    labels, label_mask = face_task.pseudo_labels(sfm, lookup, out["template"], mask, mask,
+                                                 np.random.default_rng(0))
+    both = label_mask & out["mask"]
+    assert both.sum() > 0.9 * out["mask"].sum()
+    error_mm = np.linalg.norm(labels[both] - out["template"][both], axis=1) * frame.scale
+    assert np.median(error_mm) < 1.0
+    nothing, empty = face_task.pseudo_labels(sfm, lookup, out["template"], np.zeros_like(mask), mask,
+                                             np.random.default_rng(0))
+    assert not empty.any() and not nothing.any()
+
+
+@needs_eos
+def test_synthetic_crops_and_real_crops(sfm):
+    from invrender_core.face.synthetic import SyntheticFaces
+
+    video = DATA / "videos" / "liveportrait_d3.mp4"
+    crops = face_task.real_face_crops([video], 64, max_crops=5)
+    assert crops.shape == (5, 64, 64, 3) and crops.dtype == np.uint8 and crops.std() > 10
+    items = face_task.SyntheticFaceCrops(SyntheticFaces(sfm, size=64), length=10, real_crops=crops)
+    item = items[7]
+    assert set(item) == {"image", "template", "mask", "real_image"}
+    assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
+    torch.testing.assert_close(item["real_image"], torch.from_numpy(crops[2].transpose(2, 0, 1) / 255.0).float())
+
+def test_real_crops_need_a_face(tmp_path):
+    from invrender_core.io._cv import cv2
+
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((80, 80, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="no face found"):
+        face_task.real_face_crops([grey], 64)
+
+
+def test_similarity_alignment_and_rotation_error_are_exact():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(50, 3))
+    R = rotation_from_euler(30.0, -20.0, 10.0)
+    moved = 1.7 * points @ R.T + [1.0, -2.0, 3.0]
+    assert evaluate_face.similarity_aligned_error(points, moved) < 1e-9
+    noisy = moved + [[0.1, 0.0, 0.0]] * np.array([[1], [-1]] * 25)
+    assert evaluate_face.similarity_aligned_error(points, noisy) == pytest.approx(0.1, rel=0.05)
+    a = np.stack([rotation_from_euler(0, 0, 0), rotation_from_euler(10, 0, 0)])
+    b = np.stack([rotation_from_euler(5, 0, 0), rotation_from_euler(10, 0, 0)])
+    np.testing.assert_allclose(evaluate_face.rotation_error_deg(a, b), [5.0, 0.0], atol=1e-5)  # arccos near 1
+
+
+@pytest.mark.skipif(not (DATA / "eos" / "image_0010.pts").exists(), reason="../shared/data missing")
+def test_landmark_files_are_read_in_pixel_centre_coordinates():
+    pts = evaluate_face.read_landmarks(DATA / "eos" / "image_0010.png")
+    assert pts.shape == (68, 2)
+    np.testing.assert_allclose(pts[0], [611.284152 - 0.5, 272.773913 - 0.5])
+    mat = evaluate_face.read_landmarks(DATA / "aflw2000_prnet" / "image00050.jpg")
+    assert mat.shape == (68, 2) and np.all((mat > 0) & (mat < 450))
