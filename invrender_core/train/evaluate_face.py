@@ -123,8 +123,9 @@ def evaluate_landmarks(model: MorphableModel, settings: pipeline.FaceSettings, n
                 continue
         out[name] = {"nme": round(landmark_nme(model, rig, read_landmarks(image)), 4)}
     values = [v["nme"] for v in out.values() if "nme" in v]
-    if values:
+    if values:  # the median too: one image where another face was fitted dominates the mean
         out["mean_nme"] = round(float(np.mean(values)), 4)
+        out["median_nme"] = round(float(np.median(values)), 4)
     return out
 
 
