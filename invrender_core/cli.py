@@ -109,18 +109,13 @@ def cmd_scene(args) -> None:
 
 
 def cmd_face(args) -> None:
-    import math
-
     from .face import pipeline, rig
-    from .face.morphable_model import load_model
     from .scene import resolve_device
 
     if args.output is None and args.export_npz is None:
         raise CLIError("give -o RIG.blend, --export-npz PARAMS.npz or both")
     if args.output is not None and args.output.suffix.lower() != ".blend":
         raise CLIError(f"-o must name a .blend file, got {args.output}")
-    if args.fov is not None and not 1.0 <= args.fov <= 170.0:
-        raise CLIError(f"--fov must be between 1 and 170 degrees, got {args.fov}")
     build_rig_file = None
     if args.output is not None:
         try:  # the Blender side lives in the add-on package; the core itself never imports bpy
@@ -128,17 +123,9 @@ def cmd_face(args) -> None:
         except ImportError as e:
             raise CLIError(f"writing a .blend needs Blender's Python module ({e}): pip install 'invrender[blender]', "
                            "or write only --export-npz") from e
-    model = load_model(args.model, expressions_path=args.expressions)
-    _progress(f"loaded {model.name}: {model.num_vertices} vertices, {model.num_identity} identity and "
-              f"{model.num_expressions} expression components")
     settings = FaceSettings(start=args.start, end=args.end, step=args.step, smoothing=args.smoothing,
-                                     weights=args.weights, weights_dir=args.weights_dir,
-                                     device=str(resolve_device(args.device)))
-    if args.fov is not None:
-        from .face.video import open_source
-
-        width = open_source(args.input, args.start, args.end, args.step).width
-        settings.focal = width / (2.0 * math.tan(math.radians(args.fov) / 2.0))
+                            weights=args.weights, weights_dir=args.weights_dir,
+                            device=str(resolve_device(args.device)))
     last = [-1.0]
 
     def progress(stage: str, fraction: float) -> None:
@@ -147,7 +134,7 @@ def cmd_face(args) -> None:
             _progress(f"{stage} ({fraction:.0%})")
 
     start = time.perf_counter()
-    fitted = pipeline.fit_face(args.input, model, settings, progress=progress)
+    fitted = pipeline.fit_face_files(args.input, args.model, settings, args.expressions, args.fov, progress=progress)
     _progress(f"fitted {fitted.num_frames} frames in {time.perf_counter() - start:.1f} s "
               f"(focal {fitted.focal[0]:.0f} px)")
     with ExitStack() as outputs:  # both files appear together, or neither

@@ -10,12 +10,10 @@ from typing import TYPE_CHECKING
 import bpy
 
 from .. import jobs
-from .import_photo import USER_ERRORS, JobModal, job_failure_message
+from .import_photo import USER_ERRORS, JobModal, job_failure_message, run_with_progress
 
 if TYPE_CHECKING:  # the core is imported on use: it pulls in numpy, OpenCV and (on the worker) PyTorch
     from invrender_core.face.pipeline import FaceSettings
-
-MIN_FOV_DEG, MAX_FOV_DEG = 1.0, 170.0  # as `invrender face --fov`
 
 
 @dataclass(frozen=True)
@@ -54,29 +52,16 @@ def request_from_props(context) -> FaceRequest:
 
 
 def fit(request: FaceRequest, progress=None, cancel=None):
-    """The bpy-free part (worker thread or main thread): load the model, fit it to the frames; returns a FaceRig.
+    """The bpy-free part (worker thread or main thread): `pipeline.fit_face_files`, as `invrender face` runs it.
 
     Raises ValueError/OSError for bad input (one line), `pipeline.Cancelled` when `cancel` is set.
     """
     from invrender_core.face import pipeline
-    from invrender_core.face.morphable_model import load_model
     from invrender_core.scene import resolve_device
 
-    report = progress or (lambda stage, fraction: None)
-    report("loading the face model", 0.0)
     settings = replace(request.settings, device=str(resolve_device(request.settings.device)))
-    if request.fov_deg is not None:
-        if not MIN_FOV_DEG <= request.fov_deg <= MAX_FOV_DEG:
-            raise ValueError(f"the field of view must be between {MIN_FOV_DEG:g} and {MAX_FOV_DEG:g} degrees "
-                             f"(0: estimate it), got {request.fov_deg:g}")
-        from invrender_core.face.video import open_source
-
-        width = open_source(request.input_path, settings.start, settings.end, settings.step).width
-        settings.focal = width / (2.0 * math.tan(math.radians(request.fov_deg) / 2.0))
-    model = load_model(request.model_path, expressions_path=request.expressions_path)
-    if cancel is not None and cancel.is_set():
-        raise pipeline.Cancelled("face fit cancelled")
-    return pipeline.fit_face(request.input_path, model, settings, progress=report, cancel=cancel)
+    return pipeline.fit_face_files(request.input_path, request.model_path, settings, request.expressions_path,
+                                   request.fov_deg, progress=progress, cancel=cancel)
 
 
 def _build(operator, context, face_rig) -> set[str]:
@@ -95,16 +80,8 @@ def _build(operator, context, face_rig) -> set[str]:
 
 def run_synchronously(operator, context, request: FaceRequest) -> set[str]:
     """Fit and build on the calling thread (background mode, scripts, tests) with the cursor progress."""
-    wm = context.window_manager
-    wm.progress_begin(0, 100)
-    try:
-        face_rig = fit(request, progress=lambda stage, fraction: wm.progress_update(int(100 * fraction)))
-    except USER_ERRORS as e:
-        operator.report({"ERROR"}, str(e))
-        return {"CANCELLED"}
-    finally:
-        wm.progress_end()
-    return _build(operator, context, face_rig)
+    face_rig = run_with_progress(operator, context, lambda progress: fit(request, progress=progress))
+    return {"CANCELLED"} if face_rig is None else _build(operator, context, face_rig)
 
 
 def start_fit(request: FaceRequest) -> jobs.Job:

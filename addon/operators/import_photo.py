@@ -49,20 +49,26 @@ def _build(operator, context, settings, estimate_result) -> set[str]:
     return {"FINISHED"}
 
 
-def run_synchronously(operator, context, settings) -> set[str]:
-    """Estimate and build on the calling thread (background mode, scripts, tests) with the cursor progress."""
-    from ..build.import_photo import estimate
-
+def run_with_progress(operator, context, work):
+    """`work(progress)` on the calling thread with the cursor progress; its result, or None after an ERROR report
+    when it raised one of USER_ERRORS (background mode, scripts, tests)."""
     wm = context.window_manager
     wm.progress_begin(0, 100)
     try:
-        result = estimate(settings, progress=lambda stage, fraction: wm.progress_update(int(100 * fraction)))
+        return work(lambda stage, fraction: wm.progress_update(int(100 * fraction)))
     except USER_ERRORS as e:
         operator.report({"ERROR"}, str(e))
-        return {"CANCELLED"}
+        return None
     finally:
         wm.progress_end()
-    return _build(operator, context, settings, result)
+
+
+def run_synchronously(operator, context, settings) -> set[str]:
+    """Estimate and build on the calling thread with the cursor progress."""
+    from ..build.import_photo import estimate
+
+    result = run_with_progress(operator, context, lambda progress: estimate(settings, progress=progress))
+    return {"CANCELLED"} if result is None else _build(operator, context, settings, result)
 
 
 def start_estimate(settings) -> jobs.Job:

@@ -516,6 +516,20 @@ def _check_size(path: Path, fail) -> None:
         fail(f"{size} bytes, larger than any face model")
 
 
+def _check_pca(mean: np.ndarray, basis: np.ndarray, spread: np.ndarray, names: tuple[str, str, str], fail) -> int:
+    """Check a shape PCA model's mean (3V,), basis (3V, K) and per-component spread (K,) >= 0 (named as in the
+    file); return 3V."""
+    rows = mean.size
+    if rows == 0 or rows % 3:
+        fail(f"{names[0]} must be (3V,), got {mean.shape}")
+    if basis.shape != (rows, spread.size):
+        fail(f"{names[1]} {basis.shape} must be (3V, K) = ({rows}, {spread.size}) for {names[0]} {mean.shape} "
+             f"and {names[2]} {spread.shape}")
+    if spread.size and spread.min() < 0:
+        fail(f"{names[2]} must be >= 0, found {spread.min()}")
+    return rows
+
+
 def _vector(a: np.ndarray, what: str, fail) -> np.ndarray:
     """(n,), (n, 1) or (1, n) -> (n,)."""
     if a.ndim == 1 or (a.ndim == 2 and 1 in a.shape):
@@ -671,14 +685,7 @@ def load_bfm2009(path, landmarks_path=None) -> MorphableModel:
     mu = _vector(a["shapeMU"], "shapeMU", fail)  # (3V,)
     std = _vector(a["shapeEV"], "shapeEV", fail).astype(np.float64)  # (K,) standard deviations
     pc = a["shapePC"]  # (3V, K)
-    rows = mu.size
-    if rows == 0 or rows % 3:
-        fail(f"shapeMU must be (3V, 1), got {a['shapeMU'].shape}")
-    if pc.shape != (rows, std.size):
-        fail(f"shapePC {pc.shape} must be (3V, K) = ({rows}, {std.size}) for shapeMU {a['shapeMU'].shape} "
-             f"and shapeEV {a['shapeEV'].shape}")
-    if std.size and std.min() < 0:
-        fail(f"shapeEV (standard deviations) must be >= 0, found {std.min()}")
+    rows = _check_pca(mu, pc, std, ("shapeMU", "shapePC", "shapeEV (standard deviations)"), fail)
     tl = _triangle_indices(a["tl"], "tl", fail)  # (F, 3) 1-based
     if tl.size and tl.min() < 1:
         fail(f"tl must hold 1-based MATLAB indices, found {tl.min()}")
@@ -722,14 +729,7 @@ def load_bfm2017(path, landmarks_path=None) -> MorphableModel:
         expression = None
         if "expression" in f:
             expression = tuple(_h5_array(f, f"expression/model/{k}", fail) for k in ("mean", "pcaBasis", "pcaVariance"))
-    rows = mean.size
-    if rows == 0 or rows % 3:
-        fail(f"shape/model/mean must be (3V,), got {mean.shape}")
-    if pc.shape != (rows, var.size):
-        fail(f"shape/model/pcaBasis {pc.shape} must be (3V, K) = ({rows}, {var.size}) for mean {mean.shape} "
-             f"and pcaVariance {var.shape}")
-    if var.size and var.min() < 0:
-        fail(f"shape/model/pcaVariance must be >= 0, found {var.min()}")
+    rows = _check_pca(mean, pc, var, ("shape/model/mean", "shape/model/pcaBasis", "shape/model/pcaVariance"), fail)
     if cells.ndim == 2 and cells.shape[0] == 3:
         cells = cells.T  # statismo stores (3, F)
     triangles = _triangle_indices(cells, "shape/representer/cells", fail)  # (F, 3) 0-based

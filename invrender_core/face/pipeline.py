@@ -18,9 +18,10 @@ the few frames the texture uses are kept.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from .rig import FaceRig
 from .texture import aggregate_albedo, sample_bilinear
 
 DEFAULT_FACE_WEIGHTS = "face-corr-small"
+FOV_RANGE_DEG = (1.0, 170.0)  # a field of view given by the user
 ALBEDO_FRAMES = 8  # frames (spread through the video) the shared per-vertex albedo is solved on
 # Ridge prior on the SH lighting (per coefficient, against the per-frame data term whose weights sum to 1): the
 # face's normals leave the lighting from behind the head undetermined; this keeps it near zero there.
@@ -250,3 +252,24 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
         frames=np.asarray(indices, np.int64), sh=np.asarray(lighting, np.float32), albedo=texture,
         image_size=image_size, fps=float(source.fps), source=str(Path(input_path).resolve()),
     ).validate()
+
+
+def fit_face_files(input_path, model_path, settings: FaceSettings | None = None, expressions_path=None,
+                   fov_deg: float | None = None, progress: Progress | None = None,
+                   cancel: threading.Event | None = None) -> FaceRig:
+    """`fit_face` from files, as `invrender face` and the add-on's Fit Face Rig run it: load the morphable model
+    (`load_model`; `expressions_path`: the Surrey blendshapes, None: beside the model) and turn a horizontal field
+    of view of the source camera in degrees (None: the fit estimates the focal) into settings.focal."""
+    from .morphable_model import load_model
+
+    settings = replace(settings or FaceSettings())
+    if fov_deg is not None:
+        if not FOV_RANGE_DEG[0] <= fov_deg <= FOV_RANGE_DEG[1]:
+            raise ValueError(f"the field of view must be between {FOV_RANGE_DEG[0]:g} and {FOV_RANGE_DEG[1]:g} "
+                             f"degrees, got {fov_deg:g}")
+        width = video.open_source(input_path, settings.start, settings.end, settings.step).width
+        settings.focal = width / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
+    (progress or (lambda stage, fraction: None))("loading the face model", 0.0)
+    model = load_model(model_path, expressions_path=expressions_path)
+    _check_cancel(cancel)
+    return fit_face(input_path, model, settings, progress=progress, cancel=cancel)

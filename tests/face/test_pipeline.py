@@ -116,3 +116,8 @@ def test_shipped_network_fits_a_synthetic_clip_end_to_end(sfm, tmp_path):
         f = float(rig.focal[k])
         uv_fit = np.array([96 + f * fit_centre[0] / -fit_centre[2], 96 - f * fit_centre[1] / -fit_centre[2]])
         assert np.linalg.norm(uv_fit - uv_true) < 0.1 * 0.5 * 192
+
+
+def test_fit_face_files_checks_the_field_of_view(tmp_path):
+    with pytest.raises(ValueError, match="field of view must be between 1 and 170 degrees, got 200"):
+        pipeline.fit_face_files(tmp_path, tmp_path / "model.bin", fov_deg=200.0)
