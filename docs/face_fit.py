@@ -6,7 +6,7 @@ For each video in ../shared/data/videos: `invrender_core.face.pipeline.fit_face`
 network, Surrey model from ../shared/data/eos), then `--frames` frames spread through it, each shown as the
 frame, the frame with the posed mesh's edges and the model's landmark vertices (green) drawn over it, and the
 shaded fitted mesh (its albedo texture under the frame's fitted SH lighting) rendered by the project's
-rasteriser. One PNG per video.
+rasteriser. One JPEG per video.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
                          for im in (rgb, overlay, render)]
                 rows.append(np.concatenate(tiles, axis=1))
         sheet = np.concatenate(rows, axis=0)
-        out = args.out / f"{path.stem}.png"
-        cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        out = args.out / f"{path.stem}.jpg"
+        cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         print(f"wrote {out} ({rig.num_frames} frames fitted)", file=sys.stderr)
     return 0
 
