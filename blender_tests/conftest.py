@@ -1,5 +1,7 @@
 """Tests that run real Blender through the bpy module (headless)."""
 
+import time
+
 import pytest
 
 bpy = pytest.importorskip("bpy")
@@ -20,3 +22,33 @@ def registered_addon():
     invrender_addon.register()
     yield
     invrender_addon.unregister()
+
+
+class ReportRecorder:
+    """Stands in for an operator's `report` so the worker path can run outside a modal operator."""
+
+    def __init__(self):
+        self.reports = []
+
+    def report(self, kinds, message):
+        self.reports.append((set(kinds), message))
+
+
+@pytest.fixture
+def report_recorder():
+    return ReportRecorder()
+
+
+@pytest.fixture
+def poll_job():
+    """Poll a jobs.Job until its worker ended, as a modal operator's timer does; returns the stages it reported."""
+    from invrender_addon import jobs
+
+    def poll(job) -> set[str]:
+        stages = set()
+        while job.poll() == jobs.RUNNING:
+            stages.add(job.stage)
+            time.sleep(0.005)
+        return stages
+
+    return poll

@@ -109,15 +109,6 @@ def data_state(scene) -> dict:
                       render.fps, render.fps_base, render.resolution_x, render.resolution_y)}
 
 
-class ReportRecorder:
-    """Stands in for the operator's `report` so the worker path can run outside a modal operator."""
-
-    def __init__(self):
-        self.reports = []
-
-    def report(self, kinds, message):
-        self.reports.append((set(kinds), message))
-
 
 # ------------------------------------------------------------------------------------------------ results
 
@@ -139,16 +130,13 @@ def test_operator_equals_api(test_weights, registered_addon, clean_scene):
     assert_same_rig(by_operator, rig_snapshot(built.collection))
 
 
-def test_worker_thread_equals_api(test_weights, registered_addon, clean_scene):
+def test_worker_thread_equals_api(test_weights, registered_addon, clean_scene, poll_job, report_recorder):
     set_panel(clean_scene)
     request = fit_ops.request_from_props(bpy.context)
     job = fit_ops.start_fit(request)
-    stages = set()
-    while job.poll() == jobs.RUNNING:  # what the modal operator's timer does
-        stages.add(job.stage)
-        time.sleep(0.005)
+    stages = poll_job(job)
     assert job.state == jobs.FINISHED, job.error
-    recorder = ReportRecorder()
+    recorder = report_recorder
     assert fit_ops.finish_job(recorder, bpy.context, job) == {"FINISHED"}
     assert recorder.reports[-1] == ({"INFO"}, f"Fitted 3 frames: {VIDEO.stem}")
     assert jobs.active_job() is None
@@ -163,7 +151,7 @@ def test_worker_thread_equals_api(test_weights, registered_addon, clean_scene):
 # ------------------------------------------------------------------------------------- cancel and failures
 
 
-def test_cancel_reports_and_changes_nothing(test_weights, registered_addon, clean_scene):
+def test_cancel_reports_and_changes_nothing(test_weights, registered_addon, clean_scene, report_recorder):
     set_panel(clean_scene)
     before = data_state(clean_scene)
     job = fit_ops.start_fit(fit_ops.request_from_props(bpy.context))
@@ -173,7 +161,7 @@ def test_cancel_reports_and_changes_nothing(test_weights, registered_addon, clea
         time.sleep(0.005)
     assert job.state == jobs.CANCELLED, job.error
     assert isinstance(job.error, pipeline.Cancelled)
-    recorder = ReportRecorder()
+    recorder = report_recorder
     assert fit_ops.finish_job(recorder, bpy.context, job) == {"CANCELLED"}
     assert recorder.reports == [({"ERROR"}, "Face fit cancelled: the scene is unchanged")]
     assert data_state(clean_scene) == before and jobs.active_job() is None

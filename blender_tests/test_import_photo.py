@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 
 import bpy
 import numpy as np
@@ -148,28 +147,17 @@ def test_import_photo_without_weights_reports_and_changes_nothing(photo_with_map
 # ------------------------------------------------------------------ the worker-thread path of Import Photo
 
 
-class ReportRecorder:
-    """Stands in for the operator's `report` so the worker path can run outside a modal operator."""
 
-    def __init__(self):
-        self.reports = []
-
-    def report(self, kinds, message):
-        self.reports.append((set(kinds), message))
-
-
-def test_import_on_a_worker_thread_equals_api(photo_with_maps, test_nets, registered_addon, clean_scene):
+def test_import_on_a_worker_thread_equals_api(photo_with_maps, test_nets, registered_addon, clean_scene, poll_job,
+                                              report_recorder):
     from invrender_addon import jobs
     from invrender_addon.operators import import_photo as import_ops
 
     settings = ImportSettings(photo=photo_with_maps / "photo.png", fov_deg=60.0, max_side=32)
     job = import_ops.start_estimate(settings)
-    stages = set()
-    while job.poll() == jobs.RUNNING:  # what the modal operator's timer does
-        stages.add(job.stage)
-        time.sleep(0.005)
+    stages = poll_job(job)
     assert job.state == jobs.FINISHED, job.error
-    recorder = ReportRecorder()
+    recorder = report_recorder
     assert import_ops.finish_job(recorder, bpy.context, job, settings) == {"FINISHED"}
     assert jobs.active_job() is None and recorder.reports[0][0] == {"INFO"}
     assert stages & {"models", "irn", "depth", "fusion"}  # progress reached the main thread
@@ -184,7 +172,8 @@ def test_import_on_a_worker_thread_equals_api(photo_with_maps, test_nets, regist
     np.testing.assert_array_equal(worker_co, api_co)
 
 
-def test_cancelled_import_reports_and_changes_nothing(photo_with_maps, test_nets, registered_addon, clean_scene):
+def test_cancelled_import_reports_and_changes_nothing(photo_with_maps, test_nets, registered_addon, clean_scene,
+                                                      report_recorder):
     from invrender_addon import jobs
     from invrender_addon.build.import_photo import estimate
     from invrender_addon.operators import import_photo as import_ops
@@ -201,7 +190,7 @@ def test_cancelled_import_reports_and_changes_nothing(photo_with_maps, test_nets
     pressed_esc.set()
     assert job.wait(30) == jobs.CANCELLED
     before = {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "images", "meshes", "worlds")}
-    recorder = ReportRecorder()
+    recorder = report_recorder
     assert import_ops.finish_job(recorder, bpy.context, job, settings) == {"CANCELLED"}
     assert recorder.reports == [({"ERROR"}, "Import cancelled: the scene is unchanged")]
     assert {kind: len(getattr(bpy.data, kind)) for kind in before} == before

@@ -262,12 +262,7 @@ class _Reader:
 
 
 def _read_bytes(path: Path, fail) -> bytes:
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
-    if size > MAX_FILE_BYTES:
-        fail(f"{size} bytes, larger than any face model")
+    _check_size(path, fail)
     return path.read_bytes()
 
 
