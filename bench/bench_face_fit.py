@@ -39,20 +39,12 @@ OUTLIERS = 0.1
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def rotation(yaw, pitch, roll):
-    import numpy as np
-
-    from invrender_core.face.fit import _rodrigues
-
-    r = np.radians([yaw, pitch, roll])
-    return _rodrigues(np.array([0, 0, r[2]])) @ _rodrigues(np.array([r[1], 0, 0])) @ _rodrigues(np.array([0, r[0], 0]))
-
-
 def make_frames(model, n_frames: int, n_points: int, seed: int = 0):
     """(correspondences, true rotations) of a synthetic video: one identity, per-frame expression and pose."""
     import numpy as np
 
     from invrender_core.face.fit import Correspondences, vertex_normals
+    from invrender_core.face.synthetic import rotation_from_euler
     from invrender_core.sh import directional, shading
 
     rng = np.random.default_rng(seed)
@@ -62,7 +54,7 @@ def make_frames(model, n_frames: int, n_points: int, seed: int = 0):
     albedo = np.array([0.6, 0.45, 0.35])
     corrs, rotations = [], []
     for _ in range(n_frames):
-        R = rotation(rng.uniform(-45, 45), rng.uniform(-20, 20), rng.uniform(-10, 10))
+        R = rotation_from_euler(rng.uniform(-45, 45), rng.uniform(-20, 20), rng.uniform(-10, 10))
         t = np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), -DISTANCE])
         V = model.vertices(identity, rng.uniform(0, 0.6, model.num_expressions)).astype(np.float64) @ R.T + t
         tri = model.triangles

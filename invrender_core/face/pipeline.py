@@ -94,12 +94,12 @@ Progress = Callable[[str, float], None]
 
 
 def correspondences_from_prediction(template: np.ndarray, mask: np.ndarray, confidence: np.ndarray,
-                                    box: video.FaceBox, frame_linear: np.ndarray, lookup: SurfaceLookup,
+                                    box: video.FaceBox, frame_linear: np.ndarray | None, lookup: SurfaceLookup,
                                     settings: FaceSettings, rng: np.random.Generator) -> fit.Correspondences:
     """One crop's network output -> correspondences in the full frame.
 
     template (S, S, 3), mask (S, S) face probability, confidence (S, S); box: the crop's head box;
-    frame_linear (H, W, 3) the frame's linear colours."""
+    frame_linear (H, W, 3) the frame's linear colours, sampled as the correspondences' colors (None: no colors)."""
     size = template.shape[0]
     if template.shape != (size, size, 3) or mask.shape != (size, size) or confidence.shape != (size, size):
         raise ValueError(f"template (S, S, 3), mask and confidence (S, S) expected, got {template.shape}, "
@@ -113,7 +113,7 @@ def correspondences_from_prediction(template: np.ndarray, mask: np.ndarray, conf
     rows, cols = rows[near], cols[near]
     crop_uv = np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float64)  # pixel centres
     pixels = video.crop_to_frame(crop_uv, box, size)
-    colors = sample_bilinear(frame_linear, pixels)
+    colors = None if frame_linear is None else sample_bilinear(frame_linear, pixels)
     return fit.Correspondences(pixels=pixels, triangles=triangles[near], barycentric=barycentric[near],
                                weights=np.clip(confidence[rows, cols], 0.0, 1.0).astype(np.float64),
                                colors=colors)

@@ -82,8 +82,9 @@ class FaceAlbedo:
     """Per-vertex linear albedo of a random face: skin tone, smooth variation and coloured features."""
 
     def __init__(self, model: MorphableModel):
-        scale = TemplateFrame.of(model.mean).scale  # about 100 mm for a human face model
-        self.template = TemplateFrame.of(model.mean).normalise(model.mean)  # (V, 3)
+        frame = TemplateFrame.of(model.mean)
+        scale = frame.scale  # about 100 mm for a human face model
+        self.template = frame.normalise(model.mean)  # (V, 3)
         self.brows = _feature_weight(model, _BROWS, 0.04 * scale)
         self.lips = _feature_weight(model, _LIPS, 0.03 * scale)
         self.nostrils = _feature_weight(model, _NOSTRILS, 0.03 * scale)

@@ -22,10 +22,12 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ..camera import Camera
 from ..face import pipeline, video
 from ..face.morphable_model import MorphableModel, load_model
 from ..face.synthetic import synthetic_video
@@ -96,9 +98,8 @@ def read_landmarks(image: Path) -> np.ndarray:
 def landmark_nme(model: MorphableModel, rig, annotations: np.ndarray) -> float:
     ids = sorted((k for k in model.landmarks if 1 <= int(k) <= len(annotations)), key=int)
     vertices = rig.vertices(0).astype(np.float64)[[model.landmarks[k] for k in ids]]  # (L, 3) camera frame
-    f = float(rig.focal[0])
-    w, h = rig.image_size
-    uv = np.stack([w / 2 + f * vertices[:, 0] / -vertices[:, 2], h / 2 - f * vertices[:, 1] / -vertices[:, 2]], 1)
+    f, (w, h) = float(rig.focal[0]), rig.image_size
+    uv, _ = Camera(w, h, f, f, w / 2, h / 2).project(vertices)
     truth = annotations[[int(k) - 1 for k in ids]]
     left, right = (annotations[int(k) - 1] for k in OUTER_EYE_CORNERS)
     inter_ocular = np.linalg.norm(left - right)
@@ -133,19 +134,13 @@ def evaluate_videos(model: MorphableModel, settings: pipeline.FaceSettings, net,
     out = {}
     for path in sorted((data / "videos").glob("*.mp4")):
         start = time.perf_counter()
-        raw = pipeline.fit_face(path, model, _with(settings, smoothing=0.0), net=net)
+        raw = pipeline.fit_face(path, model, replace(settings, smoothing=0.0), net=net)
         seconds = time.perf_counter() - start
         smooth = pipeline.fit_face(path, model, settings, net=net)
         out[path.name] = {"frames": raw.num_frames, "seconds": round(seconds, 1),
                           "jitter_raw": round(video.jitter(raw.vertices()), 3),
                           "jitter_smoothed": round(video.jitter(smooth.vertices()), 3)}
     return out
-
-
-def _with(settings: pipeline.FaceSettings, **changes) -> pipeline.FaceSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..camera import Camera
-from ..face import fit, video
+from ..face import fit, pipeline, video
 from ..face.morphable_model import MorphableModel, load_model
 from ..face.render import SurfaceLookup, rasterize
 from ..face.synthetic import SyntheticFaces
@@ -37,7 +37,8 @@ TRAIN_SAMPLES = 1_000_000  # virtual: a sample is rendered when asked for
 HELDOUT_SEED = 1_000_003
 MAX_REAL_CROPS = 600  # real crops kept in memory for adaptation (spread over the given footage)
 MIN_FIT_POINTS = 50  # a real crop whose prediction has fewer usable correspondences gets no pseudo-label
-REAL_POINTS = 800  # correspondences per real crop in the fit
+# Correspondences from a real crop's prediction: 800 per crop, pixels the network is fairly sure of.
+PSEUDO_LABEL_SETTINGS = pipeline.FaceSettings(max_points=800, min_confidence=0.2)
 
 
 def real_face_crops(paths, size: int, max_crops: int = MAX_REAL_CROPS) -> np.ndarray:
@@ -73,16 +74,11 @@ def pseudo_labels(model: MorphableModel, lookup: SurfaceLookup, template: np.nda
     (template (S, S, 3), mask and confidence (S, S)); an all-False mask when the fit has too little to go on."""
     size = template.shape[0]
     empty = (np.zeros((size, size, 3), np.float32), np.zeros((size, size), bool))
-    rows, cols = np.nonzero((mask > 0.5) & (confidence > 0.2))
-    if rows.size > REAL_POINTS:
-        keep = rng.choice(rows.size, REAL_POINTS, replace=False)
-        rows, cols = rows[keep], cols[keep]
-    triangles, barycentric, distance = lookup.query(template[rows, cols])
-    near = distance < 0.05
-    if near.sum() < MIN_FIT_POINTS:
+    whole_crop = video.FaceBox(0.0, 0.0, float(size), 0.0, False)  # crop pixels are the fit's pixels
+    corr = pipeline.correspondences_from_prediction(template, mask, confidence, whole_crop, None, lookup,
+                                                    PSEUDO_LABEL_SETTINGS, rng)
+    if len(corr) < MIN_FIT_POINTS:
         return empty
-    corr = fit.Correspondences(np.stack([cols[near] + 0.5, rows[near] + 0.5], 1), triangles[near],
-                               barycentric[near], np.clip(confidence[rows[near], cols[near]], 0, 1))
     try:
         fitted = fit.fit_frame(model, corr, (size, size), identity_weight=30.0, expression_weight=30.0)
     except (ValueError, np.linalg.LinAlgError):

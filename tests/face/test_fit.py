@@ -15,7 +15,6 @@ from invrender_core.face.fit import (
     MIN_CORRESPONDENCES,
     Correspondences,
     FrameFit,
-    _rodrigues,
     fit_frame,
     fit_frames,
     inverse_sh,
@@ -23,6 +22,7 @@ from invrender_core.face.fit import (
     vertex_normals,
 )
 from invrender_core.face.morphable_model import MorphableModel, load_model
+from invrender_core.face.synthetic import rotation_from_euler
 
 SFM = Path(__file__).resolve().parents[3] / "shared" / "data" / "eos" / "sfm_shape_3448.bin"
 SIZE = (640, 480)
@@ -73,10 +73,7 @@ def model(request):
     return request.getfixturevalue(request.param)
 
 
-def rotation(yaw_deg, pitch_deg, roll_deg) -> np.ndarray:
-    return (_rodrigues(np.array([0.0, 0.0, math.radians(roll_deg)]))
-            @ _rodrigues(np.array([math.radians(pitch_deg), 0.0, 0.0]))
-            @ _rodrigues(np.array([0.0, math.radians(yaw_deg), 0.0])))
+rotation = rotation_from_euler  # yaw about y, pitch about x, roll about z (degrees)
 
 
 def angle_deg(A, B) -> float:
