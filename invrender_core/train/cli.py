@@ -110,7 +110,7 @@ def build_task(args):
 
     cls = _task_class(args.task)
     kwargs = {"data": _data_source(args), "seed": args.seed}
-    for key, value in (("width", args.width), ("crop", args.crop), ("eval_data", args.eval_data), ("init", args.init),
+    for key, value in (("width", args.width), ("crop", args.crop), ("eval_data", args.eval_data),
                        ("real_frames", args.real_frames)):
         if value is not None:
             kwargs[key] = tuple(value) if key == "crop" else value
@@ -121,7 +121,12 @@ def build_task(args):
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise ValueError(f"invrender train {args.task} does not take {options}")
     seed_everything(args.seed)  # the initial weights depend on the seed alone
-    return cls(**kwargs)
+    task = cls(**kwargs)
+    if args.init is not None:  # fine-tuning or a warm restart: strictly the same architecture and width
+        from safetensors.torch import load_file
+
+        task.model.load_state_dict(load_file(str(args.init)), strict=True)
+    return task
 
 
 def run_train(args) -> dict:

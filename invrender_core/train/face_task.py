@@ -139,13 +139,9 @@ class FaceTask:
     default_lr = 2e-3
 
     def __init__(self, data, width: float = DEFAULT_WIDTH, seed: int = 0, size: int = DEFAULT_SIZE,
-                 eval_count: int = 32, init=None, real_frames=None, real_weight: float = 1.0):
+                 eval_count: int = 32, real_frames=None, real_weight: float = 1.0):
         self.face_model = load_model(data)
         self.model = FaceCorrespondenceNet(width=int(width), size=int(size))
-        if init is not None:  # start from trained weights (adaptation), strictly the same architecture
-            from safetensors.torch import load_file
-
-            self.model.load_state_dict(load_file(str(init)), strict=True)
         self.faces = SyntheticFaces(self.face_model, size=int(size), seed=int(seed))
         self.heldout = SyntheticFaces(self.face_model, size=int(size), seed=HELDOUT_SEED)
         self.eval_count = int(eval_count)

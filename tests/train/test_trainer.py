@@ -399,6 +399,25 @@ def test_train_parser_and_run(depth_root, tmp_path):
     assert again.func(again)["step"] == 2
 
 
+def test_init_starts_any_task_from_given_weights(depth_root, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from invrender_core.train.cli import build_task
+
+    common = ["train", "depth", "--data", str(depth_root), "--out", str(tmp_path / "run"), "--width", "0.0625"]
+    donor = build_task(make_parser().parse_args(common + ["--seed", "5"])).model.state_dict()
+    weights = str(tmp_path / "donor.safetensors")
+    save_file({k: v.contiguous() for k, v in donor.items()}, weights)
+    fresh = build_task(make_parser().parse_args(common + ["--seed", "6"])).model.state_dict()
+    started = build_task(make_parser().parse_args(common + ["--seed", "6", "--init", weights]))
+    assert any(not torch.equal(donor[k], fresh[k]) for k in donor)  # the seed alone would give other weights
+    for key, value in load_file(weights).items():
+        assert torch.equal(started.model.state_dict()[key], value)
+    wider = make_parser().parse_args(common[:-1] + ["0.125", "--init", weights])
+    with pytest.raises(RuntimeError, match="size mismatch"):  # strict: another width is refused
+        build_task(wider)
+
+
 def test_train_parser_errors(depth_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_parser().parse_args(["train", "normals", "--data", "d", "--out", "o"])
