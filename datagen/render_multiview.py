@@ -95,6 +95,8 @@ from pathlib import Path
 import bpy  # isort: skip  (bmesh can only be imported after bpy)
 import bmesh
 import numpy as np
+from invrender_addon.build.bpy_io import use_multilayer_exr
+from invrender_addon.build.passes import BLENDER_PASS_NAMES
 from mathutils import Matrix, Vector
 from scipy import ndimage
 
@@ -184,14 +186,17 @@ def inverse_tone_curve(y, knee: float = TONE_KNEE) -> np.ndarray:
 def read_multilayer_exr(path) -> dict[str, np.ndarray]:
     """Passes of a multilayer EXR written by Blender -> {pass: (H, W, C) float32}.
 
-    Channels "ViewLayer.<pass>.<component>" are grouped by pass; components are ordered R, G, B, A or
-    X, Y, Z (a Depth pass is (H, W, 1)). Row 0 is the top of the image.
+    Channels "ViewLayer.<pass>.<component>" are grouped by pass, under the short names of Blender 4.x ("DiffCol"
+    also for 5.0's "Diffuse Color"); components are ordered R, G, B, A or X, Y, Z (a Depth pass is (H, W, 1)).
+    Row 0 is the top of the image.
     """
     channels = read_exr_channels(path)
     order = {c: i for i, c in enumerate("RGBAXYZ")}
+    short_name = {names[-1]: names[0] for names in BLENDER_PASS_NAMES.values()}
     passes: dict[str, list[str]] = {}
     for n in channels:
-        passes.setdefault(n.rsplit(".", 2)[-2], []).append(n)
+        name = n.rsplit(".", 2)[-2]
+        passes.setdefault(short_name.get(name, name), []).append(n)
     return {p: np.stack([channels[n] for n in sorted(ch, key=lambda n: order.get(n[-1], 9))], axis=-1)
             .astype(np.float32) for p, ch in passes.items()}
 
@@ -943,7 +948,7 @@ def _configure_render(scene, width: int, height: int, threads: int) -> None:
     c.blur_glossy = 1.0
     c.transparent_max_bounces = c.transmission_bounces = c.volume_bounces = 0
     settings = scene.render.image_settings
-    settings.file_format = "OPEN_EXR_MULTILAYER"
+    use_multilayer_exr(settings)
     settings.color_depth = "32"
     settings.exr_codec = "NONE"
     layer = scene.view_layers[0]

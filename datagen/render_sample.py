@@ -22,6 +22,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 from mathutils import Vector
+from render_skies import nishita_sky_type  # a sibling: the script runs from datagen/
 
 from invrender_core.camera import Camera
 from invrender_core.io import write_exr
@@ -83,7 +84,7 @@ def build_scene(rng: np.random.Generator):
     world = bpy.data.worlds.new("sky")
     world.use_nodes = True
     sky = world.node_tree.nodes.new("ShaderNodeTexSky")
-    sky.sky_type = "NISHITA"
+    sky.sky_type = nishita_sky_type()
     sky.sun_disc = False
     sky.sun_elevation = math.radians(40)
     background = world.node_tree.nodes["Background"]

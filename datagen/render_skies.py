@@ -63,6 +63,17 @@ def sun_direction(elevation: float, rotation: float) -> np.ndarray:
                      math.sin(elevation)])
 
 
+def nishita_sky_type() -> str:
+    """Blender's Nishita sky model: "NISHITA" up to 4.5, the same model renamed "SINGLE_SCATTERING" in 5.0."""
+    items = {item.identifier for item in bpy.types.ShaderNodeTexSky.bl_rna.properties["sky_type"].enum_items}
+    return "NISHITA" if "NISHITA" in items else "SINGLE_SCATTERING"
+
+
+def set_dust_density(sky, value: float) -> None:
+    """The Nishita sky's dust density, renamed aerosol_density in Blender 5.0."""
+    setattr(sky, "dust_density" if hasattr(sky, "dust_density") else "aerosol_density", value)
+
+
 def setup_scene(width: int, height: int, samples: int):
     """Empty scene with Cycles on CPU, a world (Nishita sky + CIE overcast layer) and two cameras."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -90,7 +101,7 @@ def setup_scene(width: int, height: int, samples: int):
     nodes, links = world.node_tree.nodes, world.node_tree.links
     nodes.clear()
     sky = nodes.new("ShaderNodeTexSky")
-    sky.sky_type = "NISHITA"
+    sky.sky_type = nishita_sky_type()
     bg_sky = nodes.new("ShaderNodeBackground")
     links.new(sky.outputs["Color"], bg_sky.inputs["Color"])
     # CIE overcast: radiance ∝ (1 + 2 cos θ) / 3 with cos θ = z of the (unit) world direction.
@@ -209,7 +220,7 @@ def apply_sky(rig, p: dict) -> None:
         sky.sun_elevation = math.radians(p["sun_elevation_deg"])
         sky.sun_rotation = math.radians(p["sun_rotation_deg"])
         sky.air_density = p["air_density"]
-        sky.dust_density = p["dust_density"]
+        set_dust_density(sky, p["dust_density"])
         sky.ozone_density = p["ozone_density"]
         sky.altitude = p["altitude_m"]
     has_cloud = "cloud_strength" in p

@@ -76,6 +76,13 @@ def mesh_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, uvs: np
 # ------------------------------------------------------------------------ animation, version-robust, in bulk
 
 
+def use_multilayer_exr(settings: bpy.types.ImageFormatSettings) -> None:
+    """Make render output settings write multilayer OpenEXR (all passes in one file)."""
+    if hasattr(settings, "media_type"):  # Blender 5.0: multilayer is a media type of its own
+        settings.media_type = "MULTI_LAYER_IMAGE"
+    settings.file_format = "OPEN_EXR_MULTILAYER"
+
+
 def action_fcurves(id_data: bpy.types.ID) -> list[bpy.types.FCurve]:
     """The F-curves animating `id_data` through its action: the action slot's channel bag in Blender 4.4+
     (slotted actions; 5.0 removed Action.fcurves), Action.fcurves before. [] when it is not animated."""

@@ -30,12 +30,13 @@ import numpy as np
 
 from invrender_core.io.exr import read_exr_channels, write_exr_channels
 
+from .bpy_io import use_multilayer_exr
 from .scene import SHADOW_AOV, SHADOW_NODE, BuiltScene, find_import
 
 DEFAULT_SAMPLES = 64
 LAYERS = ("beauty", "albedo", "normal", "depth", "shadow", "shading")
 # Blender's pass names in its EXR files; 5.0 spells them out ("Diffuse Color"), earlier versions abbreviate.
-_BLENDER_PASSES = {"combined": ("Combined",), "depth": ("Depth",), "normal": ("Normal",),
+BLENDER_PASS_NAMES = {"combined": ("Combined",), "depth": ("Depth",), "normal": ("Normal",),
                    "albedo": ("DiffCol", "Diffuse Color"), "direct": ("DiffDir", "Diffuse Direct"),
                    "indirect": ("DiffInd", "Diffuse Indirect")}
 _PASS_FLAGS = ("use_pass_combined", "use_pass_z", "use_pass_normal", "use_pass_diffuse_color",
@@ -142,9 +143,7 @@ def _render(scene, camera, samples, has_shadow: bool, path: Path) -> str:
             added_aov = layer.aovs.add()
             added_aov.name, added_aov.type = SHADOW_AOV, "VALUE"
         settings = scene.render.image_settings
-        if hasattr(settings, "media_type"):  # Blender 5.0: multilayer is a media type of its own
-            settings.media_type = "MULTI_LAYER_IMAGE"
-        settings.file_format = "OPEN_EXR_MULTILAYER"
+        use_multilayer_exr(settings)
         settings.color_depth = "32"
         settings.exr_codec = "NONE"  # read back at once: no need to compress
         if hasattr(settings, "color_management"):
@@ -170,11 +169,11 @@ def _layers(channels: dict[str, np.ndarray], layer: str, has_shadow: bool) -> di
     """Blender's channels {"ViewLayer.DiffCol.R": (H, W)} -> our layers {"albedo": {"R": (H, W), ...}}."""
 
     def get(kind: str, components: str) -> list[np.ndarray]:
-        for name in _BLENDER_PASSES[kind]:
+        for name in BLENDER_PASS_NAMES[kind]:
             keys = [f"{layer}.{name}.{c}" for c in components]
             if all(k in channels for k in keys):
                 return [channels[k] for k in keys]
-        raise RuntimeError(f"Blender's render has no {_BLENDER_PASSES[kind][0]} pass (channels: "
+        raise RuntimeError(f"Blender's render has no {BLENDER_PASS_NAMES[kind][0]} pass (channels: "
                            f"{sorted(channels)[:8]}...): report this with your Blender version")
 
     combined, albedo, normal = get("combined", "RGBA"), get("albedo", "RGB"), get("normal", "XYZ")

@@ -73,12 +73,44 @@ def _parse_chlist(value: bytes, path: Path) -> tuple[tuple[str, ...], tuple[int,
         pos = end + 1 + 16
 
 
-def read_exr_header(path) -> ExrHeader:
-    """Parse the (first) header of an EXR file without touching pixel data.
+def _read_attributes(f, path: Path) -> dict[str, tuple[str, bytes]]:
+    """One header: attributes (name\\0 type\\0 int32 size, value) until an empty name."""
+    attributes: dict[str, tuple[str, bytes]] = {}
+    while True:
+        name = _read_name(f, path, "attribute name")
+        if not name:
+            return attributes
+        type_name = _read_name(f, path, "attribute type")
+        (size,) = struct.unpack("<i", _read_exact(f, 4, path, f"size of {name}"))
+        if size < 0:
+            raise UnreadableImageError(f"{path} has a corrupt EXR header (attribute {name!r} has "
+                                       f"size {size}): export it again")
+        attributes[name] = (type_name, _read_exact(f, size, path, f"value of {name}"))
 
-    Layout: int32 magic 20000630, int32 version/flags, then attributes (name\\0 type\\0 int32 size,
-    value) until an empty name. Raises UnreadableImageError for a missing/truncated/corrupt file and
-    UnsupportedImageError when the file is not an EXR.
+
+def _header(attributes: dict[str, tuple[str, bytes]], version: int, path: Path) -> ExrHeader:
+    if "dataWindow" not in attributes or len(attributes["dataWindow"][1]) != 16:
+        raise UnreadableImageError(f"{path} has no valid dataWindow in its EXR header: export it again")
+    x_min, y_min, x_max, y_max = struct.unpack("<4i", attributes["dataWindow"][1])
+    width, height = x_max - x_min + 1, y_max - y_min + 1
+    if width <= 0 or height <= 0:
+        raise UnreadableImageError(f"{path} has an empty EXR dataWindow ({x_min},{y_min})-({x_max},{y_max}): "
+                                   f"export it again")
+    if "channels" not in attributes:
+        raise UnreadableImageError(f"{path} has no channel list in its EXR header: export it again")
+    channels, pixel_types = _parse_chlist(attributes["channels"][1], path)
+    return ExrHeader(width, height, channels, pixel_types, multipart=bool(version & _MULTIPART_FLAG),
+                     deep=bool(version & _DEEP_FLAG), attributes=attributes)
+
+
+def read_exr_headers(path) -> tuple[list[ExrHeader], int]:
+    """Parse every header of an EXR file without touching pixel data: (one header per part, the byte offset
+    where the headers end and the offset tables begin).
+
+    Layout: int32 magic 20000630, int32 version/flags, then one header (attributes until an empty name); a
+    multi-part file (Blender 5.0's multilayer EXR) has one header per part and one more empty name after the
+    last. Raises UnreadableImageError for a missing/truncated/corrupt file and UnsupportedImageError when the
+    file is not an EXR.
     """
     path = Path(path)
     try:
@@ -98,30 +130,18 @@ def read_exr_header(path) -> ExrHeader:
         if version & 0xFF != 2:
             raise UnsupportedImageError(f"{path} is OpenEXR version {version & 0xFF}, only version 2 is "
                                         f"supported: re-save it with a current tool")
-        attributes: dict[str, tuple[str, bytes]] = {}
-        while True:
-            name = _read_name(f, path, "attribute name")
-            if not name:
+        headers = [_header(_read_attributes(f, path), version, path)]
+        while version & _MULTIPART_FLAG:
+            if _read_exact(f, 1, path, "end of the part headers") == b"\0":
                 break
-            type_name = _read_name(f, path, "attribute type")
-            (size,) = struct.unpack("<i", _read_exact(f, 4, path, f"size of {name}"))
-            if size < 0:
-                raise UnreadableImageError(f"{path} has a corrupt EXR header (attribute {name!r} has "
-                                           f"size {size}): export it again")
-            attributes[name] = (type_name, _read_exact(f, size, path, f"value of {name}"))
+            f.seek(-1, 1)
+            headers.append(_header(_read_attributes(f, path), version, path))
+        return headers, f.tell()
 
-    if "dataWindow" not in attributes or len(attributes["dataWindow"][1]) != 16:
-        raise UnreadableImageError(f"{path} has no valid dataWindow in its EXR header: export it again")
-    x_min, y_min, x_max, y_max = struct.unpack("<4i", attributes["dataWindow"][1])
-    width, height = x_max - x_min + 1, y_max - y_min + 1
-    if width <= 0 or height <= 0:
-        raise UnreadableImageError(f"{path} has an empty EXR dataWindow ({x_min},{y_min})-({x_max},{y_max}): "
-                                   f"export it again")
-    if "channels" not in attributes:
-        raise UnreadableImageError(f"{path} has no channel list in its EXR header: export it again")
-    channels, pixel_types = _parse_chlist(attributes["channels"][1], path)
-    return ExrHeader(width, height, channels, pixel_types, multipart=bool(version & _MULTIPART_FLAG),
-                     deep=bool(version & _DEEP_FLAG), attributes=attributes)
+
+def read_exr_header(path) -> ExrHeader:
+    """The (first) header of an EXR file (see read_exr_headers)."""
+    return read_exr_headers(path)[0][0]
 
 
 def cv_decode(path: Path, what: str = "") -> np.ndarray:
@@ -224,12 +244,6 @@ EXR_COMPRESSIONS = {0: ("none", 1), 2: ("zips", 1), 3: ("zip", 16)}  # id: (name
 _PIXEL_DTYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
 
 
-def _header_size(header: ExrHeader) -> int:
-    """Bytes from the file start to the end of the header (read_exr_header keeps the attributes in order)."""
-    return 8 + sum(len(name.encode("latin-1")) + len(type_name.encode("latin-1")) + 2 + 4 + len(value)
-                   for name, (type_name, value) in header.attributes.items()) + 1
-
-
 def _channel_samplings(value: bytes) -> list[tuple[int, int]]:
     """(x, y) sampling of each channel of a chlist (see _parse_chlist for the layout)."""
     out, pos = [], 0
@@ -271,21 +285,39 @@ def _zip_encode(raw: np.ndarray) -> bytes:
 
 
 def read_exr_channels(path) -> dict[str, np.ndarray]:
-    """Every channel of a single-part scanline EXR -> {channel name: (H, W) array}, row 0 = top.
+    """Every channel of a scanline EXR -> {channel name: (H, W) array}, row 0 = top.
 
-    Reads what Blender writes as multilayer EXR ("ViewLayer.Depth.Z", ...) as well as plain files, with no
-    compression, ZIPS or ZIP; half and float channels come back as float32, uint channels as uint32.
-    Raises UnsupportedImageError for tiled, deep, multi-part, subsampled or otherwise compressed files and
-    UnreadableImageError for truncated or corrupt ones.
+    Reads what Blender writes as multilayer EXR ("ViewLayer.Depth.Z", ...; Blender 5.0 writes it as one part per
+    pass) as well as plain files, with no compression, ZIPS or ZIP; half and float channels come back as
+    float32, uint channels as uint32. Raises UnsupportedImageError for tiled, deep, subsampled or otherwise
+    compressed files and UnreadableImageError for truncated or corrupt ones.
     """
     path = Path(path)
-    header = read_exr_header(path)
+    headers, table = read_exr_headers(path)
+    multipart = headers[0].multipart
+    chunk_counts = [_check_readable(header, path) for header in headers]
+    data = np.fromfile(path, dtype=np.uint8)
+    first_chunk = table + 8 * sum(chunk_counts)
+    if data.size < first_chunk:
+        raise UnreadableImageError(f"{path} ends inside its EXR offset table: the file is truncated; export it "
+                                   f"again")
+    out: dict[str, np.ndarray] = {}
+    for part, (header, chunks) in enumerate(zip(headers, chunk_counts, strict=True)):
+        offsets = np.frombuffer(data[table:table + 8 * chunks].tobytes(), dtype="<i8")
+        table += 8 * chunks
+        out.update(_read_part(data, path, header, offsets, first_chunk, part if multipart else None))
+    return out
+
+
+def _check_readable(header: ExrHeader, path: Path) -> int:
+    """Refuse what read_exr_channels does not read (one-line errors); return the part's chunk count."""
+    part_type = header.attributes.get("type", ("", b"scanlineimage"))[1].rstrip(b"\0")
+    if header.deep or "tiles" in header.attributes or part_type != b"scanlineimage":
+        kind = "deep" if header.deep or part_type.startswith(b"deep") else "tiled"
+        raise UnsupportedImageError(f"{path} is a {kind} EXR, which read_exr_channels does not read: re-save it "
+                                    f"as a scanline EXR")
     compression = header.attributes.get("compression", ("", b"\0"))[1]
     code = compression[0] if len(compression) == 1 else -1
-    if header.multipart or header.deep or "tiles" in header.attributes:
-        kind = "multi-part" if header.multipart else "deep" if header.deep else "tiled"
-        raise UnsupportedImageError(f"{path} is a {kind} EXR, which read_exr_channels does not read: re-save it "
-                                    f"as a single-part scanline EXR")
     if code not in EXR_COMPRESSIONS:
         raise UnsupportedImageError(f"{path} uses EXR compression {code}, which read_exr_channels does not read: "
                                     f"re-save it with ZIP or no compression")
@@ -293,24 +325,36 @@ def read_exr_channels(path) -> dict[str, np.ndarray]:
         raise UnsupportedImageError(f"{path} has subsampled EXR channels: re-save it at full resolution")
     if any(t not in _PIXEL_DTYPES for t in header.pixel_types):
         raise UnsupportedImageError(f"{path} has unknown EXR pixel types {header.pixel_types}: export it again")
+    chunks = -(-header.height // EXR_COMPRESSIONS[code][1])
+    if header.multipart:  # a multi-part header must say it, and it must agree
+        count = header.attributes.get("chunkCount", ("", b""))[1]
+        if len(count) != 4 or struct.unpack("<i", count)[0] != chunks:
+            raise UnreadableImageError(f"{path} has a missing or wrong chunkCount in a part header: export it "
+                                       f"again")
+    return chunks
+
+
+def _read_part(data: np.ndarray, path: Path, header: ExrHeader, offsets: np.ndarray, first_chunk: int,
+               part: int | None) -> dict[str, np.ndarray]:
+    """The channels of one scanline part from the file's bytes; offsets: its offset table; part: its number in a
+    multi-part file (each chunk then starts with it), None in a single-part one."""
     width, height = header.width, header.height
+    code = header.attributes.get("compression", ("", b"\0"))[1][0]
     y_min = struct.unpack("<4i", header.attributes["dataWindow"][1])[1]
     lines = EXR_COMPRESSIONS[code][1]
     # One row of one chunk: each channel's samples one after the other (fields named by index: any name works).
     row = np.dtype([(f"c{i}", _PIXEL_DTYPES[t], (width,)) for i, t in enumerate(header.pixel_types)])
-    data = np.fromfile(path, dtype=np.uint8)
-    chunks = -(-height // lines)
-    table = _header_size(header)
-    if data.size < table + 8 * chunks:
-        raise UnreadableImageError(f"{path} ends inside its EXR offset table: the file is truncated; export it "
-                                   f"again")
-    offsets = np.frombuffer(data[table:table + 8 * chunks].tobytes(), dtype="<i8")
     out = {name: np.empty((height, width), _PIXEL_DTYPES[t] if t == 0 else np.float32)
            for name, t in zip(header.channels, header.pixel_types, strict=True)}
+    prefix = 0 if part is None else 4
     for offset in offsets:
-        if not table + 8 * chunks <= offset <= data.size - 8:
+        if not first_chunk <= offset <= data.size - 8 - prefix:
             raise UnreadableImageError(f"{path} has an EXR chunk outside the file: the file is truncated or "
                                        f"corrupt; export it again")
+        if part is not None and struct.unpack("<i", data[offset:offset + 4].tobytes())[0] != part:
+            raise UnreadableImageError(f"{path} has an EXR chunk filed under the wrong part: the file is corrupt; "
+                                       f"export it again")
+        offset += prefix
         y, size = struct.unpack("<2i", data[offset:offset + 8].tobytes())
         first = y - y_min
         n = min(lines, height - first)

@@ -2,13 +2,18 @@
 compression, and failure modes."""
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from invrender_core.io import ImageWriteError, UnreadableImageError, UnsupportedImageError, read_exr, read_exr_header
 from invrender_core.io._cv import cv2
-from invrender_core.io.exr import read_exr_channels, write_exr_channels
+from invrender_core.io.exr import read_exr_channels, read_exr_headers, write_exr_channels
+
+# The same 12x20 render of Blender's default cube, written as multilayer EXR by Blender 4.5 (one part) and by
+# Blender 5.0 (one part per pass); data/render_multilayer_fixture.py makes them.
+FIXTURES = Path(__file__).parent / "data"
 
 CV_COMPRESSIONS = {"none": cv2.IMWRITE_EXR_COMPRESSION_NO, "zips": cv2.IMWRITE_EXR_COMPRESSION_ZIPS,
                    "zip": cv2.IMWRITE_EXR_COMPRESSION_ZIP}
@@ -94,7 +99,7 @@ def test_truncated_and_corrupt_files(tmp_path):
     with pytest.raises(UnreadableImageError, match="truncated"):
         read_exr_channels(tmp_path / "cut.exr")
     # Corrupt the first chunk's ZIP stream (its data starts 8 bytes after the first offset).
-    table = _offset_table(data)
+    _, table = read_exr_headers(tmp_path / "a.exr")
     first = int.from_bytes(data[table:table + 8], "little")
     assert zlib.decompressobj().decompress(data[first + 8:first + 40])  # it is a zlib stream
     broken = bytearray(data)
@@ -106,14 +111,39 @@ def test_truncated_and_corrupt_files(tmp_path):
         read_exr_channels(tmp_path / "nope.exr")
 
 
-def _offset_table(data: bytes) -> int:
-    """Position of the offset table: after the header's terminating empty attribute name."""
-    pos = 8
-    while data[pos] != 0:
-        for _ in range(2):  # name, type name
-            pos = data.index(b"\0", pos) + 1
-        pos += 4 + int.from_bytes(data[pos:pos + 4], "little")
-    return pos + 1
+def test_blender_5_multipart_multilayer_reads_like_blender_4_5_single_part():
+    single = read_exr_channels(FIXTURES / "blender4.5_multilayer.exr")
+    headers, _ = read_exr_headers(FIXTURES / "blender5.0_multilayer.exr")
+    assert headers[0].multipart and [h.attributes["name"][1] for h in headers] == [
+        b"ViewLayer.Combined", b"ViewLayer.Depth", b"ViewLayer.Normal"]
+    parts = read_exr_channels(FIXTURES / "blender5.0_multilayer.exr")
+    assert sorted(parts) == sorted(single) and "ViewLayer.Depth.Z" in parts
+    for name in ("ViewLayer.Depth.Z", "ViewLayer.Normal.X", "ViewLayer.Normal.Y", "ViewLayer.Normal.Z"):
+        assert parts[name].shape == (20, 12)
+        np.testing.assert_array_equal(parts[name], single[name])  # geometry passes: rays through pixel centres
+    cube = parts["ViewLayer.Depth.Z"] < 1e9  # the background's depth is 1e10
+    assert 20 < cube.sum() < 240
+    normal = np.stack([parts[f"ViewLayer.Normal.{c}"] for c in "XYZ"], -1)[cube]
+    np.testing.assert_allclose(np.linalg.norm(normal, axis=-1), 1.0, atol=1e-5)
+    # Combined differs by one sample's noise between the two Blenders, nothing more.
+    assert np.abs(parts["ViewLayer.Combined.R"] - single["ViewLayer.Combined.R"]).max() < 0.05
+
+
+def test_truncated_and_corrupt_multipart_files(tmp_path):
+    data = (FIXTURES / "blender5.0_multilayer.exr").read_bytes()
+    (tmp_path / "cut.exr").write_bytes(data[:-200])
+    with pytest.raises(UnreadableImageError, match="truncated"):
+        read_exr_channels(tmp_path / "cut.exr")
+    _, table = read_exr_headers(FIXTURES / "blender5.0_multilayer.exr")
+    first = int.from_bytes(data[table:table + 8], "little")  # part 0's first chunk: int32 part number, then rows
+    broken = bytearray(data)
+    broken[first:first + 4] = (2).to_bytes(4, "little")
+    (tmp_path / "wrong_part.exr").write_bytes(bytes(broken))
+    with pytest.raises(UnreadableImageError, match="wrong part"):
+        read_exr_channels(tmp_path / "wrong_part.exr")
+    (tmp_path / "cut_headers.exr").write_bytes(data[:table - 1])  # without the empty header that ends the list
+    with pytest.raises(UnreadableImageError, match="truncated"):
+        read_exr_channels(tmp_path / "cut_headers.exr")
 
 
 def test_writer_refuses_bad_input(tmp_path):
