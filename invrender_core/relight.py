@@ -46,7 +46,6 @@ SHADOW_BIAS = 0.01
 # foreground pole is not shadowed by it.
 SHADOW_THICKNESS = 0.2
 SKY_RATIO_LIMITS = (0.05, 20.0)  # how far a sky pixel's colour may be scaled per channel
-OBSERVED_PIXELS = 20000  # pixels `observed_lighting` fits to (evenly spread)
 
 
 @dataclass(frozen=True)
@@ -132,40 +131,6 @@ def lighting_from_estimate(L, sun_fraction: float = DEFAULT_SUN_FRACTION,
     direction, irradiance, rest = sh.extract_sun(L, sun_fraction)
     sun = Sun(direction, irradiance, angle_deg) if irradiance.max() > 0 else None
     return Lighting(sky=rest, sun=sun)
-
-
-def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) -> np.ndarray:
-    """Order-1 SH lighting (9, 3) (order-2 rows zero, non-negative radiance) fitted by least squares to the
-    shading that lighting L (9, 3) gives the photo's normals (H, W, 3) over `mask` (H, W) (default all).
-
-    A photo shows its surfaces' normals only over the half of the sphere facing the camera, and mostly near its
-    centre: an estimate's order-2 terms are barely constrained and can be wild elsewhere, which turning the
-    lighting brings into view. What the photo does pin down, its mean level and main gradient, is order 1. The
-    order-1 part is then shortened where needed so the radiance is nowhere negative (|L1| Y1 <= L00 Y0).
-    """
-    normals = np.asarray(normals, dtype=np.float64)
-    L = np.asarray(L, dtype=np.float64)
-    if normals.ndim != 3 or normals.shape[2] != 3 or L.shape != (9, 3):
-        raise ValueError(f"normals must be (H, W, 3) and L (9, 3), got {normals.shape} and {L.shape}")
-    mask = np.ones(normals.shape[:2], bool) if mask is None else np.asarray(mask, bool)
-    if mask.shape != normals.shape[:2]:
-        raise ValueError(f"mask has shape {mask.shape}, expected {normals.shape[:2]}")
-    index = np.flatnonzero(mask & np.isfinite(normals).all(-1))
-    if index.size < 4:
-        raise ValueError("too few pixels with normals to fit lighting to")
-    index = index[:: max(1, index.size // max_pixels)]
-    n = normals.reshape(-1, 3)[index]  # (N, 3)
-    shading = np.maximum(sh.shading(n, L), 0.0)  # (N, 3) as the photo's model shades them
-    A = sh.basis(n)[:, :4]  # (N, 4): order 0 and 1
-    ridge = 1e-6 * np.trace(A.T @ A) * np.eye(4)
-    L = np.zeros((9, 3))
-    L[:4] = np.linalg.solve(A.T @ A + ridge, A.T @ shading)  # (4, 3)
-    # Radiance ∝ Y0 L00 + Y1 (L1 · d) >= 0 for every d iff |L1| Y1 <= L00 Y0 (per channel).
-    length = np.linalg.norm(L[1:4], axis=0)  # (3,)
-    limit = np.maximum(L[0], 0.0) * sh._Y0 / sh._Y1
-    L[1:4] *= np.minimum(1.0, limit / np.maximum(length, 1e-12))
-    L[0] = np.maximum(L[0], 0.0)
-    return L
 
 
 def with_sun_to_sky(lighting: Lighting, ratio: float) -> Lighting:
@@ -308,7 +273,7 @@ class Relighter:
     """Relights one decomposed photo under any number of new lightings (one decomposition, one exposure).
 
     estimate: `scene.decompose`'s SceneEstimate. `lighting` is the photo's lighting, the starting point of
-    `sun_at`; by default the estimate's SH lighting reduced to what the photo pins down (`observed_lighting`)
+    `sun_at`; by default the estimate's SH lighting reduced to what the photo pins down (`sh.observed_lighting`)
     and split into a sun and a sky (`lighting_from_estimate`). `sun_to_sky` overrides the sun's strength
     (`with_sun_to_sky`): photos rarely pin it down (clipped sunlit areas, a shadow map of unknown gauge).
     Cast shadows are marched on a grid of at most `shadow_max_side` pixels on the longer side. The exposure
@@ -329,7 +294,7 @@ class Relighter:
         self.sky = sky_mask(estimate)
         self.sky_rays = estimate.camera.rays()[self.sky]  # (N, 3) rays of the sky pixels, recoloured every frame
         if lighting is None:
-            observed = observed_lighting(estimate.normals, estimate.lighting, ~self.sky)
+            observed = sh.observed_lighting(estimate.normals, estimate.lighting, ~self.sky)
             lighting = lighting_from_estimate(observed, sun_fraction, sun_angle_deg)
         if sun_to_sky is not None:
             lighting = with_sun_to_sky(lighting, sun_to_sky)

@@ -542,3 +542,40 @@ def fit_lighting_torch(image, albedo, normals, mask=None, shadow=None, prior_mea
     diag = torch.diagonal(A, dim1=-2, dim2=-1).mean(-1)[..., None, None]
     A = A + ridge * diag * torch.eye(27, dtype=image.dtype, device=image.device)
     return torch.linalg.solve(A, rhs.unsqueeze(-1)).squeeze(-1).reshape(b, 9, 3)
+
+
+OBSERVED_PIXELS = 20000  # pixels `observed_lighting` fits to (evenly spread)
+
+
+def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) -> np.ndarray:
+    """Order-1 SH lighting (9, 3) (order-2 rows zero, non-negative radiance) fitted by least squares to the
+    shading that lighting L (9, 3) gives the photo's normals (H, W, 3) over `mask` (H, W) (default all).
+
+    A photo shows its surfaces' normals only over the half of the sphere facing the camera, and mostly near its
+    centre: an estimate's order-2 terms are barely constrained and can be wild elsewhere, which turning the
+    lighting brings into view. What the photo does pin down, its mean level and main gradient, is order 1. The
+    order-1 part is then shortened where needed so the radiance is nowhere negative (|L1| Y1 <= L00 Y0).
+    """
+    normals = np.asarray(normals, dtype=np.float64)
+    L = np.asarray(L, dtype=np.float64)
+    if normals.ndim != 3 or normals.shape[2] != 3 or L.shape != (9, 3):
+        raise ValueError(f"normals must be (H, W, 3) and L (9, 3), got {normals.shape} and {L.shape}")
+    mask = np.ones(normals.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != normals.shape[:2]:
+        raise ValueError(f"mask has shape {mask.shape}, expected {normals.shape[:2]}")
+    index = np.flatnonzero(mask & np.isfinite(normals).all(-1))
+    if index.size < 4:
+        raise ValueError("too few pixels with normals to fit lighting to")
+    index = index[:: max(1, index.size // max_pixels)]
+    n = normals.reshape(-1, 3)[index]  # (N, 3)
+    photo_shading = np.maximum(shading(n, L), 0.0)  # (N, 3) as the photo's model shades them
+    A = basis(n)[:, :4]  # (N, 4): order 0 and 1
+    ridge = 1e-6 * np.trace(A.T @ A) * np.eye(4)
+    L = np.zeros((9, 3))
+    L[:4] = np.linalg.solve(A.T @ A + ridge, A.T @ photo_shading)  # (4, 3)
+    # Radiance ∝ Y0 L00 + Y1 (L1 · d) >= 0 for every d iff |L1| Y1 <= L00 Y0 (per channel).
+    length = np.linalg.norm(L[1:4], axis=0)  # (3,)
+    limit = np.maximum(L[0], 0.0) * _Y0 / _Y1
+    L[1:4] *= np.minimum(1.0, limit / np.maximum(length, 1e-12))
+    L[0] = np.maximum(L[0], 0.0)
+    return L

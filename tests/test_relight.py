@@ -97,19 +97,19 @@ def sphere_normals(n=2000):
 def test_observed_lighting_recovers_order_one_lighting_from_all_normals():
     L = np.zeros((9, 3))
     L[0], L[1], L[3] = (1.0, 0.9, 0.8), (0.2, 0.1, 0.0), (-0.1, 0.0, 0.1)
-    np.testing.assert_allclose(relight.observed_lighting(sphere_normals(), L), L, atol=1e-5)
+    np.testing.assert_allclose(sh.observed_lighting(sphere_normals(), L), L, atol=1e-5)
 
 
 def test_observed_lighting_of_wild_lighting_has_no_negative_radiance():
     L = np.zeros((9, 3))
     L[0], L[2], L[6], L[8] = 30.0, -15.0, -40.0, 90.0  # a real network estimate's kind of order-2 terms
     facing = sphere_normals()[:, sh._fibonacci_sphere(2000)[:, 2] > 0.3]  # normals the camera can see
-    fitted = relight.observed_lighting(facing, L)
+    fitted = sh.observed_lighting(facing, L)
     assert np.all(fitted[4:] == 0.0)
     radiance = sh.radiance_basis(sh._fibonacci_sphere(500)) @ fitted
     assert radiance.min() >= -1e-9
     with pytest.raises(ValueError, match="too few"):
-        relight.observed_lighting(facing[:, :2], L)
+        sh.observed_lighting(facing[:, :2], L)
 
 
 def test_move_sun_turns_sky_with_the_sun_and_keeps_its_energy():

@@ -180,7 +180,7 @@ def assert_valid_estimate(est, image):
     # Image formation at full resolution, wherever albedo was not clipped and the shading not floored.
     denominator = est.shadow[..., None] * est.shading
     free = (est.albedo > 0) & (est.albedo < 1) & (denominator > scene.MIN_SHADING)
-    assert free.mean() > 0.3
+    assert free[~est.sky].mean() > 0.3  # the lighting is fitted to the ground: the sky's "albedo" may clip
     np.testing.assert_allclose((est.albedo * denominator)[free], image[free], rtol=1e-5, atol=1e-6)
     # The shading is the lighting's irradiance at the normals (clamped at 0).
     np.testing.assert_allclose(est.shading, np.maximum(sh.shading(est.normals, est.lighting), 0), atol=1e-4)
@@ -394,7 +394,8 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
     # (Rim pixels mix sphere and plane at half resolution: their grazing normals are in no upsampled map.)
     assert np.median(angle[rim]) < 0.85 * np.median(angle_bilinear[rim])
     assert np.percentile(angle[rim], 90) < np.percentile(angle_bilinear[rim], 90)
-    np.testing.assert_allclose(est.lighting, LIGHT, atol=1e-6)  # the network's lighting, as solved
+    # The network's lighting (order 1) comes through its order-1 reduction (up to the fit's tiny ridge).
+    np.testing.assert_allclose(est.lighting, LIGHT, atol=1e-3)
     rel = np.abs(est.albedo / albedo - 1)[away]
     blurred = np.abs(resize_linear(resize_linear(albedo, 64, 48), 128, 96) / albedo - 1)[away]
     assert np.median(rel) < 0.01 and np.median(blurred) > 0.1  # the texture is the photo's, not the network's

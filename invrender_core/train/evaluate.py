@@ -11,6 +11,7 @@ InverseRenderNet alone (as during training) its raw outputs are scored:
 - albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baseline "albedo = linearised photo".
 - lighting: `metrics.lighting_error` of the solved SH vs the true sky's; baseline "uniform light" (DC only).
 - shadow: IoU of the shadowed regions; baseline "no shadow" (IoU 0 whenever there is a shadow).
+- sky (whole pipeline): IoU of the detected sky with the true sky (views with no sky in either are skipped).
 - depth: scale-invariant log RMSE of the network depth and of the fused depth; baseline "constant depth";
   also the angular error of the fused geometry's normals next to the network's normals on the same pixels.
 """
@@ -54,7 +55,7 @@ def predict_pipeline(irn, depth, image: np.ndarray, camera: Camera) -> dict[str,
     est = decompose(image, camera=camera, device="cpu", max_side=max(camera.width, camera.height), irn=irn,
                     depth=depth)
     return {"albedo": est.albedo, "normals": est.normals, "shadow": est.shadow, "lighting": est.lighting,
-            "depth": est.depth, "depth_fused": est.depth_fused}
+            "depth": est.depth, "depth_fused": est.depth_fused, "sky": est.sky}
 
 
 def score_view(view: dict, pred: dict) -> dict[str, float]:
@@ -75,6 +76,8 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "lighting_err_uniform": metrics.lighting_error(uniform, view["gt_sh_camera"]),
         "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"], ground),
     }
+    if "sky" in pred:
+        row["sky_iou"] = metrics.mask_iou(pred["sky"], view["sky_mask"])
     if "depth" in pred:
         gt = view["gt_depth"]
         row["depth_silog"] = si_log_rmse(pred["depth"], gt, ground)

@@ -53,9 +53,14 @@ def shadow_iou(pred_shadow: np.ndarray, gt_shadow: np.ndarray, mask: np.ndarray,
     pred_shadow, gt_shadow = np.asarray(pred_shadow, np.float64), np.asarray(gt_shadow, np.float64)
     mask = np.asarray(mask, bool)
     _check("pred_shadow", pred_shadow, "gt_shadow", gt_shadow, mask)
-    p, g = (pred_shadow < threshold) & mask, (gt_shadow < threshold) & mask
-    union = (p | g).sum()
-    return float((p & g).sum() / union) if union else float("nan")
+    return mask_iou((pred_shadow < threshold) & mask, (gt_shadow < threshold) & mask)
+
+
+def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two (H, W) bool masks; NaN when neither has a pixel (nothing to score)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    union = (pred | truth).sum()
+    return float((pred & truth).sum() / union) if union else float("nan")
 
 
 def lighting_error(pred_sh: np.ndarray, gt_sh: np.ndarray, samples: int = 2000) -> float:

@@ -46,6 +46,8 @@ def test_shadow_iou_of_overlapping_boxes():
     pred[4:8, 2:6] = 0.1  # 16 pixels, 8 shared
     assert metrics.shadow_iou(pred, gt, np.ones((10, 10), bool)) == pytest.approx(8 / 24)
     assert np.isnan(metrics.shadow_iou(np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 3), bool)))
+    assert metrics.mask_iou(pred < 0.5, gt < 0.5) == pytest.approx(8 / 24)
+    assert np.isnan(metrics.mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)))
 
 
 def test_lighting_error_zero_for_scaled_copy_and_one_for_darkness():
