@@ -388,7 +388,10 @@ class Trainer:
         """
         rank, world, local_rank, created_group = self._setup_distributed()
         try:
-            return self._fit(rank, world, local_rank, resume, stop_at)
+            summary = self._fit(rank, world, local_rank, resume, stop_at)
+            if created_group:  # all ranks done before any tears down: gloo aborts a process whose peer left early
+                dist.barrier()
+            return summary
         finally:
             if created_group:
                 dist.destroy_process_group()
