@@ -218,9 +218,11 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     rotation = np.stack([f.rotation for f in fits])  # (F, 3, 3)
     translation = np.stack([f.translation for f in fits])  # (F, 3)
     if settings.smoothing > 0 and len(fits) > 1:
-        expression = video.smooth_series(expression, settings.smoothing)
-        rotation = video.smooth_rotations(rotation, settings.smoothing)
-        translation = video.smooth_series(translation, settings.smoothing)
+        # Time in used frames (source index / step): frames where no face was found leave a gap in it.
+        times = np.asarray(indices, np.float64) / settings.step
+        expression = video.smooth_series(expression, settings.smoothing, times)
+        rotation = video.smooth_rotations(rotation, settings.smoothing, times)
+        translation = video.smooth_series(translation, settings.smoothing, times)
     focal = float(fits[0].focal)
     smoothed = [fit.FrameFit(identity, expression[k], rotation[k], translation[k], focal, fits[k].rms_px)
                 for k in range(len(fits))]

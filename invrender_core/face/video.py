@@ -659,14 +659,17 @@ def frame_to_crop(uv_frame, box: FaceBox, size: int) -> np.ndarray:
 # --- temporal smoothing ------------------------------------------------------------------------------
 
 
-def smooth_series(values, sigma_frames: float) -> np.ndarray:
+def smooth_series(values, sigma_frames: float, times=None) -> np.ndarray:
     """Gaussian temporal smoothing of (F, D) or (F,) values; same shape, float64.
 
     Each frame gets a Gaussian-weighted local *linear* fit over frames within 4 sigma (local linear
     regression). Away from the ends this is exactly Gaussian smoothing (the weights are symmetric);
     near the ends it still reproduces constant and linear series exactly, so endpoints are not pulled
-    towards the interior the way a truncated or reflected Gaussian would pull them. sigma_frames = 0
-    returns the values unchanged. NaNs are not allowed.
+    towards the interior the way a truncated or reflected Gaussian would pull them. times (F,): when each
+    value was seen, in frames, strictly increasing by at least 1 (default 0, 1, 2, ...): across frames where
+    the face was lost the weights follow the real time, so the two sides of a long gap are smoothed apart,
+    and a frame with no neighbour within 4 sigma keeps its value. sigma_frames = 0 returns the values
+    unchanged. NaNs are not allowed.
     """
     arr = np.asarray(values, dtype=np.float64)
     one_d = arr.ndim == 1
@@ -678,6 +681,10 @@ def smooth_series(values, sigma_frames: float) -> np.ndarray:
         raise ValueError(f"sigma_frames must be >= 0, got {sigma_frames}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"smooth_series needs finite values, got NaN or inf in shape {arr.shape}")
+    times = np.arange(arr.shape[0], dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
+    if times.shape != (arr.shape[0],) or (arr.shape[0] > 1 and not np.all(np.diff(times) >= 1)):
+        raise ValueError(f"times must be ({arr.shape[0]},) frame numbers increasing by at least 1, got "
+                         f"shape {times.shape}")
     count = arr.shape[0]
     if sigma_frames == 0 or count < 2:
         return arr[:, 0].copy() if one_d else arr.copy()
@@ -688,21 +695,24 @@ def smooth_series(values, sigma_frames: float) -> np.ndarray:
     s2 = np.zeros(count)
     t0 = np.zeros_like(arr)
     t1 = np.zeros_like(arr)
-    for d in range(-radius, radius + 1):
-        w = math.exp(-0.5 * (d / sigma_frames) ** 2)
+    for d in range(-radius, radius + 1):  # neighbours d places away: at most 4 sigma in time, as times step >= 1
         lo, hi = max(0, -d), min(count, count - d)  # frames t whose neighbour t + d exists
+        dt = times[lo + d:hi + d] - times[lo:hi]  # (n,) time offsets
+        w = np.where(np.abs(dt) <= 4 * sigma_frames, np.exp(-0.5 * (dt / sigma_frames) ** 2), 0.0)
         s0[lo:hi] += w
-        s1[lo:hi] += w * d
-        s2[lo:hi] += w * d * d
-        t0[lo:hi] += w * arr[lo + d:hi + d]
-        t1[lo:hi] += w * d * arr[lo + d:hi + d]
+        s1[lo:hi] += w * dt
+        s2[lo:hi] += w * dt * dt
+        t0[lo:hi] += w[:, None] * arr[lo + d:hi + d]
+        t1[lo:hi] += (w * dt)[:, None] * arr[lo + d:hi + d]
     det = s0 * s2 - s1 * s1  # > 0 whenever two or more frames are in the window
-    out = (s2[:, None] * t0 - s1[:, None] * t1) / det[:, None]
+    alone = det <= 1e-12 * s0 * s0  # no neighbour in the window: keep the value (the local constant fit)
+    out = np.where(alone[:, None], arr, (s2[:, None] * t0 - s1[:, None] * t1) / np.where(alone, 1.0, det)[:, None])
     return out[:, 0] if one_d else out
 
 
-def smooth_rotations(rotations, sigma_frames: float) -> np.ndarray:
-    """Smooth (F, 3, 3) rotation matrices over time; returns (F, 3, 3) float64 rotations.
+def smooth_rotations(rotations, sigma_frames: float, times=None) -> np.ndarray:
+    """Smooth (F, 3, 3) rotation matrices over time (times (F,): as in smooth_series); returns (F, 3, 3)
+    float64 rotations.
 
     Each matrix becomes a unit quaternion; signs are made consistent frame to frame (q and -q are the same
     rotation), the four components are smoothed with smooth_series and renormalised, and converted back,
@@ -722,7 +732,7 @@ def smooth_rotations(rotations, sigma_frames: float) -> np.ndarray:
     signs = np.sign(np.einsum("fi,fi->f", quats[1:], quats[:-1]))  # flip to the hemisphere of the previous
     signs[signs == 0] = 1.0
     quats[1:] *= np.cumprod(signs)[:, None]
-    smoothed = smooth_series(quats, sigma_frames)  # (F, 4)
+    smoothed = smooth_series(quats, sigma_frames, times)  # (F, 4)
     smoothed /= np.linalg.norm(smoothed, axis=1, keepdims=True)
     return Rotation.from_quat(smoothed).as_matrix()
 

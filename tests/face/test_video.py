@@ -394,6 +394,20 @@ def test_smooth_series_keeps_constants_and_lines_exactly():
         smooth_series(np.zeros((2, 3, 4)), 1.0)
 
 
+def test_smooth_series_follows_real_time_across_lost_frames():
+    # Frames 0-19 and 40-59 were fitted (20-39 lost), the head turned meanwhile: two lines of different slope.
+    times = np.concatenate([np.arange(20), np.arange(40, 60)]).astype(float)
+    values = np.where(times < 30, 0.5 * times, 30.0 - 0.25 * times)
+    np.testing.assert_allclose(smooth_series(values, 2.0, times), values, atol=1e-10)  # nothing bleeds across
+    assert np.abs(smooth_series(values, 2.0) - values).max() > 1.0  # by index, the gap's two sides would blend
+    np.testing.assert_array_equal(smooth_series(values[:20], 2.0, times[:20]), smooth_series(values[:20], 2.0))
+    lonely = np.array([0.0, 1.0, 2.0, 50.0, 98.0, 99.0, 100.0])  # frame 50: nobody within 4 sigma
+    noisy = np.array([1.0, 2.0, 1.5, 7.0, 3.0, 2.0, 3.5])
+    assert smooth_series(noisy, 2.0, lonely)[3] == 7.0
+    with pytest.raises(ValueError, match="increasing by at least 1"):
+        smooth_series(noisy, 2.0, lonely[::-1])
+
+
 def test_smooth_series_reduces_white_noise_by_the_gaussian_factor():
     sigma = 3.0
     noise = np.random.default_rng(6).normal(size=(20_000, 2))
