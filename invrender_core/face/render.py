@@ -47,6 +47,17 @@ class Raster:
         return out
 
 
+def _mesh_arrays(vertices, triangles) -> tuple[np.ndarray, np.ndarray]:
+    """vertices as (V, 3) float64 and triangles as (T, 3) arrays, or a one-line ValueError."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    triangles = np.asarray(triangles)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices must have shape (V, 3), got {vertices.shape}")
+    if triangles.ndim != 2 or triangles.shape[1] != 3:
+        raise ValueError(f"triangles must have shape (T, 3), got {triangles.shape} (vertices {vertices.shape})")
+    return vertices, triangles
+
+
 def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera) -> Raster:
     """Z-buffer the mesh with camera-frame `vertices` (V, 3) (z < 0 in front) and `triangles` (T, 3).
 
@@ -54,12 +65,7 @@ def rasterize(vertices: np.ndarray, triangles: np.ndarray, camera: Camera) -> Ra
     belong to one of them through the tie-break of the depth test). Triangles with a vertex behind the
     camera are skipped.
     """
-    vertices = np.asarray(vertices, dtype=np.float64)
-    triangles = np.asarray(triangles)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"vertices must have shape (V, 3), got {vertices.shape}")
-    if triangles.ndim != 2 or triangles.shape[1] != 3:
-        raise ValueError(f"triangles must have shape (T, 3), got {triangles.shape}")
+    vertices, triangles = _mesh_arrays(vertices, triangles)
     h, w = camera.height, camera.width
     uv, depth = camera.project(vertices)  # (V, 2), (V,)
     corner_uv, corner_depth = uv[triangles], depth[triangles]  # (T, 3, 2), (T, 3)
@@ -121,12 +127,7 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     Triangles wound counter-clockwise seen from outside give outward normals. Vertices in no triangle of
     non-zero area get (0, 0, 0).
     """
-    v = np.asarray(vertices, dtype=np.float64)
-    tri = np.asarray(triangles)
-    if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"vertices must have shape (V, 3), got {v.shape}")
-    if tri.ndim != 2 or tri.shape[1] != 3:
-        raise ValueError(f"triangles must have shape (F, 3), got {tri.shape} (vertices {v.shape})")
+    v, tri = _mesh_arrays(vertices, triangles)
     if tri.size and (tri.min() < 0 or tri.max() >= len(v)):
         raise ValueError(f"triangle vertex indices must lie in [0, {len(v)}), found [{tri.min()}, {tri.max()}]")
     face = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])  # (F, 3), length = 2 * area
