@@ -26,6 +26,7 @@ Files in out_dir:
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -367,6 +368,10 @@ class Trainer:
             use_cuda = resolve_device(self.device_request).type == "cuda"
             if use_cuda:
                 torch.cuda.set_device(local_rank)
+            # DDP imports torch._dynamo lazily; imported while a process group exists, it keeps references to
+            # the group, so destroy_process_group leaves gloo's threads running and the process sometimes
+            # aborts at exit ("terminate called without an active exception"). Importing it first avoids that.
+            importlib.import_module("torch._dynamo")
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
             created = True
         return dist.get_rank(), dist.get_world_size(), local_rank, created

@@ -339,6 +339,8 @@ DDP_SCRIPT = textwrap.dedent('''
                 progress=False).fit()
         rank = int(os.environ.get("RANK", "0"))
         torch.save({k: v.clone() for k, v in task.model.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
+        with open(os.path.join(out, f"threads{rank}.txt"), "w") as f:  # native threads still running after fit
+            f.write("\\n".join(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
 
 
     if __name__ == "__main__":
@@ -360,6 +362,9 @@ def test_ddp_gloo_two_processes_equals_single_process(tmp_path):
     spec.loader.exec_module(module)
     module.main(str(tmp_path / "single"))  # same global batches in one process
 
+    for rank in (0, 1):  # the process group is really gone: no gloo thread left to abort the process at exit
+        threads = (tmp_path / "ddp" / f"threads{rank}.txt").read_text().split()
+        assert not [t for t in threads if "gloo" in t], threads
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
