@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from . import sh
 from .io._cv import cv2
 from .io.colour import linear_to_srgb
 
@@ -44,7 +45,7 @@ def detect_sky(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 3:
         raise ValueError(f"image must have shape (H, W, 3) with H, W >= 3, got {image.shape}")
     srgb = linear_to_srgb(np.clip(np.nan_to_num(image), 0.0, 1.0)).astype(np.float32)
-    luminance = srgb @ np.array([0.2126, 0.7152, 0.0722], np.float32)  # (H, W)
+    luminance = srgb @ sh.LUMINANCE.astype(np.float32)  # (H, W)
     blurred = cv2.GaussianBlur(srgb, (0, 0), 1.0)  # (H, W, 3)
     gx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=3) / 8.0  # per-pixel differences, per channel
     gy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=3) / 8.0

@@ -394,7 +394,7 @@ class Trainer:
         rank, world, local_rank, created_group = self._setup_distributed()
         try:
             summary = self._fit(rank, world, local_rank, resume, stop_at)
-            if created_group:  # all ranks done before any tears down: gloo aborts a process whose peer left early
+            if created_group:  # every rank has finished its collectives before any rank tears the group down
                 dist.barrier()
             return summary
         finally:
