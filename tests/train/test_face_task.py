@@ -88,3 +88,21 @@ def test_landmark_files_are_read_in_pixel_centre_coordinates():
     np.testing.assert_allclose(pts[0], [611.284152 - 0.5, 272.773913 - 0.5])
     mat = evaluate_face.read_landmarks(DATA / "aflw2000_prnet" / "image00050.jpg")
     assert mat.shape == (68, 2) and np.all((mat > 0) & (mat < 450))
+
+
+@needs_eos
+def test_synthetic_scores_average_the_clips(sfm):
+    """The synthetic score is the mean over clips, the rotation statistics span every frame of every clip."""
+    from invrender_core.face.pipeline import FaceSettings
+    from invrender_core.nets import face_corr
+
+    net = face_corr.load("face-corr-small")
+    settings = FaceSettings(texture_size=64, texture_frames=2)
+    scores = evaluate_face.evaluate_synthetic(sfm, settings, net, frames=3, seeds=(0, 1))
+    clips = scores["clips"]
+    assert [c["seed"] for c in clips] == [0, 1] and all(c["frames_fitted"] == 3 for c in clips)
+    assert scores["identity_error"] == pytest.approx(np.mean([c["identity_error"] for c in clips]), abs=1e-3)
+    assert scores["rotation_error_mean_deg"] == pytest.approx(np.mean([c["rotation_error_mean_deg"] for c in clips]),
+                                                              abs=2e-3)  # equal frame counts
+    assert scores["rotation_error_max_deg"] == max(c["rotation_error_max_deg"] for c in clips)
+    assert clips[0]["identity_error_mean_shape"] != clips[1]["identity_error_mean_shape"]  # two identities
