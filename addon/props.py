@@ -25,6 +25,10 @@ class INVR_PG_settings(bpy.types.PropertyGroup):
         name="Discontinuity", description="Relative depth jump above which no faces join neighbouring "
         "pixels (keeps objects apart instead of stretching rubber sheets between them)",
         default=0.05, min=0.001, max=1.0, subtype="FACTOR")
+    background_band: bpy.props.FloatProperty(
+        name="Background layer", description="How far a hidden layer continues the background in behind "
+        "foreground objects, as a share of the photo's longer side, so that new viewpoints show less emptiness "
+        "beside them; 0: no layer", default=0.04, min=0.0, max=0.25, subtype="FACTOR")
     max_side: bpy.props.IntProperty(
         name="Working resolution", description="Longer side, in pixels, at which the networks see the photo "
         "(rounded to a multiple of 16); maps are brought back to the photo's full resolution",

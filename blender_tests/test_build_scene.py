@@ -148,3 +148,45 @@ def test_cycles_render_reproduces_the_photo(clean_scene, sun_fraction):
     assert corr >= 0.9
     ratio = np.median(rendered[inside] / np.maximum(photo[inside], 1e-3))
     assert ratio == pytest.approx(1.0, abs=0.15)
+
+
+def _render_alpha(scene, camera_object) -> np.ndarray:
+    """(H, W) alpha of a Cycles render of `scene` through camera_object on a transparent film."""
+    scene.camera = camera_object
+    scene.render.film_transparent = True
+    scene.render.image_settings.file_format = "OPEN_EXR"
+    bpy.ops.render.render()
+    path = bpy.app.tempdir + "alpha.exr"
+    bpy.data.images["Render Result"].save_render(path)
+    image = bpy.data.images.load(path)
+    width, height = image.size
+    rgba = np.empty(width * height * 4, np.float32)
+    image.pixels.foreach_get(rgba)
+    bpy.data.images.remove(image)
+    return rgba.reshape(height, width, 4)[::-1, :, 3]
+
+
+def test_background_layer_fills_what_a_new_viewpoint_uncovers(clean_scene):
+    """The sphere in front of the plane seen from a camera moved sideways: without the background layer the plane
+    has holes beside the sphere (the world shows through); the layer fills them."""
+    camera = Camera.from_fov(64, 48, 50.0)
+    assets = scene_assets(synthetic_estimate(camera, SKY), "layer", background_band=0.5)
+    built = build_scene(SceneAssets(**assets), clean_scene)
+    layer = built.background
+    assert layer is not None and len(layer.data.polygons) == len(assets["background"]["faces"])
+    assert layer.users_collection[0] == built.collection and layer.matrix_world == built.mesh.matrix_world
+    assert built.collection["invrender_import"]["background"] == layer.name
+    nodes = layer.active_material.node_tree.nodes
+    np.testing.assert_allclose(image_to_array(nodes["InvRender Albedo"].image), assets["background"]["albedo"],
+                               atol=1e-6)
+    set_cycles(clean_scene, samples=1)
+    moved = built.camera.copy()
+    moved.location = (0.6, 0.0, 0.0)  # sideways: the camera's x is the world's x
+    clean_scene.collection.objects.link(moved)
+    holes = {}
+    for hidden in (True, False):
+        layer.hide_render = hidden
+        # Away from the frame's edges (the moved camera sees past the photo's right edge).
+        holes[hidden] = int((_render_alpha(clean_scene, moved)[4:-4, 4:-12] < 0.5).sum())
+    assert holes[True] > 100  # the plane uncovered beside the sphere, and the cuts at its outline
+    assert holes[False] == 0

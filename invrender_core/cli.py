@@ -18,7 +18,12 @@ from pathlib import Path
 from .face.pipeline import FaceSettings
 from .fusion import DEFAULT_LAMBDA
 from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES
-from .scene import DEFAULT_DEPTH, DEFAULT_IRN, DEFAULT_MAX_SIDE  # scene imports torch only when it runs
+from .scene import (  # scene imports torch only when it runs
+    DEFAULT_BACKGROUND_BAND,
+    DEFAULT_DEPTH,
+    DEFAULT_IRN,
+    DEFAULT_MAX_SIDE,
+)
 
 EXIT_FAILURE = 2
 
@@ -352,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA}; "
                        "lower for noisier depth)")
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
+    scene.add_argument("--background-band", type=float, default=DEFAULT_BACKGROUND_BAND, metavar="SHARE",
+                       help="how far a hidden background layer continues the background in behind foreground "
+                            "objects, for new viewpoints, as a share of the photo's longer side (default "
+                            f"{DEFAULT_BACKGROUND_BAND}; 0: none)")
     scene.add_argument("--maps-dir", type=Path, help="also write the estimated maps (EXR + JSON) here")
     scene.add_argument("--novel-views", type=int, metavar="N", help="also render N frames of a camera orbiting "
                        "the reconstruction, starting at the photo's viewpoint (needs --views-dir)")

@@ -217,3 +217,28 @@ def upsample_normals(low_normals, guide_full, radius: int = DEFAULT_RADIUS, eps:
 
 __all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "box_filter", "guided_filter", "guided_upsample",
            "renormalise_normals", "upsample_normals"]
+
+
+def snap_to_steps(x, where, radius: int, min_step: float, ignore=None) -> np.ndarray:
+    """x (H, W) with each pixel of `where` (H, W) bool that lies more than min_step from both its window's minimum
+    and maximum moved to the nearer of the two: (H, W) float32.
+
+    Upsampling turns a step into a ramp about as wide as the upsampling factor; within a (2 radius + 1)² window
+    the ramp's pixels then go to the side they are nearer to, so the step is a step again (at the ramp's
+    middle), with no pixel given a value its window did not hold. Pixels within min_step of a side stay, so a
+    smooth surface beside the step is not cut into terraces. Pixels of `ignore` (H, W) bool (e.g. the sky) take
+    no part in the windows and are left as they are.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    where = np.asarray(where, dtype=bool)
+    ignore = np.zeros(x.shape, bool) if ignore is None else np.asarray(ignore, dtype=bool)
+    if x.ndim != 2 or where.shape != x.shape or ignore.shape != x.shape:
+        raise ValueError(f"x, where and ignore must share one (H, W) shape, got {x.shape}, {where.shape} and "
+                         f"{ignore.shape}")
+    if int(radius) != radius or radius < 1:
+        raise ValueError(f"radius must be a positive number of pixels, got {radius}")
+    window = np.ones((2 * int(radius) + 1,) * 2, np.uint8)
+    low = cv2.erode(np.where(ignore, np.inf, x).astype(np.float32), window, borderType=cv2.BORDER_REPLICATE)
+    high = cv2.dilate(np.where(ignore, -np.inf, x).astype(np.float32), window, borderType=cv2.BORDER_REPLICATE)
+    snap = where & ~ignore & (np.minimum(x - low, high - x) > min_step)
+    return np.where(snap, np.where(x - low < high - x, low, high), x)

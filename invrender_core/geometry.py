@@ -1,4 +1,5 @@
-"""Depth-map geometry: back-projection, normals from depth, discontinuities, grid meshing, PLY output.
+"""Depth-map geometry: back-projection, normals from depth, discontinuities, grid meshing, the background
+layer behind occluders, PLY output.
 
 All points and normals are in the camera frame of `camera.py` (x right, y up, z towards the viewer;
 depth = -z > 0). A pixel's depth is *valid* when it is finite, > 0 and not masked out; everything
@@ -12,10 +13,13 @@ more than 5 % further away than the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
+from scipy.sparse.linalg import splu
 
 from .camera import Camera
 
@@ -272,6 +276,156 @@ def grid_mesh(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
     uvs = np.stack([(j + 0.5) / camera.width, 1.0 - (i + 0.5) / camera.height], axis=-1)
     return Mesh(vertices=vertices.astype(np.float32), faces=faces, uvs=uvs.astype(np.float32),
                 pixel_index=(i * camera.width + j).astype(np.int64))
+
+
+def keep_faces(mesh: Mesh, keep: np.ndarray) -> Mesh:
+    """The Mesh of the faces with keep (F,) bool True, without the vertices no kept face uses."""
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(mesh.faces),):
+        raise ValueError(f"keep has shape {keep.shape}, expected ({len(mesh.faces)},) (one per face)")
+    faces = mesh.faces[keep]
+    used = np.zeros(len(mesh.vertices), dtype=bool)
+    used[faces.ravel()] = True
+    remap = np.cumsum(used) - 1
+    return Mesh(vertices=mesh.vertices[used], faces=remap[faces].astype(np.int32), uvs=mesh.uvs[used],
+                pixel_index=mesh.pixel_index[used])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the background layer: what lies behind occluders, for novel views
+
+
+@dataclass
+class BackgroundLayer:
+    """The surface behind the near side of each depth discontinuity, continued from the far side.
+
+    A depth map shows one surface per pixel: seen from another viewpoint, the background next to an occluder
+    opens up as a hole. The layer fills it: `region` (H, W) bool holds the occluder's pixels up to `band`
+    pixels in from its outline; there the background is the harmonic continuation (Laplace's
+    equation on the 4-neighbour grid) of the far side's inverse depth, whose pixels bordering the region form
+    `ring` (H, W) bool (the boundary condition; elsewhere the region's border is free). Inverse depth makes a
+    plane continue as the same plane wherever the ring surrounds it. depth (H, W): the layer's planar depth on
+    region | ring, NaN elsewhere. `fill` continues any per-pixel values (colour, albedo) the same way.
+    """
+
+    region: np.ndarray
+    ring: np.ndarray
+    depth: np.ndarray
+    _unknowns: np.ndarray = field(repr=False)  # (N,) flat pixel indices of the region, in unknown order
+    _boundary: sp.csr_matrix = field(repr=False)  # (N, H*W): sum of each unknown's ring neighbours' values
+    _solver: object = field(repr=False)  # factorised (N, N) graph Laplacian of the region
+
+    def fill(self, values: np.ndarray) -> np.ndarray:
+        """values (H, W) or (H, W, C) with the region replaced by the continuation of the ring's values."""
+        values = np.asarray(values)
+        if values.shape[:2] != self.region.shape or values.ndim not in (2, 3):
+            raise ValueError(f"values have shape {values.shape}, expected {self.region.shape} or "
+                             f"{(*self.region.shape, 'C')} to match the layer")
+        flat = values.reshape(self.region.size, -1).astype(np.float64)  # (H*W, C)
+        out = flat.copy()
+        if len(self._unknowns):
+            out[self._unknowns] = self._solver.solve(np.asarray(self._boundary @ flat))
+        return out.reshape(values.shape).astype(values.dtype, copy=False)
+
+
+def _neighbour_pairs(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (a, b), (P,) each, of every pair of 4-neighbouring pixels of an image of this shape."""
+    ids = np.arange(shape[0] * shape[1]).reshape(shape)
+    return (np.concatenate([ids[:, :-1].ravel(), ids[:-1].ravel()]),
+            np.concatenate([ids[:, 1:].ravel(), ids[1:].ravel()]))
+
+
+def background_layer(depth: np.ndarray, mask: np.ndarray | None = None, band: int = 32,
+                     discontinuity_threshold: float = DEFAULT_DISCONTINUITY_THRESHOLD) -> BackgroundLayer:
+    """The BackgroundLayer of depth (H, W) (mask (H, W) bool: False = unknown, e.g. sky, never continued).
+
+    The region grows from the near side of every discontinuity (a valid pixel with a 4-neighbour farther by
+    more than discontinuity_threshold, relative, as in `depth_discontinuities`) into the occluder, through
+    neighbours without a jump between them, `band` pixels deep; parts that touch no far side (nothing to
+    continue from) are dropped, and so are the pixels where a first continuation does not end up behind the
+    occluder.
+    """
+    d = _as_depth(depth)
+    if int(band) != band or band < 1:
+        raise ValueError(f"band must be a positive number of pixels, got {band}")
+    thr = float(discontinuity_threshold)
+    valid = valid_mask(d, mask)
+    with np.errstate(invalid="ignore"):
+        # Right / lower neighbour farther (jump_*[0]) or nearer (jump_*[1]) by more than the threshold.
+        jump_h = [valid[:, :-1] & valid[:, 1:] & (far > near * (1 + thr))
+                  for near, far in ((d[:, :-1], d[:, 1:]), (d[:, 1:], d[:, :-1]))]  # (H, W-1) each
+        jump_v = [valid[:-1] & valid[1:] & (far > near * (1 + thr))
+                  for near, far in ((d[:-1], d[1:]), (d[1:], d[:-1]))]  # (H-1, W) each
+    link_h = continuous(d[:, :-1], d[:, 1:], valid[:, :-1], valid[:, 1:], thr)  # (H, W-1)
+    link_v = continuous(d[:-1], d[1:], valid[:-1], valid[1:], thr)  # (H-1, W)
+    region = np.zeros(d.shape, dtype=bool)  # the near sides of the discontinuities ...
+    region[:, :-1] |= jump_h[0]
+    region[:, 1:] |= jump_h[1]
+    region[:-1] |= jump_v[0]
+    region[1:] |= jump_v[1]
+    for _ in range(band - 1):  # ... grown into their surfaces
+        grown = region.copy()
+        grown[:, :-1] |= region[:, 1:] & link_h
+        grown[:, 1:] |= region[:, :-1] & link_h
+        grown[:-1] |= region[1:] & link_v
+        grown[1:] |= region[:-1] & link_v
+        if (grown == region).all():
+            break
+        region = grown
+    a, b = _neighbour_pairs(d.shape)
+    layer = _continue_behind(d, valid, region, a, b, thr)
+    with np.errstate(invalid="ignore"):
+        in_front = layer.region & ~(layer.depth > d * (1 + thr))
+    # Continued again without them, so that their values do not pull the rest forward.
+    return _continue_behind(d, valid, layer.region & ~in_front, a, b, thr) if in_front.any() else layer
+
+
+def _continue_behind(d, valid, region, a, b, thr) -> BackgroundLayer:
+    """The harmonic continuation of the inverse depth of region's far-side neighbours over region (H, W)."""
+    r = region.ravel().copy()
+    flat, ok = d.ravel(), valid.ravel()
+    inner = r[a] & r[b]  # (P,) pairs inside the region: the Laplacian's edges
+    with np.errstate(invalid="ignore"):
+        a_to_ring = r[a] & ~r[b] & ok[b] & (flat[b] > flat[a] * (1 + thr))  # b is a's boundary value
+        b_to_ring = r[b] & ~r[a] & ok[a] & (flat[a] > flat[b] * (1 + thr))
+    # Parts of the region without a boundary value have no continuation (singular): drop them.
+    n = d.size
+    graph = sp.coo_matrix((np.ones(int(inner.sum())), (a[inner], b[inner])), shape=(n, n))
+    _, label = csgraph.connected_components(graph, directed=False)
+    anchored = np.zeros(label.max() + 1, dtype=bool)
+    anchored[label[a[a_to_ring]]] = True
+    anchored[label[b[b_to_ring]]] = True
+    r &= anchored[label]
+    inner &= r[a]
+    a_to_ring &= r[a]
+    b_to_ring &= r[b]
+
+    unknowns = np.flatnonzero(r)  # (N,)
+    index = np.full(n, -1)
+    index[unknowns] = np.arange(len(unknowns))
+    ia, ib = index[a[inner]], index[b[inner]]
+    degree = (np.bincount(ia, minlength=len(unknowns)) + np.bincount(ib, minlength=len(unknowns))
+              + np.bincount(index[a[a_to_ring]], minlength=len(unknowns))
+              + np.bincount(index[b[b_to_ring]], minlength=len(unknowns)))
+    laplacian = sp.coo_matrix((np.concatenate([degree, -np.ones(2 * len(ia))]),
+                               (np.concatenate([np.arange(len(unknowns)), ia, ib]),
+                                np.concatenate([np.arange(len(unknowns)), ib, ia]))),
+                              shape=(len(unknowns),) * 2).tocsc()
+    boundary = sp.coo_matrix((np.ones(int(a_to_ring.sum() + b_to_ring.sum())),
+                              (np.concatenate([index[a[a_to_ring]], index[b[b_to_ring]]]),
+                               np.concatenate([b[a_to_ring], a[b_to_ring]]))),
+                             shape=(len(unknowns), n)).tocsr()
+    ring = np.zeros(n, dtype=bool)
+    ring[b[a_to_ring]] = True
+    ring[a[b_to_ring]] = True
+    solver = splu(laplacian) if len(unknowns) else None
+    layer = BackgroundLayer(region=r.reshape(d.shape), ring=ring.reshape(d.shape), depth=np.full(d.shape, np.nan),
+                            _unknowns=unknowns, _boundary=boundary, _solver=solver)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(ring.reshape(d.shape), 1.0 / d, 0.0)  # (H, W) only the ring's values are read
+        layer.depth = np.where(ring.reshape(d.shape), d, 1.0 / layer.fill(inverse))
+    layer.depth[~(layer.region | layer.ring)] = np.nan
+    return layer
 
 
 def write_ply(path: str | Path, mesh: Mesh) -> None:

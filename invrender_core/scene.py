@@ -37,6 +37,9 @@ MEDIAN_ALBEDO_LUMINANCE = 0.4
 MIN_SHADING = 1e-3
 # Share of the lighting's directional part that becomes a sun lamp (the rest stays in the environment).
 DEFAULT_SUN_FRACTION = 0.6
+# How far the background layer reaches in behind occluders, as a share of the photo's longer side.
+DEFAULT_BACKGROUND_BAND = 0.04
+BACKGROUND_MAX_SIDE = 640
 
 
 @dataclass
@@ -225,16 +228,16 @@ def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
 def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
                  discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD,
                  environment_height: int = 128, sun_fraction: float = DEFAULT_SUN_FRACTION,
-                 relight_sun: tuple[float, float] | None = None) -> dict:
+                 relight_sun: tuple[float, float] | None = None,
+                 background_band: float = DEFAULT_BACKGROUND_BAND) -> dict:
     """Everything addon/build/scene.SceneAssets needs, computed without bpy.
 
     The SH lighting is moved to the world frame and split into a sun lamp (a share `sun_fraction` of
     its directional part, for sharp cast shadows) and an environment image holding the rest. With
     `relight_sun=(elevation_deg, azimuth_deg)` the sun is moved there and the environment rotated with it.
+    "background" is `background_assets` with `background_band` (0: none).
     """
-    # No sky in the mesh: the world shows it (and relights it), and it neither casts nor receives shadows.
-    ground = None if estimate.sky is None else ~np.asarray(estimate.sky, bool)
-    mesh = geometry.grid_mesh(estimate.depth_fused, estimate.camera, mask=ground,
+    mesh = geometry.grid_mesh(estimate.depth_fused, estimate.camera, mask=_ground(estimate),
                               discontinuity_threshold=discontinuity_threshold, step=mesh_step)
     lighting_world = sh.rotation(sh.CAMERA_TO_WORLD) @ estimate.lighting
     direction, irradiance, rest = sh.extract_sun(lighting_world, sun_fraction)
@@ -246,6 +249,9 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     # A Blender sun of strength S and colour c adds albedo / pi * S * c * cos to a diffuse surface,
     # while our image model adds albedo * irradiance * cos: hence S * c = pi * irradiance.
     sun = (direction, np.pi * peak, irradiance / peak) if peak > 0 else None
+    background = None
+    if background_band > 0:
+        background = background_assets(estimate, background_band, mesh_step, discontinuity_threshold)
     return {
         "name": name,
         "camera": estimate.camera.to_dict(),
@@ -258,6 +264,63 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
         "environment": sh.to_equirect(rest, 2 * environment_height, environment_height),
         "sun": sun,
         "shadow": estimate.shadow,
+        "background": background,
+    }
+
+
+def _ground(estimate: SceneEstimate) -> np.ndarray | None:
+    """(H, W) bool pixels that may carry geometry: not the sky, which the world shows (and relights), and which
+    neither casts nor receives shadows."""
+    return None if estimate.sky is None else ~np.asarray(estimate.sky, bool)
+
+
+def background_assets(estimate: SceneEstimate, band: float = DEFAULT_BACKGROUND_BAND, mesh_step: int = 1,
+                      discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD) -> dict | None:
+    """The background layer behind the occluders of the fused depth (`geometry.background_layer`), reaching
+    `band` x the photo's longer side in behind each, as mesh and maps; None where nothing is occluded.
+
+    vertices (V, 3), faces (F, 3), uvs (V, 2) as `geometry.grid_mesh` (faces that lie only on the visible
+    background beside the occluder are left out: the main mesh has them); albedo (H, W, 3), normals (H, W, 3)
+    and shadow (H, W) or None: the photo's maps, continued over the hidden part from the background beside it.
+    The layer is hidden from the photo's camera, so it is worked out on every s-th pixel, s = mesh_step or more,
+    so that its grid has at most BACKGROUND_MAX_SIDE pixels a side.
+    """
+    camera = estimate.camera
+    H, W = camera.height, camera.width
+    if not 0 < band <= 1:
+        raise ValueError(f"the background band is a share of the photo's longer side in (0, 1], got {band}")
+    s = max(mesh_step, math.ceil(max(W, H) / BACKGROUND_MAX_SIDE))
+    ground = _ground(estimate)
+    layer = geometry.background_layer(estimate.depth_fused[::s, ::s],
+                                      mask=None if ground is None else ground[::s, ::s],
+                                      band=max(1, round(band * max(W, H) / s)),
+                                      discontinuity_threshold=discontinuity_threshold)
+    layer_depth = np.full((H, W), np.nan)  # (H, W) known on the grid of every s-th pixel only
+    layer_depth[::s, ::s] = layer.depth
+    mesh = geometry.grid_mesh(layer_depth, camera, discontinuity_threshold=discontinuity_threshold, step=s)
+    hidden = np.zeros((H, W), bool)
+    hidden[::s, ::s] = layer.region
+    mesh = geometry.keep_faces(mesh, hidden.ravel()[mesh.pixel_index][mesh.faces].any(axis=1))
+    if not len(mesh.faces):
+        return None
+    grid = layer.region.shape  # (h, w)
+    region = resize_linear(layer.region.astype(np.float32), W, H) > 0.5  # (H, W) the layer's part of the maps
+
+    def continued(values: np.ndarray) -> np.ndarray:
+        """values (H, W[, C]) with the region replaced by the layer's continuation of them."""
+        filled = resize_linear(layer.fill(values[::s, ::s]).astype(np.float32), W, H)
+        return np.where(region if values.ndim == 2 else region[..., None], filled, values).astype(np.float32)
+
+    normals = geometry.normals_from_depth(layer.depth, camera.resized(grid[1], grid[0]),
+                                          discontinuity_threshold=discontinuity_threshold)  # (h, w, 3)
+    normals = filtering.renormalise_normals(resize_linear(normals, W, H))
+    return {
+        "vertices": mesh.vertices,
+        "faces": mesh.faces,
+        "uvs": mesh.uvs,
+        "albedo": continued(estimate.albedo),
+        "normals": np.where(region[..., None], normals, estimate.normals),
+        "shadow": None if estimate.shadow is None else continued(estimate.shadow),
     }
 
 
@@ -666,4 +729,11 @@ def _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky, lam):
         fused[sky] = np.exp(log_depth_full[sky])  # not fused: the network's depth, as on the fusion grid
         confidence = np.clip(resize_linear(confidence, W, H), 0.0, 1.0)
         confidence[sky] = 0.0
+    if W > depth_w.shape[1]:
+        # The network's discontinuities came up as ramps a few pixels wide, which no relative-jump test between
+        # neighbours (meshing, the background layer) would cut: make them steps again.
+        near_step = resize_linear(band_w, W, H) > 1e-6
+        fused = np.exp(filtering.snap_to_steps(np.log(fused), near_step, radius=math.ceil(W / depth_w.shape[1]),
+                                               min_step=np.log1p(geometry.DEFAULT_DISCONTINUITY_THRESHOLD),
+                                               ignore=sky))
     return fused.astype(np.float32), confidence.astype(np.float32)

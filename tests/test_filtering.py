@@ -106,3 +106,32 @@ def test_shape_errors_name_the_shapes():
         filtering.guided_filter(np.zeros((5, 6)), np.zeros((5, 6)), radius=0)
     with pytest.raises(ValueError, match="eps"):
         filtering.guided_filter(np.zeros((5, 6)), np.zeros((5, 6)), eps=0.0)
+
+
+def test_snap_to_steps_makes_an_upsampled_step_a_step_again():
+    low = np.where(np.arange(8) < 4, 0.0, 1.0)[None].repeat(6, 0).astype(np.float32)  # (6, 8) a step
+    ramp = resize_linear(low, 32, 24)  # bilinear: the step becomes a ramp a few pixels wide
+    assert ((ramp > 0.05) & (ramp < 0.95)).any()
+    snapped = filtering.snap_to_steps(ramp, np.ones(ramp.shape, bool), radius=4, min_step=0.1)
+    np.testing.assert_array_equal(np.unique(snapped), [0.0, 1.0])
+    np.testing.assert_array_equal(snapped[:, :16], 0.0)  # the step at the ramp's middle, where the low one was
+    np.testing.assert_array_equal(snapped[:, 16:], 1.0)
+    # Only where asked, only pixels more than min_step from both sides, and ignored pixels neither move nor count.
+    where = np.zeros(ramp.shape, bool)
+    where[:12] = True
+    part = filtering.snap_to_steps(ramp, where, radius=4, min_step=0.1)
+    np.testing.assert_array_equal(part[:12], snapped[:12])
+    np.testing.assert_array_equal(part[12:], ramp[12:])
+    slope = np.tile(np.linspace(0.0, 0.5, 32, dtype=np.float32), (24, 1))  # 0.13 across a window
+    np.testing.assert_array_equal(filtering.snap_to_steps(slope, where, radius=4, min_step=0.1), slope)
+    everywhere = np.ones(ramp.shape, bool)
+    assert (filtering.snap_to_steps(ramp, everywhere, radius=4, min_step=0.2) != ramp).any()
+    kept = filtering.snap_to_steps(ramp, everywhere, radius=4, min_step=0.2, ignore=ramp > 0.5)
+    np.testing.assert_array_equal(kept, ramp)  # no pixel left is 0.2 from both sides of its window
+
+
+def test_snap_to_steps_checks_its_arguments():
+    with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
+        filtering.snap_to_steps(np.zeros((4, 4)), np.zeros((4, 5), bool), radius=1, min_step=0.1)
+    with pytest.raises(ValueError, match="radius"):
+        filtering.snap_to_steps(np.zeros((4, 4)), np.zeros((4, 4), bool), radius=0, min_step=0.1)

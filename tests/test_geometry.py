@@ -296,3 +296,102 @@ def test_synthetic_scene_is_consistent():
     assert 0.1 < on_sphere.mean() < 0.5
     with pytest.raises(ValueError, match="miss the plane"):
         geometry.synthetic_sphere_plane(camera, plane_normal=(0.0, 1.0, 0.0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# keep_faces, background_layer
+
+
+def test_keep_faces_drops_unused_vertices_and_compacts_indices():
+    mesh = geometry.grid_mesh(np.full((3, 3), 2.0), Camera.from_fov(3, 3))  # 8 faces on 9 vertices
+    keep = np.zeros(len(mesh.faces), bool)
+    keep[0] = True
+    part = geometry.keep_faces(mesh, keep)
+    assert part.faces.shape == (1, 3) and sorted(part.faces[0]) == [0, 1, 2]
+    np.testing.assert_array_equal(part.vertices[part.faces[0]], mesh.vertices[mesh.faces[0]])
+    np.testing.assert_array_equal(part.pixel_index[part.faces[0]], mesh.pixel_index[mesh.faces[0]])
+    with pytest.raises(ValueError, match="one per face"):
+        geometry.keep_faces(mesh, keep[:-1])
+
+
+SPHERE_CAMERA = Camera.from_fov(80, 60, 60.0)
+
+
+def test_background_behind_a_sphere_is_the_plane_it_hides():
+    depth, _, on_sphere = geometry.synthetic_sphere_plane(SPHERE_CAMERA)
+    plane = plane_depth(SPHERE_CAMERA, unit([0.0, 0.3, 1.0]), -5.0)
+    layer = geometry.background_layer(depth, band=80)  # wider than the sphere: all of it is occluder
+    np.testing.assert_array_equal(layer.region, on_sphere)
+    # The ring: plane pixels with a sphere pixel as 4-neighbour.
+    touches = ndimage_dilate4(on_sphere) & ~on_sphere
+    np.testing.assert_array_equal(layer.ring, touches)
+    # Inverse depth of a plane is affine in the pixel coordinates, hence discrete-harmonic: the continuation
+    # surrounded by the plane is the plane itself.
+    np.testing.assert_allclose(layer.depth[on_sphere], plane[on_sphere], rtol=1e-9)
+    assert np.isnan(layer.depth[~(on_sphere | touches)]).all()
+    columns = np.broadcast_to(np.arange(80.0), (60, 80))
+    filled = layer.fill(np.where(on_sphere, -1.0, columns))  # values the region held are ignored
+    np.testing.assert_allclose(filled, columns, atol=1e-9)
+    rgb = layer.fill(np.where(on_sphere[..., None], 0.0, np.stack([columns, 2 * columns, 0 * columns], -1)))
+    np.testing.assert_allclose(rgb[..., 1], 2 * columns, atol=1e-9)
+
+
+def ndimage_dilate4(mask):
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def test_background_band_limits_the_region_to_the_occluders_outline():
+    depth, _, on_sphere = geometry.synthetic_sphere_plane(SPHERE_CAMERA)
+    plane = plane_depth(SPHERE_CAMERA, unit([0.0, 0.3, 1.0]), -5.0)
+    layer = geometry.background_layer(depth, band=4)
+    outline = on_sphere & ndimage_dilate4(~on_sphere)  # sphere pixels next to the plane
+    assert layer.region[outline].all() and (layer.region <= on_sphere).all()
+    assert 0 < layer.region.sum() < on_sphere.sum()
+    assert not layer.region[30, 42]  # the middle of the sphere is more than 4 pixels from its outline
+    behind = layer.depth[layer.region]
+    assert (behind > depth[layer.region] * 1.05).all()
+    # Near the hidden plane, not on it: the band's inner border is free, so the tilt is not carried in.
+    error = np.abs(behind / plane[layer.region] - 1)
+    assert error.mean() < 0.01 and error.max() < 0.03
+
+
+def test_background_of_a_step_is_the_far_side_continued_flat():
+    depth = step_depth(2.0, 4.0, shape=(6, 10), column=5)  # columns 0-4 near, 5-9 far
+    layer = geometry.background_layer(depth, band=3)
+    expected = np.zeros((6, 10), bool)
+    expected[:, 2:5] = True
+    np.testing.assert_array_equal(layer.region, expected)
+    np.testing.assert_array_equal(layer.ring[:, 5], True)
+    assert layer.ring.sum() == 6
+    np.testing.assert_allclose(layer.depth[expected], 4.0)
+    far_first = step_depth(4.0, 2.0, shape=(6, 10), column=5)  # the same, mirrored
+    np.testing.assert_array_equal(geometry.background_layer(far_first, band=3).region, expected[:, ::-1])
+
+
+def test_background_needs_a_visible_far_side():
+    plane = plane_depth(CAMERA, unit([0.2, 0.3, 1.0]), -3.0)
+    layer = geometry.background_layer(plane)
+    assert not layer.region.any() and not layer.ring.any() and np.isnan(layer.depth).all()
+    values = np.random.default_rng(0).random((30, 40, 3))
+    np.testing.assert_array_equal(layer.fill(values), values)
+    # A near box against the sky (masked out): nothing to continue behind it.
+    depth = np.full((30, 40), 100.0)
+    depth[10:20, 10:20] = 2.0
+    sky = depth > 50
+    assert not geometry.background_layer(depth, mask=~sky).region.any()
+    assert geometry.background_layer(depth).region.sum() == 10 * 10  # with the far wall known: all of the box
+
+
+def test_background_layer_checks_its_arguments():
+    with pytest.raises(ValueError, match="band"):
+        geometry.background_layer(np.ones((4, 4)), band=0)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        geometry.background_layer(np.ones((4, 4, 1)))
+    layer = geometry.background_layer(step_depth(2.0, 4.0, shape=(6, 10), column=5), band=3)
+    with pytest.raises(ValueError, match=r"\(5, 10\).*\(6, 10\)"):
+        layer.fill(np.ones((5, 10)))

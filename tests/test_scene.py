@@ -13,7 +13,7 @@ from invrender_core.filtering import renormalise_normals
 from invrender_core.io import read_exr, read_exr_header, resize_linear, write_png
 from invrender_core.nets import weights
 from invrender_core.nets.irn import IRNOutput
-from invrender_core.train.synthetic import register_untrained_networks
+from invrender_core.train.synthetic import exact_estimate, register_untrained_networks
 
 LIGHT = np.zeros((9, 3))
 LIGHT[0] = [1.0, 0.9, 0.8]
@@ -406,6 +406,11 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
 
     assert depth_error(est.depth_fused) < 0.5 * depth_error(est.depth)  # the normals remove the depth's noise
     assert est.metadata["sky_fraction"] == 0.0
+    # Meshes cut the sphere's outline (no rubber sheet), and nothing away from it: the steps made out of the
+    # upsampled ramps (`filtering.snap_to_steps`) stay within 4 pixels of the outline (grazing parts of the
+    # sphere beside it can be cut too).
+    cut = geometry.depth_discontinuities(est.depth_fused, 0.05)
+    assert cut[rim].mean() > 0.85 and not (cut & ~scene._dilate(rim, 4)).any()
 
 
 def test_discontinuity_threshold_rises_above_the_noise():
@@ -432,3 +437,42 @@ def test_lit_sphere_is_bright_on_the_side_facing_the_light():
     ambient[0] = 1.0
     inside = lit_sphere(ambient, size=32)[16, 8:24]
     np.testing.assert_allclose(inside, 1.0, rtol=1e-6)  # uniform light: E(n) is the same for every normal
+
+
+def test_background_assets_continue_the_plane_behind_the_sphere():
+    camera = Camera.from_fov(80, 60, 60.0)
+    depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
+    u, _ = camera.pixel_grid()
+    wall = np.stack([u / 80, np.full_like(u, 0.5), np.zeros_like(u)], -1)  # (H, W, 3) affine in u
+    albedo = np.where(on_sphere[..., None], [0.9, 0.1, 0.1], wall)
+    est = exact_estimate(camera, depth, normals, LIGHT, albedo=albedo, shadow=np.ones(depth.shape, np.float32))
+    layer = scene.background_assets(est, band=1.0)  # reaching over the whole sphere
+    plane_normal = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0])
+    np.testing.assert_allclose(layer["vertices"] @ plane_normal, -5.0, rtol=1e-5)  # on the hidden plane
+    # Every face has a vertex behind the sphere (the main mesh has the visible plane), and they cover it.
+    j, i_up = np.round(layer["uvs"] * [80, 60] - 0.5).astype(int).T  # (V,) each: column, row from the bottom
+    hidden = on_sphere[60 - 1 - i_up, j]
+    assert hidden[layer["faces"]].any(axis=1).all()
+    assert hidden.sum() == on_sphere.sum()
+    # Albedo continues the plane's, normals are the plane's, the shadow stays 1; the visible maps are kept.
+    np.testing.assert_allclose(layer["albedo"][on_sphere], wall[on_sphere], atol=1e-5)
+    np.testing.assert_array_equal(layer["albedo"][~on_sphere], albedo[~on_sphere].astype(np.float32))
+    np.testing.assert_allclose(layer["normals"][on_sphere] @ plane_normal, 1.0, atol=1e-4)
+    np.testing.assert_allclose(layer["shadow"], 1.0)
+    assert scene.background_assets(exact_estimate(camera, np.full((60, 80), 3.0), normals, LIGHT)) is None
+    with pytest.raises(ValueError, match="share"):
+        scene.background_assets(est, band=0.0)
+
+
+def test_background_assets_of_a_large_photo_work_on_a_coarser_grid():
+    camera = Camera.from_fov(2 * scene.BACKGROUND_MAX_SIDE + 10, 300, 60.0)  # every 3rd pixel
+    depth = np.full((300, camera.width), 4.0)
+    depth[99:201, 399:600] = 2.0  # a box in front of a wall
+    normals = np.broadcast_to(np.float32([0, 0, 1]), (*depth.shape, 3))
+    layer = scene.background_assets(exact_estimate(camera, depth, normals, LIGHT), band=0.2)
+    j, i_up = np.round(layer["uvs"] * [camera.width, 300] - 0.5).astype(int).T
+    assert (j % 3 == 0).all() and ((300 - 1 - i_up) % 3 == 0).all()
+    np.testing.assert_allclose(-layer["vertices"][:, 2], 4.0, rtol=1e-5)  # the wall, behind the whole box
+    i = 300 - 1 - i_up
+    in_box = (j >= 399) & (j < 600) & (i >= 99) & (i < 201)
+    assert in_box.sum() == len(range(399, 600, 3)) * len(range(99, 201, 3))  # all of the box's grid pixels

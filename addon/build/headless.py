@@ -82,6 +82,7 @@ def build_and_render(args, atomic_output, progress) -> None:
         photo=args.photo, depth=args.depth, normals=args.normal, camera_json=args.camera, fov_deg=args.fov,
         irn=args.irn, depth_net=args.depth_net, device=args.device, max_side=args.max_side,
         weights_dir=args.weights_dir, fusion_lambda=args.lam, mesh_step=args.mesh_step,
+        background_band=args.background_band,
         relight_sun=tuple(args.relight_sun) if args.relight_sun else None)
     source = "the given depth and normal maps" if args.depth is not None else "the networks"
     progress(f"estimating geometry and lighting for {args.photo} from {source}")

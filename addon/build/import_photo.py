@@ -23,7 +23,8 @@ from .scene import BuiltScene, SceneAssets, build_scene
 class ImportSettings:
     """What an import needs. depth and normals: maps to use instead of the networks (both or neither); irn,
     depth_net: network weights (registry names or paths); fov_deg overrides EXIF and the default;
-    relight_sun = (elevation, azimuth)."""
+    relight_sun = (elevation, azimuth); background_band: how far the background layer reaches in behind occluders,
+    a share of the photo's longer side (0: no layer)."""
 
     photo: Path
     depth: Path | None = None
@@ -39,6 +40,7 @@ class ImportSettings:
     mesh_step: int = 1
     discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD
     sun_fraction: float = core_scene.DEFAULT_SUN_FRACTION
+    background_band: float = core_scene.DEFAULT_BACKGROUND_BAND
     relight_sun: tuple[float, float] | None = None
 
 
@@ -68,7 +70,8 @@ def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
     result = estimate_result if estimate_result is not None else estimate(settings, progress=progress)
     assets = core_scene.scene_assets(result, name=Path(settings.photo).stem, mesh_step=settings.mesh_step,
                                      discontinuity_threshold=settings.discontinuity_threshold,
-                                     sun_fraction=settings.sun_fraction, relight_sun=settings.relight_sun)
+                                     sun_fraction=settings.sun_fraction, relight_sun=settings.relight_sun,
+                                     background_band=settings.background_band)
     # The fused depth, sky and camera-frame lighting are kept so the 2D relight preview works from the .blend.
     return build_scene(SceneAssets(**assets, depth_fused=result.depth_fused, sky=result.sky,
                                    lighting_camera=result.lighting, sun_fraction=settings.sun_fraction),

@@ -36,6 +36,8 @@ class SceneAssets:
     camera frame; environment (He, We, 3) equirect radiance in the world frame (Blender mapping);
     sun: optional (direction towards the sun in the world frame (3,), strength W/m², RGB colour);
     shadow: optional (H, W) in [0, 1], kept as an image and a Cycles AOV for compositing.
+    background: optional layer behind the occluders (`invrender_core.scene.background_assets`): vertices, faces,
+    uvs, albedo, normals and shadow (or None) as above, built as a second mesh that the photo's camera does not see.
 
     Kept for the 2D relight preview (`stored_estimate`), which rebuilds the estimate from the .blend alone:
     depth_fused: optional (H, W) fused planar depth (non-finite or <= 0: unknown); sky: optional (H, W) bool;
@@ -57,6 +59,7 @@ class SceneAssets:
     sky: np.ndarray | None = None
     lighting_camera: np.ndarray | None = None
     sun_fraction: float | None = None
+    background: dict | None = None
 
 
 @dataclass
@@ -66,6 +69,7 @@ class BuiltScene:
     mesh: bpy.types.Object
     world: bpy.types.World
     sun: bpy.types.Object | None
+    background: bpy.types.Object | None = None
 
 
 def build_camera(name: str, cam: dict, scene: bpy.types.Scene) -> bpy.types.Object:
@@ -210,16 +214,13 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
     collection.objects.link(camera)
     scene.camera = camera
 
-    albedo = image_from_array(f"{assets.name} albedo", assets.albedo)
-    normal_colour = 0.5 * (np.asarray(assets.normals) + 1.0)  # object-space normal map encoding
-    normals = image_from_array(f"{assets.name} normals", normal_colour, non_color=True)
-    mesh = bpy.data.objects.new(f"{assets.name} mesh",
-                                mesh_from_arrays(f"{assets.name} mesh", assets.vertices, assets.faces, assets.uvs))
-    mesh.rotation_euler = CAMERA_ROTATION_EULER
-    shadow = None if assets.shadow is None else image_from_array(f"{assets.name} shadow", assets.shadow,
-                                                                 non_color=True)
-    mesh.data.materials.append(build_material(f"{assets.name} material", albedo, normals, shadow))
-    collection.objects.link(mesh)
+    mesh, albedo, normals, shadow = _build_surface(assets.name, assets.vertices, assets.faces, assets.uvs,
+                                                   assets.albedo, assets.normals, assets.shadow, collection)
+    background = None
+    if assets.background is not None:
+        layer = assets.background
+        background = _build_surface(f"{assets.name} background", layer["vertices"], layer["faces"], layer["uvs"],
+                                    layer["albedo"], layer["normals"], layer["shadow"], collection)[0]
 
     world = build_world(f"{assets.name} world",
                         image_from_array(f"{assets.name} environment", assets.environment))
@@ -235,6 +236,7 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         aov.name, aov.type = SHADOW_AOV, "VALUE"
     record = {"camera": camera.name, "mesh": mesh.name, "world": world.name,
               "sun": sun.name if sun is not None else "",
+              "background": background.name if background is not None else "",
               # What the 2D relight preview reads back (`stored_estimate`); a new id per import so that cached
               # relighters of an earlier import are never taken for this one.
               "import_id": uuid.uuid4().hex, "photo": photo.name, "albedo": albedo.name, "normals": normals.name,
@@ -248,7 +250,21 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
     if assets.sun_fraction is not None:
         record["sun_fraction"] = float(assets.sun_fraction)
     collection[IMPORT_KEY] = record
-    return BuiltScene(collection, camera, mesh, world, sun)
+    return BuiltScene(collection, camera, mesh, world, sun, background)
+
+
+def _build_surface(name: str, vertices, faces, uvs, albedo, normals, shadow, collection):
+    """A mesh object (in the camera's frame) with its albedo, object-space normal map and optional shadow images
+    in a `build_material`, linked to collection: (object, albedo image, normals image, shadow image or None)."""
+    albedo = image_from_array(f"{name} albedo", albedo)
+    normal_colour = 0.5 * (np.asarray(normals) + 1.0)  # object-space normal map encoding
+    normals = image_from_array(f"{name} normals", normal_colour, non_color=True)
+    obj = bpy.data.objects.new(f"{name} mesh", mesh_from_arrays(f"{name} mesh", vertices, faces, uvs))
+    obj.rotation_euler = CAMERA_ROTATION_EULER
+    shadow = None if shadow is None else image_from_array(f"{name} shadow", shadow, non_color=True)
+    obj.data.materials.append(build_material(f"{name} material", albedo, normals, shadow))
+    collection.objects.link(obj)
+    return obj, albedo, normals, shadow
 
 
 def _depth_image(name: str, depth_fused: np.ndarray, sky: np.ndarray | None) -> bpy.types.Image:
@@ -280,7 +296,8 @@ def find_import(scene: bpy.types.Scene, name: str | None = None) -> BuiltScene:
     names = chosen[IMPORT_KEY]
     return BuiltScene(chosen, bpy.data.objects.get(names["camera"]), bpy.data.objects.get(names["mesh"]),
                       bpy.data.worlds.get(names["world"]),
-                      bpy.data.objects.get(names["sun"]) if names["sun"] else None)
+                      bpy.data.objects.get(names["sun"]) if names["sun"] else None,
+                      bpy.data.objects.get(names["background"]) if names.get("background") else None)
 
 
 def stored_estimate(collection: bpy.types.Collection):

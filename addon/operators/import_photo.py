@@ -8,7 +8,8 @@ import bpy
 
 from .. import jobs
 
-OPTION_NAMES = ("fov_override", "max_side", "mesh_step", "discontinuity_threshold", "sun_fraction")
+OPTION_NAMES = ("fov_override", "max_side", "mesh_step", "discontinuity_threshold", "background_band",
+                "sun_fraction")
 
 
 def settings_from_props(context, photo: str, with_maps: bool):
@@ -27,6 +28,7 @@ def settings_from_props(context, photo: str, with_maps: bool):
         mesh_step=props.mesh_step,
         discontinuity_threshold=props.discontinuity_threshold,
         sun_fraction=props.sun_fraction,
+        background_band=props.background_band,
         device=prefs.device,
         weights_dir=prefs.weights_dir,
     )
