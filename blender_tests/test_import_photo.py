@@ -52,6 +52,32 @@ def test_cli_scene_builds_blend_and_render(photo_with_maps):
     assert tuple(rendered.size) == (40, 30)
 
 
+def test_cli_scene_background_layer(tmp_path, capsys):
+    """A box in front of a wall: the layer behind the box is built as its own mesh on the wall's plane, unless
+    --background-band is 0; a share outside (0, 1] is refused with nothing written."""
+    depth = np.full((30, 40), 4.0, np.float32)
+    depth[10:20, 15:25] = 2.0
+    write_png(tmp_path / "photo.png", np.full((30, 40, 3), 0.5, np.float32))
+    write_exr(tmp_path / "depth.exr", depth)
+    write_exr(tmp_path / "normal.exr", np.broadcast_to(np.float32([0, 0, 1]), (30, 40, 3)).copy())
+    maps = ["--depth", str(tmp_path / "depth.exr"), "--normal", str(tmp_path / "normal.exr"), "--fov", "60"]
+    for band, expected in (("0.25", True), ("0", False)):
+        blend = tmp_path / f"scene{band}.blend"
+        assert cli.main(["scene", str(tmp_path / "photo.png"), *maps, "-o", str(blend),
+                         "--background-band", band]) == 0
+        bpy.ops.wm.open_mainfile(filepath=str(blend))
+        layer = bpy.data.objects.get("photo background mesh")
+        assert (layer is not None) == expected
+        if expected:
+            co = np.empty(len(layer.data.vertices) * 3, np.float32)
+            layer.data.vertices.foreach_get("co", co)
+            np.testing.assert_allclose(co[2::3], -4.0, rtol=1e-5)  # camera frame: on the wall behind the box
+    assert cli.main(["scene", str(tmp_path / "photo.png"), *maps, "-o", str(tmp_path / "bad.blend"),
+                     "--background-band", "-0.1"]) == cli.EXIT_FAILURE
+    assert "share of the photo's longer side" in capsys.readouterr().err
+    assert not (tmp_path / "bad.blend").exists()
+
+
 def test_cli_scene_bad_photo_writes_nothing(photo_with_maps, capsys):
     d = photo_with_maps
     (d / "broken.png").write_bytes(b"this is not a png")

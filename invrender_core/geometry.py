@@ -350,19 +350,17 @@ def background_layer(depth: np.ndarray, mask: np.ndarray | None = None, band: in
         raise ValueError(f"band must be a positive number of pixels, got {band}")
     thr = float(discontinuity_threshold)
     valid = valid_mask(d, mask)
+    a, b = _neighbour_pairs(d.shape)
+    flat, ok = d.ravel(), valid.ravel()
     with np.errstate(invalid="ignore"):
-        # Right / lower neighbour farther (jump_*[0]) or nearer (jump_*[1]) by more than the threshold.
-        jump_h = [valid[:, :-1] & valid[:, 1:] & (far > near * (1 + thr))
-                  for near, far in ((d[:, :-1], d[:, 1:]), (d[:, 1:], d[:, :-1]))]  # (H, W-1) each
-        jump_v = [valid[:-1] & valid[1:] & (far > near * (1 + thr))
-                  for near, far in ((d[:-1], d[1:]), (d[1:], d[:-1]))]  # (H-1, W) each
+        b_behind = ok[a] & ok[b] & (flat[b] > flat[a] * (1 + thr))  # (P,) b is the far side of a jump from a
+        a_behind = ok[a] & ok[b] & (flat[a] > flat[b] * (1 + thr))
+    near_side = np.zeros(d.size, dtype=bool)
+    near_side[a[b_behind]] = True
+    near_side[b[a_behind]] = True
+    region = near_side.reshape(d.shape)  # the near sides of the discontinuities ...
     link_h = continuous(d[:, :-1], d[:, 1:], valid[:, :-1], valid[:, 1:], thr)  # (H, W-1)
     link_v = continuous(d[:-1], d[1:], valid[:-1], valid[1:], thr)  # (H-1, W)
-    region = np.zeros(d.shape, dtype=bool)  # the near sides of the discontinuities ...
-    region[:, :-1] |= jump_h[0]
-    region[:, 1:] |= jump_h[1]
-    region[:-1] |= jump_v[0]
-    region[1:] |= jump_v[1]
     for _ in range(band - 1):  # ... grown into their surfaces
         grown = region.copy()
         grown[:, :-1] |= region[:, 1:] & link_h
@@ -372,22 +370,20 @@ def background_layer(depth: np.ndarray, mask: np.ndarray | None = None, band: in
         if (grown == region).all():
             break
         region = grown
-    a, b = _neighbour_pairs(d.shape)
-    layer = _continue_behind(d, valid, region, a, b, thr)
+    layer = _continue_behind(d, region, a, b, a_behind, b_behind)
     with np.errstate(invalid="ignore"):
         in_front = layer.region & ~(layer.depth > d * (1 + thr))
     # Continued again without them, so that their values do not pull the rest forward.
-    return _continue_behind(d, valid, layer.region & ~in_front, a, b, thr) if in_front.any() else layer
+    return _continue_behind(d, layer.region & ~in_front, a, b, a_behind, b_behind) if in_front.any() else layer
 
 
-def _continue_behind(d, valid, region, a, b, thr) -> BackgroundLayer:
-    """The harmonic continuation of the inverse depth of region's far-side neighbours over region (H, W)."""
+def _continue_behind(d, region, a, b, a_behind, b_behind) -> BackgroundLayer:
+    """The harmonic continuation over region (H, W) of the inverse depth of the pixels it jumps to: pixel pairs
+    (a, b) (P,) each, a_behind / b_behind (P,) bool where a / b is the far side of a jump."""
     r = region.ravel().copy()
-    flat, ok = d.ravel(), valid.ravel()
     inner = r[a] & r[b]  # (P,) pairs inside the region: the Laplacian's edges
-    with np.errstate(invalid="ignore"):
-        a_to_ring = r[a] & ~r[b] & ok[b] & (flat[b] > flat[a] * (1 + thr))  # b is a's boundary value
-        b_to_ring = r[b] & ~r[a] & ok[a] & (flat[a] > flat[b] * (1 + thr))
+    a_to_ring = r[a] & ~r[b] & b_behind  # b is a's boundary value
+    b_to_ring = r[b] & ~r[a] & a_behind
     # Parts of the region without a boundary value have no continuation (singular): drop them.
     n = d.size
     graph = sp.coo_matrix((np.ones(int(inner.sum())), (a[inner], b[inner])), shape=(n, n))

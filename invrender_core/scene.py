@@ -250,7 +250,7 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     # while our image model adds albedo * irradiance * cos: hence S * c = pi * irradiance.
     sun = (direction, np.pi * peak, irradiance / peak) if peak > 0 else None
     background = None
-    if background_band > 0:
+    if background_band != 0:
         background = background_assets(estimate, background_band, mesh_step, discontinuity_threshold)
     return {
         "name": name,
