@@ -215,10 +215,6 @@ def upsample_normals(low_normals, guide_full, radius: int = DEFAULT_RADIUS, eps:
     return renormalise_normals(guided_upsample(n, guide_full, radius, eps))
 
 
-__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "box_filter", "guided_filter", "guided_upsample",
-           "renormalise_normals", "upsample_normals"]
-
-
 def snap_to_steps(x, where, radius: int, min_step: float, ignore=None) -> np.ndarray:
     """x (H, W) with each pixel of `where` (H, W) bool that lies more than min_step from both its window's minimum
     and maximum moved to the nearer of the two: (H, W) float32.
@@ -242,3 +238,7 @@ def snap_to_steps(x, where, radius: int, min_step: float, ignore=None) -> np.nda
     high = cv2.dilate(np.where(ignore, -np.inf, x).astype(np.float32), window, borderType=cv2.BORDER_REPLICATE)
     snap = where & ~ignore & (np.minimum(x - low, high - x) > min_step)
     return np.where(snap, np.where(x - low < high - x, low, high), x)
+
+
+__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "box_filter", "guided_filter", "guided_upsample",
+           "renormalise_normals", "snap_to_steps", "upsample_normals"]
