@@ -37,7 +37,8 @@ class SceneAssets:
     sun: optional (direction towards the sun in the world frame (3,), strength W/m², RGB colour);
     shadow: optional (H, W) in [0, 1], kept as an image and a Cycles AOV for compositing.
     background: optional layer behind the occluders (`invrender_core.scene.background_assets`): vertices, faces,
-    uvs, albedo, normals and shadow (or None) as above, built as a second mesh that the photo's camera does not see.
+    uvs, albedo, normals and shadow (or None) as above, built as a second mesh, hidden from the photo's camera but
+    where the main mesh is cut at outlines.
 
     Kept for the 2D relight preview (`stored_estimate`), which rebuilds the estimate from the .blend alone:
     depth_fused: optional (H, W) fused planar depth (non-finite or <= 0: unknown); sky: optional (H, W) bool;
