@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,19 +150,19 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        write_exr(tmp / "albedo.exr", estimate.albedo)
-        write_exr(tmp / "shading.exr", estimate.shading)
-        write_exr(tmp / "shadow.exr", shadow)
-        write_exr(tmp / "normal.exr", estimate.normals)
-        write_exr(tmp / "depth.exr", estimate.depth)
-        write_exr(tmp / "depth_fused.exr", estimate.depth_fused)
-        write_exr(tmp / "confidence.exr", estimate.confidence)
+        maps = {"albedo": estimate.albedo, "shading": estimate.shading, "shadow": shadow, "normal": estimate.normals,
+                "depth": estimate.depth, "depth_fused": estimate.depth_fused, "confidence": estimate.confidence}
+        # Encoding (EXR, PNG) releases the GIL and is most of the writing time: one file per core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            jobs = [pool.submit(write_exr, tmp / f"{name}.exr", array) for name, array in maps.items()]
+            jobs.append(pool.submit(lambda: save_preview_sheet(tmp / "preview.png", preview_tiles(estimate))))
+            for job in jobs:
+                job.result()  # re-raises a failed write
         (tmp / "lighting.json").write_text(json.dumps(
             {"sh": np.asarray(estimate.lighting).tolist(), "frame": "camera", "convention": "ramamoorthi-hanrahan"},
             indent=2) + "\n")
         (tmp / "camera.json").write_text(json.dumps(
             {**estimate.camera.to_dict(), "depth_scale": "relative", **estimate.metadata}, indent=2) + "\n")
-        save_preview_sheet(tmp / "preview.png", preview_tiles(estimate))
         publish_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
