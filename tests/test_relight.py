@@ -141,6 +141,39 @@ def test_cast_shadow_of_a_sphere_matches_ray_casting(direction):
     assert iou((visibility < 0.5) & ~on_sphere, truth) > 0.75
 
 
+def _box_distance(origins, direction, lo, hi):
+    """Distance along rays (origins (..., 3), direction (3,) or (..., 3)) to an axis-aligned box; inf on a miss."""
+    with np.errstate(divide="ignore"):
+        t0, t1 = (lo - origins) / direction, (hi - origins) / direction
+    near, far = np.minimum(t0, t1).max(axis=-1), np.maximum(t0, t1).min(axis=-1)
+    return np.where(far >= np.maximum(near, 1e-6), np.maximum(near, 0.0), np.inf)
+
+
+@pytest.mark.parametrize("direction", [(0.3, 0.87, -0.4), (0.0, 0.87, -0.5)])
+def test_cast_shadow_of_a_building_cut_by_the_frame(direction):
+    """A tower on the ground (x -1..1, depth 7..9, 12 m tall) leaves the frame at the top; the high sun behind it
+    puts its shadow on the ground in front of it, where rays towards the sun leave the frame before they reach
+    the tower: only the scene continued past the frame's edge casts that part of the shadow."""
+    lo, hi = np.array([-1.0, -1.5, -9.0]), np.array([1.0, 12.0, -7.0])
+    rays = CAMERA.rays()
+    below_horizon = rays[..., 1] < 0
+    ground = np.full(below_horizon.shape, np.inf)  # depth of the ground y = -1.5
+    ground[below_horizon] = -1.5 / rays[below_horizon][:, 1]
+    tower = _box_distance(np.zeros(3), rays, lo, hi)
+    on_ground = ground < tower
+    assert tower[0].min() < ground[0].min()  # the tower reaches the frame's top edge
+    depth = np.minimum(ground, tower)
+    depth = np.where(np.isfinite(depth), depth, np.nan)  # the sky: unknown depth
+    direction = np.asarray(direction) / np.linalg.norm(direction)
+    points = np.where(on_ground[..., None], depth[..., None] * rays, 0.0)
+    truth = on_ground & np.isfinite(_box_distance(points, direction, lo, hi))
+    assert truth.sum() > 1000
+    continued = relight.cast_shadow(depth, CAMERA, direction, samples=1, angle_deg=0.0)
+    cut = relight.cast_shadow(depth, CAMERA, direction, samples=1, angle_deg=0.0, beyond_frame=0.0)
+    assert iou((continued < 0.5) & on_ground, truth) > 0.75
+    assert iou((cut < 0.5) & on_ground, truth) < 0.5
+
+
 def test_cast_shadow_of_a_bare_plane_is_empty():
     depth, _, _ = geometry.synthetic_sphere_plane(CAMERA, centre=(0.0, 0.0, 50.0), radius=0.1,
                                                   plane_normal=GROUND_NORMAL, plane_offset=GROUND_OFFSET)
@@ -176,6 +209,8 @@ def test_cast_shadow_checks_shapes():
         relight.cast_shadow(depth, CAMERA, np.array([0.0, 1.0, 0.0]), sky=np.zeros((3, 3), bool))
     with pytest.raises(ValueError, match="direction"):
         relight.cast_shadow(depth, CAMERA, np.zeros(3))
+    with pytest.raises(ValueError, match="beyond_frame"):
+        relight.cast_shadow(depth, CAMERA, np.array([0.0, 1.0, 0.0]), beyond_frame=-1.0)
 
 
 # ------------------------------------------------------------------------------------------ Relighter
