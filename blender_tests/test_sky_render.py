@@ -13,6 +13,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
+from invrender_addon.build.bpy_io import enable_nodes
 
 from invrender_core import sh
 
@@ -43,7 +44,7 @@ def float_image(name, pixels):
 def environment_world(scene, pixels):
     world = bpy.data.worlds.new("env")
     scene.world = world
-    world.use_nodes = True
+    enable_nodes(world)
     nodes, links = world.node_tree.nodes, world.node_tree.links
     env = nodes.new("ShaderNodeTexEnvironment")
     env.image = float_image("env", pixels)
@@ -80,7 +81,7 @@ def test_diffuse_sphere_lit_by_environment_is_albedo_times_E(clean_scene, tmp_pa
     sphere = bpy.context.active_object
     bpy.ops.object.shade_smooth()
     mat = bpy.data.materials.new("diffuse")
-    mat.use_nodes = True
+    enable_nodes(mat)
     nodes = mat.node_tree.nodes
     nodes.remove(nodes["Principled BSDF"])
     bsdf = nodes.new("ShaderNodeBsdfDiffuse")

@@ -95,7 +95,7 @@ from pathlib import Path
 import bpy  # isort: skip  (bmesh can only be imported after bpy)
 import bmesh
 import numpy as np
-from invrender_addon.build.bpy_io import use_multilayer_exr
+from invrender_addon.build.bpy_io import enable_nodes, use_multilayer_exr
 from invrender_addon.build.passes import BLENDER_PASS_NAMES
 from mathutils import Matrix, Vector
 from scipy import ndimage
@@ -234,7 +234,7 @@ class _Shader:
 
     def __init__(self, name: str, roughness: float = 0.9, specular: float = 0.0):
         self.mat = bpy.data.materials.new(name)
-        self.mat.use_nodes = True
+        enable_nodes(self.mat)
         self.nt = self.mat.node_tree
         self.bsdf = self.nt.nodes["Principled BSDF"]
         self.bsdf.inputs["Roughness"].default_value = roughness
@@ -724,7 +724,7 @@ def environment_world(pano: np.ndarray):
     img.colorspace_settings.name = "Linear Rec.709"
     img.pixels.foreach_set(rgba.ravel())
     world = bpy.data.worlds.new("env")
-    world.use_nodes = True
+    enable_nodes(world)
     # Not a light for next-event estimation: Cycles picks one light per shading point, so a sampled world
     # would leave the sun out of about half the samples (30 % noise at 12 samples). The disc-less sky is
     # smooth, so the BSDF-sampled rays that reach it light diffuse surfaces with little noise.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+from invrender_addon.build.bpy_io import enable_nodes
 from mathutils import Vector
 from render_skies import nishita_sky_type  # a sibling: the script runs from datagen/
 
@@ -32,7 +33,7 @@ WIDTH, HEIGHT, FOV_X_DEG = 384, 256, 55.0
 
 def _material(name, colour, roughness=0.8, checker=None):
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    enable_nodes(mat)
     bsdf = mat.node_tree.nodes["Principled BSDF"]
     bsdf.inputs["Roughness"].default_value = roughness
     if checker is None:
@@ -82,7 +83,7 @@ def build_scene(rng: np.random.Generator):
     scene.collection.objects.link(sun)
 
     world = bpy.data.worlds.new("sky")
-    world.use_nodes = True
+    enable_nodes(world)
     sky = world.node_tree.nodes.new("ShaderNodeTexSky")
     sky.sky_type = nishita_sky_type()
     sky.sun_disc = False

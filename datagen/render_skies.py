@@ -37,6 +37,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+from invrender_addon.build.bpy_io import enable_nodes
 from mathutils import Vector
 
 CATEGORY_FRACTIONS = {"clear": 0.45, "hazy": 0.15, "cloudy": 0.2, "overcast": 0.2}
@@ -97,7 +98,7 @@ def setup_scene(width: int, height: int, samples: int):
 
     world = bpy.data.worlds.new("sky")
     scene.world = world
-    world.use_nodes = True
+    enable_nodes(world)
     nodes, links = world.node_tree.nodes, world.node_tree.links
     nodes.clear()
     sky = nodes.new("ShaderNodeTexSky")

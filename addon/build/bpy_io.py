@@ -6,6 +6,14 @@ import bpy
 import numpy as np
 
 
+def enable_nodes(block) -> bpy.types.NodeTree:
+    """The shader node tree of a new material or world (block). Blender before 5.0 creates them without one
+    until `use_nodes` is set; 5.0 always gives them one and deprecates `use_nodes` (removed in 6.0)."""
+    if bpy.app.version < (5, 0, 0):
+        block.use_nodes = True
+    return block.node_tree
+
+
 def image_from_array(name: str, pixels: np.ndarray, non_color: bool = False) -> bpy.types.Image:
     """A packed float image from (H, W, 3) or (H, W) linear data; row 0 of the array is the TOP row.
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .bpy_io import ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
+from .bpy_io import enable_nodes, ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
 from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera
 
 RIG_KEY = "invrender_face_rig"  # collection ID property: names of what the build made, units, first frame
@@ -213,7 +213,7 @@ def _movie_clip(rig, camera: bpy.types.Object, scene: bpy.types.Scene, warnings:
 def _material(name: str, albedo: np.ndarray | None) -> bpy.types.Material:
     """Principled material; the albedo (S, S, 3), when given, as a packed image -> Base Color."""
     material = bpy.data.materials.new(f"{name} material")
-    material.use_nodes = True
+    enable_nodes(material)
     if albedo is not None:
         nodes = material.node_tree.nodes
         node = nodes.new("ShaderNodeTexImage")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .bpy_io import image_from_array, image_to_array, mesh_from_arrays
+from .bpy_io import enable_nodes, image_from_array, image_to_array, mesh_from_arrays
 
 SENSOR_WIDTH_MM = 36.0
 # Names of the nodes the relight and export tools look for (labels are what the artist sees).
@@ -100,7 +100,7 @@ def build_material(name: str, albedo_image, normal_image, shadow_image=None, rou
     as an image node feeding a Cycles AOV output named SHADOW_AOV, for compositing.
     """
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    enable_nodes(mat)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = nodes["Principled BSDF"]
     bsdf.inputs["Roughness"].default_value = roughness
@@ -130,7 +130,7 @@ def build_world(name: str, environment_image, strength: float = 1.0) -> bpy.type
     """World lit by an equirect environment image (the SH lighting), with a strength control and a
     Mapping node (ENVIRONMENT_MAPPING_NODE) through which relighting rotates it."""
     world = bpy.data.worlds.new(name)
-    world.use_nodes = True
+    enable_nodes(world)
     nodes, links = world.node_tree.nodes, world.node_tree.links
     coords = nodes.new("ShaderNodeTexCoord")
     coords.location = (-800, 300)
