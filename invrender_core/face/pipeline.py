@@ -148,6 +148,20 @@ def box_from_mask(mask: np.ndarray, box: video.FaceBox, only_if_misframed: bool 
     return video.FaceBox(centre[0] - side / 2, centre[1] - side / 2, side, 0.0, False)
 
 
+def smooth_per_track(expression: np.ndarray, rotation: np.ndarray, translation: np.ndarray, times: np.ndarray,
+                     tracks: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expression (F, E), rotation (F, 3, 3) and translation (F, 3) seen at `times` (F,) smoothed over time
+    (Gaussian sigma in frames), each of the tracker's stretches (`tracks` (F,), `video.FaceBox.track`) on its
+    own: across a cut the pose jumps, and must not be blended."""
+    expression, rotation, translation = (np.array(a, np.float64) for a in (expression, rotation, translation))
+    for track in np.unique(tracks):
+        part = np.flatnonzero(tracks == track)
+        expression[part] = video.smooth_series(expression[part], sigma, times[part])
+        rotation[part] = video.smooth_rotations(rotation[part], sigma, times[part])
+        translation[part] = video.smooth_series(translation[part], sigma, times[part])
+    return expression, rotation, translation
+
+
 def _inside(box: video.FaceBox, frame_shape: tuple) -> bool:
     """Whether the box lies within a frame of shape (H, W, ...)."""
     height, width = frame_shape[:2]
@@ -194,7 +208,8 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     lookup = SurfaceLookup(model.mean, model.triangles)
     rng = np.random.default_rng(settings.seed)
     texture_picks = set(np.linspace(0, total - 1, min(settings.texture_frames, total)).round().astype(int).tolist())
-    corrs, indices, kept_frames = [], [], {}
+    corrs, indices, fitted_tracks, kept_frames = [], [], [], {}
+    tracks = [box.track for box in boxes]  # before boxes are cut again around the faces
     batch: list[tuple[int, int, np.ndarray]] = []  # (position, source index, frame)
 
     def predict(items):
@@ -223,6 +238,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
             if len(corr) >= MIN_POINTS:
                 corrs.append(corr)
                 indices.append(index)
+                fitted_tracks.append(tracks[position])
                 if position in texture_picks:
                     kept_frames[index] = linear
         batch.clear()
@@ -250,9 +266,8 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     if settings.smoothing > 0 and len(fits) > 1:
         # Time in used frames (source index / step): frames where no face was found leave a gap in it.
         times = np.asarray(indices, np.float64) / settings.step
-        expression = video.smooth_series(expression, settings.smoothing, times)
-        rotation = video.smooth_rotations(rotation, settings.smoothing, times)
-        translation = video.smooth_series(translation, settings.smoothing, times)
+        expression, rotation, translation = smooth_per_track(expression, rotation, translation, times,
+                                                             np.asarray(fitted_tracks), settings.smoothing)
     focal = float(fits[0].focal)
     smoothed = [fit.FrameFit(identity, expression[k], rotation[k], translation[k], focal, fits[k].rms_px)
                 for k in range(len(fits))]

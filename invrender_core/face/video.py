@@ -350,6 +350,8 @@ class FaceBox:
     score: the cascade's count of overlapping raw hits (higher is more certain); 0 when not detected.
     detected: True when the detector found this face in this very frame; False for boxes that were
         held, interpolated (frames between detections or skipped by detect_every) or the whole-frame fallback.
+    track: which stretch of the video's main face the box belongs to (`track_faces`): 0 first, one more
+        each time the main face switched (a cut, or another person); the box jumps there.
     """
 
     x: float
@@ -357,6 +359,7 @@ class FaceBox:
     size: float
     score: float
     detected: bool
+    track: int = 0
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -585,7 +588,7 @@ def _fill_and_smooth(found: list[FaceBox | None], runs: list[int], sigma: float)
             params[frames_of_run] = smooth_series(params[frames_of_run], sigma)
     sizes = np.exp(params[:, 2])
     return [FaceBox(float(params[k, 0] - 0.5 * sizes[k]), float(params[k, 1] - 0.5 * sizes[k]), float(sizes[k]),
-                    found[k].score if hit[k] else 0.0, bool(hit[k])) for k in range(count)]
+                    found[k].score if hit[k] else 0.0, bool(hit[k]), int(runs_arr[k])) for k in range(count)]
 
 
 # --- crops -------------------------------------------------------------------------------------------
@@ -737,14 +740,22 @@ def smooth_rotations(rotations, sigma_frames: float, times=None) -> np.ndarray:
     return Rotation.from_quat(smoothed).as_matrix()
 
 
-def jitter(vertices) -> float:
+def jitter(vertices, shots=None) -> float:
     """Mean per-vertex motion between consecutive frames of (F, V, 3) vertices, in model units.
 
     mean over t = 1..F-1 and all vertices of |v_t - v_(t-1)|; 0.0 for fewer than two frames.
+    shots (F,): an id per frame; only pairs of frames within one shot count (a cut or a switch to another face
+    moves the head by any amount, which is not jitter).
     """
     v = np.asarray(vertices, dtype=np.float64)
     if v.ndim != 3 or v.shape[2] != 3:
         raise ValueError(f"jitter needs vertices of shape (F, V, 3), got {v.shape}")
-    if v.shape[0] < 2 or v.shape[1] == 0:
+    same = np.ones(max(v.shape[0] - 1, 0), bool)
+    if shots is not None:
+        shots = np.asarray(shots)
+        if shots.shape != v.shape[:1]:
+            raise ValueError(f"jitter needs one shot id per frame ({v.shape[0]}), got shape {shots.shape}")
+        same = shots[1:] == shots[:-1]
+    if not same.any() or v.shape[1] == 0:
         return 0.0
-    return float(np.linalg.norm(np.diff(v, axis=0), axis=2).mean())
+    return float(np.linalg.norm(np.diff(v, axis=0)[same], axis=2).mean())

@@ -14,7 +14,8 @@
    annotations, over the mapped landmarks, divided by the inter-ocular distance (outer eye corners, ibug 37
    and 46) [<= 6 %], per image; the same for the mean face placed by the fit's pose alone is not reported.
 3. Real videos (videos/*.mp4): every one fitted end to end; jitter (mean per-vertex frame-to-frame motion of
-   the posed mesh, model units) without and with temporal smoothing, and the seconds it took.
+   the posed mesh, model units, over pairs of consecutive frames within one shot: `shots`) without and with
+   temporal smoothing, the number of shots, and the seconds it took.
 """
 
 from __future__ import annotations
@@ -148,6 +149,18 @@ def evaluate_landmarks(model: MorphableModel, settings: pipeline.FaceSettings, n
     return out
 
 
+def shots(path: Path, settings: pipeline.FaceSettings, frames: np.ndarray) -> np.ndarray:
+    """A shot id per fitted frame (source indices `frames`): a new shot where the tracker switched to another
+    face (a cut) or frames were left out (no face fitted there), so that jitter is frame-to-frame motion only."""
+    source = video.open_source(path, settings.start, settings.end, settings.step)
+    with video.iter_frames(source) as reader:
+        boxes = video.track_faces((rgb for _, rgb in reader), detect_every=settings.detect_every)
+    track_of = {index: box.track for index, box in zip(source.frames, boxes, strict=True)}
+    tracks = np.array([track_of[index] for index in frames])
+    breaks = (np.diff(tracks) != 0) | (np.diff(frames) != settings.step)
+    return np.concatenate([[0], np.cumsum(breaks)])
+
+
 def evaluate_videos(model: MorphableModel, settings: pipeline.FaceSettings, net, data: Path) -> dict:
     out = {}
     for path in sorted((data / "videos").glob("*.mp4")):
@@ -155,9 +168,10 @@ def evaluate_videos(model: MorphableModel, settings: pipeline.FaceSettings, net,
         raw = pipeline.fit_face(path, model, replace(settings, smoothing=0.0), net=net)
         seconds = time.perf_counter() - start
         smooth = pipeline.fit_face(path, model, settings, net=net)
-        out[path.name] = {"frames": raw.num_frames, "seconds": round(seconds, 1),
-                          "jitter_raw": round(video.jitter(raw.vertices()), 3),
-                          "jitter_smoothed": round(video.jitter(smooth.vertices()), 3)}
+        shot = shots(path, settings, smooth.frames)
+        out[path.name] = {"frames": raw.num_frames, "shots": int(shot[-1]) + 1, "seconds": round(seconds, 1),
+                          "jitter_raw": round(video.jitter(raw.vertices(), shot), 3),
+                          "jitter_smoothed": round(video.jitter(smooth.vertices(), shot), 3)}
     return out
 
 

@@ -157,6 +157,23 @@ def test_boxes_twice_too_large_are_cut_again_around_the_face(sfm, tmp_path, monk
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 15.0
 
 
+def test_poses_are_smoothed_within_each_track_not_across_a_cut():
+    """Two shots, each holding its own still pose: smoothed per track they stay exactly as they were; smoothed
+    as one track, the frames next to the cut are blended."""
+    tracks = np.repeat([0, 1], 8)
+    times = np.arange(16, dtype=np.float64)
+    pose_a = np.eye(3)
+    pose_b = rotation_from_euler(0.3, -0.5, 0.2)
+    rotation = np.stack([pose_a] * 8 + [pose_b] * 8)
+    translation = np.repeat([[0.0, 0.0, -600.0], [80.0, -20.0, -900.0]], 8, axis=0)
+    expression = np.repeat([[1.0, -0.5], [-2.0, 0.25]], 8, axis=0)
+    smoothed = pipeline.smooth_per_track(expression, rotation, translation, times, tracks, sigma=1.5)
+    for before, after in zip((expression, rotation, translation), smoothed, strict=True):
+        np.testing.assert_allclose(after, before, atol=1e-9)
+    blended = pipeline.smooth_per_track(expression, rotation, translation, times, np.zeros(16, int), sigma=1.5)
+    assert np.abs(blended[2][7] - translation[7]).max() > 50.0
+
+
 def test_fit_face_files_checks_the_field_of_view(tmp_path):
     with pytest.raises(ValueError, match="field of view must be between 1 and 170 degrees, got 200"):
         pipeline.fit_face_files(tmp_path, tmp_path / "model.bin", fov_deg=200.0)

@@ -308,6 +308,22 @@ def test_no_face_falls_back_to_the_centred_square_or_raises():
         track_faces([frames[0], frames[1][:, :150]])
 
 
+def test_tracking_counts_a_switch_to_a_face_elsewhere_as_a_new_track():
+    """The face jumps from the left of the frame to the right (a cut): the tracker keeps the old box for five
+    detection frames, then switches, and the boxes after the switch belong to track 1."""
+    face = _read_rgb(_need(DATA / "aflw2000_prnet" / "image00050.jpg"))[60:390, 60:390]
+    small = cv2.resize(face, (150, 150), interpolation=cv2.INTER_AREA)
+    frames = []
+    for k in range(16):
+        canvas = np.full((240, 480, 3), 128, np.uint8)
+        left = 20 if k < 6 else 310
+        canvas[45:195, left:left + 150] = small
+        frames.append(canvas)
+    boxes = track_faces(frames, smoothing_sigma=0.0)
+    assert [b.track for b in boxes] == [0] * 11 + [1] * 5
+    assert all(b.centre[0] < 240 for b in boxes[:11]) and all(b.centre[0] > 240 for b in boxes[11:])
+
+
 def test_tracking_interpolates_and_smooths_a_moving_face():
     """A real face pasted on a grey canvas, moving 3 px per frame: boxes follow it linearly."""
     face = _read_rgb(_need(DATA / "aflw2000_prnet" / "image00050.jpg"))[60:390, 60:390]  # (330, 330, 3)
@@ -452,6 +468,14 @@ def test_jitter_of_static_and_translating_vertices():
     assert jitter(vertices) == 0.0
     with pytest.raises(ValueError, match=r"\(F, V, 3\), got \(10, 3\)"):
         jitter(np.zeros((10, 3)))
+    cut = moving.copy()
+    cut[5:] += 1000.0  # a cut after frame 4: the head jumps
+    shots = np.repeat([0, 1], 5)
+    assert jitter(cut, shots) == pytest.approx(2.5, abs=1e-9)
+    assert jitter(cut) > 100.0
+    assert jitter(cut, np.arange(10)) == 0.0  # every frame its own shot: no pair
+    with pytest.raises(ValueError, match="one shot id per frame"):
+        jitter(cut, shots[:9])
 
 
 def test_frame_source_is_a_plain_record():
