@@ -130,8 +130,8 @@ def correspondences_from_prediction(template: np.ndarray, mask: np.ndarray, conf
 
 def box_from_mask(mask: np.ndarray, box: video.FaceBox, only_if_misframed: bool = False) -> video.FaceBox | None:
     """The head box framing the face the network found in a crop of `box` as in its training crops (the mask's
-    larger side FACE_FILL of the box): mask (S, S) face probability. None when the mask holds no face, or, with
-    `only_if_misframed`, when the crop is framed like a training crop already (FACE_FILL_RANGE,
+    larger side FACE_FILL of the box; in box's track): mask (S, S) face probability. None when the mask holds no
+    face, or, with `only_if_misframed`, when the crop is framed like a training crop already (FACE_FILL_RANGE,
     MAX_CENTRE_OFFSET)."""
     size = mask.shape[0]
     rows, cols = np.nonzero(mask > 0.5)
@@ -145,7 +145,7 @@ def box_from_mask(mask: np.ndarray, box: video.FaceBox, only_if_misframed: bool 
         return None
     centre = video.crop_to_frame(centre_crop[None], box, size)[0]
     side = extent * box.size / size / FACE_FILL
-    return video.FaceBox(centre[0] - side / 2, centre[1] - side / 2, side, 0.0, False)
+    return video.FaceBox(centre[0] - side / 2, centre[1] - side / 2, side, 0.0, False, box.track)
 
 
 def smooth_per_track(expression: np.ndarray, rotation: np.ndarray, translation: np.ndarray, times: np.ndarray,
@@ -209,7 +209,6 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     rng = np.random.default_rng(settings.seed)
     texture_picks = set(np.linspace(0, total - 1, min(settings.texture_frames, total)).round().astype(int).tolist())
     corrs, indices, fitted_tracks, kept_frames = [], [], [], {}
-    tracks = [box.track for box in boxes]  # before boxes are cut again around the faces
     batch: list[tuple[int, int, np.ndarray]] = []  # (position, source index, frame)
 
     def predict(items):
@@ -238,7 +237,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
             if len(corr) >= MIN_POINTS:
                 corrs.append(corr)
                 indices.append(index)
-                fitted_tracks.append(tracks[position])
+                fitted_tracks.append(boxes[position].track)
                 if position in texture_picks:
                     kept_frames[index] = linear
         batch.clear()

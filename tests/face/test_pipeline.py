@@ -52,12 +52,13 @@ def test_true_template_maps_give_correspondences_that_fit_the_true_pose(sfm):
 
 
 def test_box_from_mask_frames_the_masked_face():
-    box = video.FaceBox(100.0, 50.0, 200.0, 1.0, True)  # crop pixel = 200 / 100 frame pixels
+    box = video.FaceBox(100.0, 50.0, 200.0, 1.0, True, track=2)  # crop pixel = 200 / 100 frame pixels
     mask = np.zeros((100, 100), np.float32)
     mask[20:60, 30:50] = 1.0  # 20 wide, 40 tall, centre (40, 40) in the crop
     found = pipeline.box_from_mask(mask, box)
     assert found.centre == pytest.approx((100 + 40 * 2, 50 + 40 * 2))
     assert found.size == pytest.approx(40 * 2 / pipeline.FACE_FILL)
+    assert found.track == 2  # the re-cut box stays in the tracker's stretch
     assert pipeline.box_from_mask(np.zeros((100, 100)), box) is None
 
 
