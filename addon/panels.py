@@ -72,7 +72,7 @@ class VIEW3D_PT_invr_novel_views(_InvRenderPanel, bpy.types.Panel):
         layout.operator("invr.export_passes", text="Export Passes (EXR)", icon="RENDERLAYERS")
 
 
-FACE_OPTION_NAMES = ("face_smoothing", "face_fov")
+FACE_OPTION_NAMES = ("face_smoothing", "face_fov", "face_box")
 
 
 class VIEW3D_PT_invr_face(_InvRenderPanel, bpy.types.Panel):

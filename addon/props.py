@@ -69,6 +69,11 @@ class INVR_PG_settings(bpy.types.PropertyGroup):
         name="Field of view", description="Horizontal field of view of the camera that filmed the face; 0 "
         "estimates it from the fit", default=0.0, min=0.0, max=math.radians(170.0), subtype="ANGLE",
         unit="ROTATION")
+    face_box: bpy.props.IntVectorProperty(
+        name="Face box", description="Rectangle around the face to fit in the first frame: x, y of its top-left "
+        "corner, width, height, in pixels of the video (brows to chin, ear to ear), for frames with several faces "
+        "or a face the detector misses; width 0: the detector picks the largest face", size=4, default=(0, 0, 0, 0),
+        min=0)
 
 
 classes = (INVR_PG_settings,)

@@ -54,7 +54,8 @@ def test_face_cli_bad_input_writes_nothing(tmp_path, capsys):
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
     cases = [([str(VIDEO), "--model", str(text_model)], "model.bin"),
              ([str(corrupt), "--model", str(MODEL)], "clip.mp4"),
-             ([str(grey), "--model", str(MODEL)], "no face found")]
+             ([str(grey), "--model", str(MODEL)], "no face found"),
+             ([str(VIDEO), "--model", str(MODEL), "--face-box", "5000,10,100,100"], "reaches outside")]
     for args, expected in cases:
         out = tmp_path / "out"
         code = cli.main(["face", *args, "-o", str(out / "rig.blend"), "--export-npz", str(out / "p.npz")])

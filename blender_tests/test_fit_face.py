@@ -130,6 +130,13 @@ def test_operator_equals_api(test_weights, registered_addon, clean_scene):
     assert_same_rig(by_operator, rig_snapshot(built.collection))
 
 
+def test_panel_face_box_reaches_the_settings(registered_addon, clean_scene):
+    set_panel(clean_scene)
+    assert fit_ops.request_from_props(bpy.context).settings.face_box is None  # width 0: the detector picks
+    clean_scene.invr.face_box = (120, 40, 200, 240)
+    assert fit_ops.request_from_props(bpy.context).settings.face_box == (120.0, 40.0, 200.0, 240.0)
+
+
 def test_worker_thread_equals_api(test_weights, registered_addon, clean_scene, poll_job, report_recorder):
     set_panel(clean_scene)
     request = fit_ops.request_from_props(bpy.context)
@@ -187,7 +194,7 @@ def _grey_video(folder: Path) -> Path:
     return frames
 
 
-@pytest.mark.parametrize("case", ["text model", "corrupt video", "no face", "no input"])
+@pytest.mark.parametrize("case", ["text model", "corrupt video", "no face", "face box outside", "no input"])
 def test_failure_reports_one_line_and_changes_nothing(case, test_weights, registered_addon, clean_scene, tmp_path):
     if case == "text model":
         model = tmp_path / "model.bin"
@@ -202,6 +209,10 @@ def test_failure_reports_one_line_and_changes_nothing(case, test_weights, regist
     elif case == "no face":
         set_panel(clean_scene, input_path=_grey_video(tmp_path))
         expected = "no face found"
+    elif case == "face box outside":
+        set_panel(clean_scene)
+        clean_scene.invr.face_box = (5000, 0, 100, 100)
+        expected = "reaches outside"
     else:
         set_panel(clean_scene)
         clean_scene.invr.face_input_path = ""

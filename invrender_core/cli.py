@@ -130,7 +130,7 @@ def cmd_face(args) -> None:
                            "or write only --export-npz") from e
     settings = FaceSettings(start=args.start, end=args.end, step=args.step, smoothing=args.smoothing,
                             weights=args.weights, weights_dir=args.weights_dir,
-                            device=str(resolve_device(args.device)))
+                            device=str(resolve_device(args.device)), face_box=args.face_box)
     last = [-1.0]
 
     def progress(stage: str, fraction: float) -> None:
@@ -151,14 +151,26 @@ def cmd_face(args) -> None:
         _progress(f"wrote {args.export_npz}")
 
 
-def _vector3(text: str) -> tuple[float, float, float]:
+def _numbers(text: str, count: int, form: str) -> tuple[float, ...]:
+    """`count` comma-separated numbers, or argparse's error naming the expected `form`."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers X,Y,Z, got {text!r}")
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers {form}, got {text!r}")
     return values
+
+
+def _face_box(text: str) -> tuple[float, float, float, float]:
+    values = _numbers(text, 4, "X,Y,WIDTH,HEIGHT (pixels)")
+    if not (values[2] > 0 and values[3] > 0):
+        raise argparse.ArgumentTypeError(f"the face box needs a positive width and height, got {text!r}")
+    return values
+
+
+def _vector3(text: str) -> tuple[float, float, float]:
+    return _numbers(text, 3, "X,Y,Z")
 
 
 def _sky_lighting(relighter, args):
@@ -424,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="temporal smoothing, Gaussian sigma in frames (0 = none; default %(default)s)")
     face.add_argument("--fov", type=float, help="horizontal field of view of the camera in degrees (default: "
                       "estimated from the fit)")
+    face.add_argument("--face-box", type=_face_box, metavar="X,Y,W,H",
+                      help="rectangle around the face to fit in the first frame, in pixels from the top-left corner "
+                      "(brows to chin, ear to ear): when the frame shows several faces or the detector misses it")
     face.add_argument("--weights", default=FaceSettings().weights, metavar="NAME|PATH",
                       help="correspondence network weights (default %(default)s)")
     face.add_argument("--weights-dir", type=Path, help="weights folder searched before the shipped weights")

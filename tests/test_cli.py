@@ -214,7 +214,7 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
     folder = photo_file.parent
     args = _relight_args(photo_file, nets, "-o", str(folder / "relit.png"), "--sun", "30", "100")
     expected = {"frames-without-to": "--frames N needs", "mp4-single": "needs --frames", "jpeg": "write a .png",
-                "bad-sun-dir": "three comma-separated numbers", "missing-refiner": "no weights named",
+                "bad-sun-dir": "3 comma-separated numbers", "missing-refiner": "no weights named",
                 "sky-not-lighting": "9x3"}[case]
     if case == "frames-without-to":
         args += ["--frames", "3"]
@@ -238,3 +238,13 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
         assert cli.main(args) == cli.EXIT_FAILURE
         assert expected in _one_error_line(capsys, "relight")
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize(("box", "expected"), [("1,2,3", "4 comma-separated numbers X,Y,WIDTH,HEIGHT"),
+                                               ("10,10,0,50", "positive width and height")])
+def test_face_box_must_be_four_numbers_with_a_size(tmp_path, capsys, box, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["face", str(tmp_path / "clip.mp4"), "--model", str(tmp_path / "m.bin"), "--export-npz",
+                  str(tmp_path / "p.npz"), "--face-box", box])
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

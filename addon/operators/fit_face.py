@@ -41,7 +41,8 @@ def request_from_props(context) -> FaceRequest:
     props, prefs = context.scene.invr, get_preferences(context)
     settings = FaceSettings(start=props.face_frame_start, end=props.face_frame_end or None,
                             step=props.face_frame_step, smoothing=props.face_smoothing,
-                            weights_dir=prefs.weights_dir, device=prefs.device)
+                            weights_dir=prefs.weights_dir, device=prefs.device,
+                            face_box=tuple(float(v) for v in props.face_box) if props.face_box[2] > 0 else None)
     return FaceRequest(
         input_path=Path(bpy.path.abspath(props.face_input_path)),
         model_path=Path(bpy.path.abspath(props.face_model_path)),

@@ -44,6 +44,11 @@ _GIVE = "give a video (.mp4, .mov, .avi, .mkv, .webm), an image (.png, .jpg, .ti
 # -0.48..+0.67 horizontally around the cascade centre; the forehead adds ~0.35 above the brows.
 HEAD_BOX_SCALE = 1.6
 HEAD_BOX_SHIFT = 0.1
+# A rectangle around a face (the 68 landmarks' bounding box: brows to chin, ear to ear) -> the detector's head
+# box: 1.8 times its longer side, centred 0.08 of it higher (medians over the 5 frontal landmark photos of
+# ../shared/data, where the detector's boxes are 1.63-2.0 times as large and 0.02-0.11 higher).
+RECT_HEAD_SCALE = 1.8
+RECT_HEAD_RAISE = 0.08
 DEFAULT_MIN_FACE_FRACTION = 1 / 16  # smallest cascade face searched in a full-frame scan, of the shorter side
 
 _CASCADE_FILES = {"frontal": "haarcascade_frontalface_alt2.xml", "profile": "haarcascade_profileface.xml"}
@@ -493,9 +498,22 @@ def _distance(a: FaceBox, b: FaceBox) -> float:
     return math.hypot(au - bu, av - bv) / b.size
 
 
+def head_box_from_rect(x: float, y: float, width: float, height: float) -> FaceBox:
+    """A rectangle drawn around a face (top-left x, y, width, height; pixels, as an image editor shows them:
+    brows to chin, ear to ear, like the detector's face box) -> the head box the tracker and the crops use."""
+    if not (width > 0 and height > 0 and all(math.isfinite(v) for v in (x, y, width, height))):
+        raise ValueError(f"a face box needs a positive width and height, got x={x}, y={y}, width={width}, "
+                         f"height={height}")
+    side = max(width, height)
+    size = RECT_HEAD_SCALE * side
+    cx, cy = x + 0.5 * width, y + 0.5 * height - RECT_HEAD_RAISE * side
+    return FaceBox(cx - 0.5 * size, cy - 0.5 * size, size, 0.0, True)
+
+
 def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_sigma: float = _DEFAULT_SMOOTHING,
                 require_face: bool = False, source_name: str = "the frames",
-                min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION) -> list[FaceBox]:
+                min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION,
+                first_box: FaceBox | None = None) -> list[FaceBox]:
     """One head box per frame for the main face, smoothed over time.
 
     frames: iterable of (H, W, 3) uint8 RGB frames of one size, e.g. `(rgb for _, rgb in iter_frames(src))`;
@@ -504,12 +522,15 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
     smoothing_sigma: Gaussian sigma in frames for the box centre and log size (0: no smoothing).
     require_face: raise ValueError "no face found in SOURCE_NAME" when no frame has a detection; when False
         every frame gets the frame's centred square (the face probably fills the frame), detected=False.
+    first_box: the main face's head box in the first frame (`head_box_from_rect`), given by the user when the
+        frame shows several faces or the detector misses the face; it is that frame's box as given (detected
+        True, score 0) and the tracker follows the face from there. None: the detector chooses.
     Returns a list of FaceBox, one per frame.
 
-    Main face: the largest face of the first detection; afterwards the face nearest to the last box, within one
-    head size. It is searched first in a window around the last box (cheap), then in the whole frame (at
-    most once every 5 frames, the costly search). A face elsewhere is taken (a cut, or the main face left)
-    only after the main face was missed on 5 detection frames in a row.
+    Main face: first_box, or else the largest face of the first detection; afterwards the face nearest to the
+    last box, within one head size. It is searched first in a window around the last box (cheap), then in the
+    whole frame (at most once every 5 frames, the costly search). A face elsewhere is taken (a cut, or the main
+    face left) only after the main face was missed on 5 detection frames in a row.
     Frames without a detection take the box interpolated between the detections around them, or the nearest
     one at the ends; interpolation and smoothing do not cross such a switch (the box jumps there).
     """
@@ -535,7 +556,9 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
             raise ValueError(f"track_faces needs frames of one size: frame {k} is {arr.shape}, frame 0 was "
                              f"{frame_shape}")
         box = None
-        if k % detect_every == 0:
+        if k == 0 and first_box is not None:
+            box = last = first_box
+        elif k % detect_every == 0:
             grey = _to_grey(arr)
             candidates = _detect_near(grey, last) if last is not None else []
             if not candidates and (last_full_scan is None or k - last_full_scan >= _RESCAN_FRAMES):

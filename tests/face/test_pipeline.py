@@ -51,6 +51,44 @@ def test_true_template_maps_give_correspondences_that_fit_the_true_pose(sfm):
     assert angle < 0.5
 
 
+class _LopsidedNet:
+    """A stand-in network whose template is right (x = m + a * column offset, y = 0.3) but for two errors that
+    its mirror image turns around: a constant shift in x (a left-right asymmetry it learnt) and a shift in y
+    that follows the light (too high when lit from the left, too low when lit from the right)."""
+
+    size = 8
+
+    def __init__(self, mirror_x, slope, x_shift, y_per_light):
+        self.mirror_x, self.slope, self.x_shift, self.y_per_light = mirror_x, slope, x_shift, y_per_light
+
+    def true_x(self, n):
+        column = np.arange(self.size) + 0.5 - self.size / 2
+        return np.broadcast_to(self.mirror_x + self.slope * column, (n, self.size, self.size))
+
+    def predict(self, crops):
+        n, half = len(crops), self.size // 2
+        light = (crops[:, :, :half].mean(axis=(1, 2, 3)) - crops[:, :, half:].mean(axis=(1, 2, 3))) / 255.0
+        template = np.zeros((n, self.size, self.size, 3))
+        template[..., 0] = self.true_x(n) + self.x_shift
+        template[..., 1] = 0.3 + self.y_per_light * light[:, None, None]
+        ones = np.ones((n, self.size, self.size))
+        return dict(template=template, mask=ones, confidence=0.8 * ones)
+
+
+def test_mirror_averaging_cancels_errors_that_the_mirror_image_turns_around():
+    net = _LopsidedNet(mirror_x=-0.02, slope=0.1, x_shift=0.05, y_per_light=0.5)
+    crops = np.zeros((2, 8, 8, 3), np.uint8)
+    crops[0, :, :4] = 200  # lit from the left
+    crops[1, :, 4:] = 120  # lit from the right
+    plain = net.predict(crops)
+    assert np.abs(plain["template"][..., 0] - net.true_x(2)).min() > 0.04
+    assert np.abs(plain["template"][..., 1] - 0.3).min() > 0.2
+    averaged = pipeline.predict_mirror_averaged(net, crops, net.mirror_x)
+    np.testing.assert_allclose(averaged["template"][..., 0], net.true_x(2), atol=1e-12)
+    np.testing.assert_allclose(averaged["template"][..., 1], 0.3, atol=1e-12)
+    np.testing.assert_allclose(averaged["confidence"], 0.8)
+
+
 def test_box_from_mask_frames_the_masked_face():
     box = video.FaceBox(100.0, 50.0, 200.0, 1.0, True, track=2)  # crop pixel = 200 / 100 frame pixels
     mask = np.zeros((100, 100), np.float32)
@@ -156,6 +194,37 @@ def test_boxes_twice_too_large_are_cut_again_around_the_face(sfm, tmp_path, monk
     rig = pipeline.fit_face(tmp_path, sfm, pipeline.FaceSettings(texture_size=32, smoothing=0.0))
     cos = (np.einsum("fij,fij->f", rig.rotation.astype(np.float64), clip.rotation) - 1) / 2
     assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 15.0
+
+
+@needs_eos
+@shipped
+def test_face_box_picks_which_of_two_faces_is_fitted(sfm, tmp_path):
+    """Two faces side by side, the right one smaller: a box around it (the projected model's bounding
+    rectangle) makes the tool fit that one; a box reaching outside the frame is refused."""
+    left = synthetic_video(sfm, num_frames=1, size=192, seed=1)  # the detector finds this one only
+    right = synthetic_video(sfm, num_frames=1, size=192, seed=0)
+    small = 144
+    canvas = np.full((192, 192 + small, 3), 90, np.uint8)
+    canvas[:, :192] = left.frames[0]
+    canvas[24:24 + small, 192:] = cv2.resize(right.frames[0], (small, small), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "two.png"
+    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    posed = sfm.vertices(right.identity, right.expression[0]) @ right.rotation[0].T + right.translation[0]
+    uv, _ = right.camera.project(posed)
+    uv = uv * small / 192 + [192, 24]
+    (x0, y0), (x1, y1) = uv.min(axis=0), uv.max(axis=0)
+    frame = TemplateFrame.of(sfm.mean)
+
+    def fitted_centre_u(settings):
+        rig = pipeline.fit_face(path, sfm, settings)
+        centre = rig.rotation[0] @ frame.centre + rig.translation[0]
+        return canvas.shape[1] / 2 + float(rig.focal[0]) * centre[0] / -centre[2]
+
+    assert fitted_centre_u(pipeline.FaceSettings(texture_size=32)) < 192
+    boxed = fitted_centre_u(pipeline.FaceSettings(texture_size=32, face_box=(x0, y0, x1 - x0, y1 - y0)))
+    assert abs(boxed - (x0 + x1) / 2) < 0.1 * small
+    with pytest.raises(ValueError, match="reaches outside the 336 x 192 frame"):
+        pipeline.fit_face(path, sfm, pipeline.FaceSettings(face_box=(300.0, 20.0, 80.0, 80.0)))
 
 
 def test_poses_are_smoothed_within_each_track_not_across_a_cut():

@@ -25,6 +25,7 @@ from invrender_core.face.video import (
     detect_faces,
     frame_to_crop,
     frame_to_linear,
+    head_box_from_rect,
     iter_frames,
     jitter,
     open_source,
@@ -322,6 +323,45 @@ def test_tracking_counts_a_switch_to_a_face_elsewhere_as_a_new_track():
     boxes = track_faces(frames, smoothing_sigma=0.0)
     assert [b.track for b in boxes] == [0] * 11 + [1] * 5
     assert all(b.centre[0] < 240 for b in boxes[:11]) and all(b.centre[0] > 240 for b in boxes[11:])
+
+
+def test_head_box_from_rect_holds_the_landmarks_of_their_bounding_rectangle():
+    """The rectangle drawn around a face (here the 68 landmarks' bounding box) becomes a head box like the
+    detector's: a square 1.8 times its longer side, centred 0.08 of it higher."""
+    from scipy.io import loadmat
+
+    points = loadmat(str(_need(DATA / "aflw2000_prnet" / "image00050.mat")))["pt3d_68"][:2].T  # (68, 2)
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    box = head_box_from_rect(x0, y0, x1 - x0, y1 - y0)
+    side = max(x1 - x0, y1 - y0)
+    assert box.size == pytest.approx(1.8 * side)
+    assert box.centre == pytest.approx(((x0 + x1) / 2, (y0 + y1) / 2 - 0.08 * side))
+    detected = detect_faces(_read_rgb(DATA / "aflw2000_prnet" / "image00050.jpg"))[0]
+    assert abs(math.log(box.size / detected.size)) < 0.1 and np.hypot(*np.subtract(box.centre, detected.centre)) < 0.05 * detected.size
+    assert _inside(points, box).all()
+    with pytest.raises(ValueError, match="positive width and height"):
+        head_box_from_rect(0, 0, 10, 0)
+
+
+def test_tracking_follows_the_face_the_user_boxed_not_the_largest():
+    """Two faces, a large still one and a small one moving 2 px per frame: by default the tracker takes the
+    largest; given a box around the small one in the first frame, it follows that one through every frame."""
+    face = _read_rgb(_need(DATA / "aflw2000_prnet" / "image00050.jpg"))[60:390, 60:390]
+    large = cv2.resize(face, (170, 170), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(face, (110, 110), interpolation=cv2.INTER_AREA)
+    frames = []
+    for k in range(8):
+        canvas = np.full((240, 480, 3), 128, np.uint8)
+        canvas[35:205, 20:190] = large
+        canvas[70:180, 300 + 2 * k:410 + 2 * k] = small
+        frames.append(canvas)
+    assert all(b.centre[0] < 240 for b in track_faces(frames))
+    first = head_box_from_rect(315, 95, 80, 80)  # about brows to chin of the small face
+    boxes = track_faces(frames, first_box=first, smoothing_sigma=0.0)
+    assert (boxes[0].x, boxes[0].y, boxes[0].size) == pytest.approx((first.x, first.y, first.size))
+    assert all(b.track == 0 and b.detected for b in boxes)
+    u = np.array([b.centre[0] for b in boxes[1:]])  # the detector's boxes from frame 1 on
+    assert np.abs(u - (355 + 2 * np.arange(1, 8))).max() < 6.0
 
 
 def test_tracking_interpolates_and_smooths_a_moving_face():
