@@ -15,6 +15,7 @@ from invrender_addon.build.rig import (
     RIG_KEY,
     build_face_rig,
     expression_key_name,
+    hidden_stretches,
     scene_frames,
 )
 from invrender_addon.build.scene import ALBEDO_NODE, SENSOR_WIDTH_MM
@@ -128,6 +129,22 @@ def test_shape_keys_names_sliders_and_linear_keys(clean_scene):
     # Between fitted frames 1 and 3, frame 2 holds the mean weight.
     clean_scene.frame_set(2)
     np.testing.assert_allclose(blocks[1].value, rig.expression[:2, 0].mean(), atol=1e-6)
+
+
+def test_head_is_hidden_where_no_face_was_fitted_for_long(clean_scene):
+    """Fitted source frames 10-13, then none until 50 (a cut at 25 fps): hidden at scene frames 5-40."""
+    rig = grid_rig(frames=(10, 11, 12, 13, 50), fps=25.0)
+    built = build_face_rig(rig)
+    for frame in range(1, 43):
+        clean_scene.frame_set(frame)
+        hidden = 5 <= frame <= 40
+        assert (built.mesh.hide_render, built.mesh.hide_viewport) == (hidden, hidden), frame
+    check_evaluated_vertices(rig, built, clean_scene)
+    assert hidden_stretches(np.array([10, 11, 12, 13, 50]), fps=0.0) == [(5, 40)]  # 25 fps assumed
+    assert hidden_stretches(np.array([10, 11, 12, 13, 20]), fps=25.0) == []  # 6 frames missed: interpolated
+    assert hidden_stretches(np.array([0, 20, 40, 100]), fps=25.0) == [(42, 100)]  # fitted every 20th frame
+    assert hidden_stretches(np.array([7]), fps=25.0) == []
+    assert not any(fc.data_path.startswith("hide") for fc in action_fcurves(build_face_rig(grid_rig()).mesh))
 
 
 def test_head_camera_and_timing(clean_scene):

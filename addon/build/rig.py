@@ -8,7 +8,10 @@ What `build_face_rig` adds, in a new collection named after the rig:
   that changes is keyframed on the camera's lens.
 - the face mesh: identity baked into the basis, UVs (FaceRig uvs are v up, as Blender's), the albedo texture
   (packed) -> Principled Base Color, one shape key per expression component.
-- keyframes at every fitted frame: the shape-key values and the head pose.
+- keyframes at every fitted frame: the shape-key values and the head pose. Where no face was fitted for longer
+  than MIN_GAP_SECONDS (a cut, the person turned away or left), the mesh is hidden (hide_viewport and
+  hide_render keyed, constant) from the frame after the last fitted one to the next fitted one: keys
+  interpolated across such a gap would slide the head between two unrelated poses.
 
 Units: the model's units (millimetres for the Surrey model) become metres in the mesh data: vertices and
 shape-key offsets are multiplied by `metres_per_unit` (0.001), so the face object keeps scale 1 and a rigid
@@ -44,6 +47,8 @@ METRES_PER_MM = 0.001
 SIGMA_RANGE = 3.0  # slider range in standard deviations
 SLIDER_LIMIT = 10.0  # Blender's hard limit on ShapeKey.slider_min / slider_max
 MIN_SLIDER_RANGE = 0.01  # Blender needs slider_max - slider_min > 0.001
+MIN_GAP_SECONDS = 0.5  # longer stretches without a fitted face hide the head
+GAP_FPS = 25.0  # frame rate assumed for MIN_GAP_SECONDS when the rig has none (a folder of frames)
 ROTATION_TOLERANCE = 1e-3  # |R^T R - I| allowed for float32 rotations
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv", ".wmv")
 # bpy.data collections whose new blocks a failed build removes (Key blocks go with their mesh).
@@ -73,6 +78,18 @@ def scene_frames(source_frames: np.ndarray) -> np.ndarray:
     """(F,) scene frame of each fitted source frame (F,): the first one is scene frame 1."""
     source_frames = np.asarray(source_frames, dtype=np.int64)
     return source_frames - source_frames[0] + 1
+
+
+def hidden_stretches(source_frames: np.ndarray, fps: float) -> list[tuple[int, int]]:
+    """(first, last) scene frames (inclusive) where the head is hidden: the gaps between consecutive fitted
+    frames that are longer than MIN_GAP_SECONDS and than twice the step the frames were fitted with (the
+    smallest distance between them)."""
+    frames = scene_frames(source_frames)
+    if len(frames) < 2:
+        return []
+    steps = np.diff(frames)
+    longest = max(2 * int(steps.min()), MIN_GAP_SECONDS * (fps if fps > 0 else GAP_FPS))
+    return [(int(frames[k]) + 1, int(frames[k + 1]) - 1) for k in np.flatnonzero(steps > longest)]
 
 
 def build_face_rig(rig, context=None, metres_per_unit: float = METRES_PER_MM) -> BuiltRig:
@@ -167,6 +184,7 @@ def _build(rig, scene: bpy.types.Scene, metres_per_unit: float) -> BuiltRig:
     collection.objects.link(mesh)
     _expressions(mesh, rig, metres_per_unit, frames, name)
     _head_pose(mesh, camera, rig, metres_per_unit, frames, name)
+    _hide_in_gaps(mesh, hidden_stretches(rig.frames, rig.fps), name)
 
     collection[RIG_KEY] = {"mesh": mesh.name, "camera": camera.name, "clip": clip.name if clip else "",
                            "metres_per_unit": metres_per_unit, "first_source_frame": int(rig.frames[0]),
@@ -265,3 +283,14 @@ def _head_pose(obj: bpy.types.Object, camera: bpy.types.Object, rig, metres_per_
     fcurves = ensure_fcurves(obj, f"{name} head")
     keyframes_from_arrays(fcurves, "location", frames, location)
     keyframes_from_arrays(fcurves, "rotation_quaternion", frames, quaternions)
+
+
+def _hide_in_gaps(obj: bpy.types.Object, stretches: list[tuple[int, int]], name: str) -> None:
+    """Key hide_viewport and hide_render (constant): hidden over each (first, last) stretch, shown elsewhere."""
+    if not stretches:
+        return
+    frames = np.array([1] + [frame for first, last in stretches for frame in (first, last + 1)], np.float64)
+    hidden = np.array([0.0] + [1.0, 0.0] * len(stretches))
+    fcurves = ensure_fcurves(obj, f"{name} head")
+    for path in ("hide_viewport", "hide_render"):
+        keyframes_from_arrays(fcurves, path, frames, hidden, interpolation="CONSTANT")
