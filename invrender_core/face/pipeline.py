@@ -113,14 +113,19 @@ Progress = Callable[[str, float], None]
 
 
 def predict_mirror_averaged(net, crops: np.ndarray, mirror_x: float) -> dict[str, np.ndarray]:
-    """net.predict on crops (N, S, S, 3) and on their mirror images, averaged.
+    """net.predict on crops (N, S, S, 3) and on their mirror images, averaged (`mirror_average`)."""
+    return mirror_average(net.predict(crops), net.predict(np.ascontiguousarray(crops[:, :, ::-1])), mirror_x)
+
+
+def mirror_average(pred: dict[str, np.ndarray], mirrored: dict[str, np.ndarray],
+                   mirror_x: float) -> dict[str, np.ndarray]:
+    """The average of a prediction on crops and one on their mirror images (template (N, S, S, 3), mask and
+    confidence (N, S, S) each).
 
     mirror_x: the model's plane of symmetry x = mirror_x in template coordinates. A pixel of the mirror image
     that sees template point (x, y, z) sees (2 mirror_x - x, y, z) in the crop itself. Where both predictions
     see the face the templates and confidences are averaged, elsewhere the crop's own are kept; the masks are
     averaged everywhere."""
-    pred = net.predict(crops)
-    mirrored = net.predict(np.ascontiguousarray(crops[:, :, ::-1]))
     template = mirrored["template"][:, :, ::-1].copy()
     template[..., 0] = 2.0 * mirror_x - template[..., 0]
     mask, confidence = mirrored["mask"][:, :, ::-1], mirrored["confidence"][:, :, ::-1]
@@ -128,6 +133,12 @@ def predict_mirror_averaged(net, crops: np.ndarray, mirror_x: float) -> dict[str
     return dict(template=np.where(both[..., None], 0.5 * (pred["template"] + template), pred["template"]),
                 mask=0.5 * (pred["mask"] + mask),
                 confidence=np.where(both, 0.5 * (pred["confidence"] + confidence), pred["confidence"]))
+
+
+def mirror_plane(model: MorphableModel, frame) -> float | None:
+    """x of the model's plane of symmetry in template coordinates (`TemplateFrame` frame): the model's x = 0
+    when its mean shape is symmetric about it (`fit.mirror_vertices`), else None."""
+    return None if fit.mirror_vertices(model.mean) is None else float(frame.normalise([0.0, 0.0, 0.0])[0])
 
 
 def correspondences_from_prediction(template: np.ndarray, mask: np.ndarray, confidence: np.ndarray,
@@ -246,8 +257,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
                               detect_every=settings.detect_every, source_name=str(input_path), first_box=first_box)
 
     lookup = SurfaceLookup(model.mean, model.triangles)
-    symmetry = fit.mirror_vertices(model.mean)  # None: not symmetric about x = 0
-    mirror_x = None if symmetry is None or not settings.mirror_average else float(lookup.frame.normalise([0, 0, 0])[0])
+    mirror_x = mirror_plane(model, lookup.frame) if settings.mirror_average else None
     rng = np.random.default_rng(settings.seed)
     texture_picks = set(np.linspace(0, total - 1, min(settings.texture_frames, total)).round().astype(int).tolist())
     corrs, indices, fitted_tracks, kept_frames = [], [], [], {}
@@ -319,7 +329,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     light_prior = (np.zeros(27), LIGHT_PRIOR_PRECISION * np.eye(27))
     subset = np.unique(np.linspace(0, len(fits) - 1, min(ALBEDO_FRAMES, len(fits))).round().astype(int))
     albedo_vertices, _ = fit.inverse_sh_frames(model, [smoothed[k] for k in subset], [corrs[k] for k in subset],
-                                               symmetry=symmetry, light_prior=light_prior,
+                                               symmetry=fit.mirror_vertices(model.mean), light_prior=light_prior,
                                                iterations=5)
     lighting = np.stack([fit.frame_lighting(model, f, c, albedo_vertices, light_prior)
                          for f, c in zip(smoothed, corrs, strict=True)])  # (F, 9, 3)

@@ -74,10 +74,15 @@ class FaceCorrespondenceNet(nn.Module):
             raise ValueError(f"crops must have shape (N, S, S, 3), got {crops.shape}")
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(device).float() / 255.0
-        out = self(x).float()
-        template, mask, confidence = split_output(out)
-        return dict(template=template.permute(0, 2, 3, 1).cpu().numpy(), mask=mask[:, 0].cpu().numpy(),
-                    confidence=confidence[:, 0].cpu().numpy())
+        return output_to_numpy(self(x))
+
+
+def output_to_numpy(out: torch.Tensor) -> dict[str, np.ndarray]:
+    """Network output (B, 5, S, S) -> template (B, S, S, 3), mask probability and confidence (B, S, S), float32
+    numpy arrays (what `predict` returns)."""
+    template, mask, confidence = split_output(out.detach().float())
+    return dict(template=template.permute(0, 2, 3, 1).cpu().numpy(), mask=mask[:, 0].cpu().numpy(),
+                confidence=confidence[:, 0].cpu().numpy())
 
 
 def split_output(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

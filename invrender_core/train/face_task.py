@@ -31,7 +31,13 @@ from ..face import fit, pipeline, video
 from ..face.morphable_model import MorphableModel, load_model
 from ..face.render import SurfaceLookup, rasterize
 from ..face.synthetic import SyntheticFaces
-from ..nets.face_corr import DEFAULT_SIZE, DEFAULT_WIDTH, FaceCorrespondenceNet, correspondence_loss, split_output
+from ..nets.face_corr import (
+    DEFAULT_SIZE,
+    DEFAULT_WIDTH,
+    FaceCorrespondenceNet,
+    correspondence_loss,
+    output_to_numpy,
+)
 
 TRAIN_SAMPLES = 1_000_000  # virtual: a sample is rendered when asked for
 HELDOUT_SEED = 1_000_003
@@ -148,6 +154,7 @@ class FaceTask:
         self.real_crops = real_face_crops(real_frames, int(size)) if real_frames else None
         self.real_weight = float(real_weight)
         self.lookup = SurfaceLookup(self.face_model.mean, self.face_model.triangles)
+        self.mirror_x = pipeline.mirror_plane(self.face_model, self.lookup.frame)
         self.rng = np.random.default_rng(seed)
 
     def make_dataset(self) -> SyntheticFaceCrops:
@@ -156,16 +163,25 @@ class FaceTask:
     def compute_losses(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         losses = correspondence_loss(model(batch["image"]).float(), batch["template"], batch["mask"])
         if "real_image" in batch:
-            losses["real"] = self.real_weight * self.real_loss(model(batch["real_image"]).float())
+            real = batch["real_image"]
+            mirrored = None
+            if self.mirror_x is not None:
+                with torch.no_grad():
+                    mirrored = model(real.flip(3)).float()
+            losses["real"] = self.real_weight * self.real_loss(model(real).float(), mirrored)
         return {"total": sum(losses.values()), **losses}
 
-    def real_loss(self, out: torch.Tensor) -> torch.Tensor:
+    def real_loss(self, out: torch.Tensor, mirrored: torch.Tensor | None = None) -> torch.Tensor:
         """Mean L1 template distance between the network's output (B, 5, S, S) on real crops and the model fitted
-        to that very output (`pseudo_labels`), on the pixels both call face."""
-        template, mask, confidence = (t.detach().cpu().numpy() for t in split_output(out.detach()))
-        labels, label_masks = zip(*(pseudo_labels(self.face_model, self.lookup, template[b].transpose(1, 2, 0),
-                                                  mask[b, 0], confidence[b, 0], self.rng) for b in range(len(out))),
-                                  strict=True)
+        to that very output (`pseudo_labels`), on the pixels both call face. With `mirrored`, its output on the
+        mirror images of the crops, the fit sees the average of the two (`pipeline.mirror_average`), as the
+        face tool does."""
+        pred = output_to_numpy(out)
+        if mirrored is not None:
+            pred = pipeline.mirror_average(pred, output_to_numpy(mirrored), self.mirror_x)
+        labels, label_masks = zip(*(pseudo_labels(self.face_model, self.lookup, pred["template"][b],
+                                                  pred["mask"][b], pred["confidence"][b], self.rng)
+                                    for b in range(len(out))), strict=True)
         target = torch.from_numpy(np.stack(labels).transpose(0, 3, 1, 2)).to(out.device)
         use = torch.from_numpy(np.stack(label_masks)[:, None]).to(out.device) & (torch.sigmoid(out[:, 3:4]) > 0.5)
         error = (out[:, :3] - target).abs().sum(1, keepdim=True)

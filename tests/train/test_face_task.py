@@ -46,6 +46,38 @@ def test_pseudo_labels_of_a_true_prediction_are_the_truth(sfm):
     assert not empty.any() and not nothing.any()
 
 
+def _as_output(rendered: dict) -> torch.Tensor:
+    """A rendering's exact template map as network output (1, 5, S, S): sure face inside, no face outside."""
+    mask = rendered["mask"]
+    out = np.concatenate([rendered["template"].transpose(2, 0, 1), np.where(mask, 20.0, -20.0)[None],
+                          np.full((1, *mask.shape), -10.0)])
+    return torch.from_numpy(out[None].astype(np.float32))
+
+
+@needs_eos
+def test_real_loss_fits_the_average_of_a_crop_and_its_mirror_image(sfm):
+    """The mean face and its mirror image (pose mirrored) rendered exactly: averaged, the two outputs fit back
+    to the same face, so the loss stays near zero; an output paired with itself in place of its mirror image's
+    is no face at all, and the fit and the loss show it."""
+    task = face_task.FaceTask(DATA / "eos" / "sfm_shape_3448.bin", width=4, size=96)
+    size = 96
+    camera = Camera.from_fov(size, size, 20.0)
+    frame = task.lookup.frame
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    R = rotation_from_euler(-25.0, 10.0, 5.0)
+    t = np.array([3.0, 0.0, -camera.fx * 2 * frame.scale / (0.65 * size)]) - R @ frame.centre
+    neutral = (np.zeros(sfm.num_identity), np.zeros(sfm.num_expressions))
+    albedo = np.full((sfm.num_vertices, 3), 0.5)
+    seen = render_face(sfm, FaceParams(*neutral, R, t, camera, np.zeros((9, 3))), albedo, frame)
+    mirrored = render_face(sfm, FaceParams(*neutral, mirror @ R @ mirror, mirror @ t, camera, np.zeros((9, 3))),
+                           albedo, frame)
+    assert np.abs(mirrored["mask"][:, ::-1] ^ seen["mask"]).mean() < 0.01  # it is the mirror image
+    out = _as_output(seen)
+    exact = float(task.real_loss(out, _as_output(mirrored))) * frame.scale  # mm, L1 over xyz
+    assert exact < 1.0
+    assert float(task.real_loss(out, out)) * frame.scale > 5 * exact
+
+
 @needs_eos
 def test_synthetic_crops_and_real_crops(sfm):
     from invrender_core.face.synthetic import SyntheticFaces
