@@ -137,10 +137,10 @@ def mirror_average(pred: dict[str, np.ndarray], mirrored: dict[str, np.ndarray],
                 confidence=np.where(both, 0.5 * (pred["confidence"] + confidence), pred["confidence"]))
 
 
-def mirror_plane(model: MorphableModel, frame) -> float | None:
+def mirror_plane(frame, symmetry: np.ndarray | None) -> float | None:
     """x of the model's plane of symmetry in template coordinates (`TemplateFrame` frame): the model's x = 0
-    when its mean shape is symmetric about it (`fit.mirror_vertices`), else None."""
-    return None if fit.mirror_vertices(model.mean) is None else float(frame.normalise([0.0, 0.0, 0.0])[0])
+    when its mean shape is symmetric about it (`symmetry`, from `fit.mirror_vertices`, is not None), else None."""
+    return None if symmetry is None else float(frame.normalise([0.0, 0.0, 0.0])[0])
 
 
 def correspondences_from_prediction(template: np.ndarray, mask: np.ndarray, confidence: np.ndarray,
@@ -259,7 +259,8 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
                               detect_every=settings.detect_every, source_name=str(input_path), first_box=first_box)
 
     lookup = SurfaceLookup(model.mean, model.triangles)
-    mirror_x = mirror_plane(model, lookup.frame) if settings.mirror_average else None
+    symmetry = fit.mirror_vertices(model.mean)  # also the albedo's symmetry prior
+    mirror_x = mirror_plane(lookup.frame, symmetry) if settings.mirror_average else None
     rng = np.random.default_rng(settings.seed)
     texture_picks = set(np.linspace(0, total - 1, min(settings.texture_frames, total)).round().astype(int).tolist())
     corrs, indices, fitted_tracks, kept_frames = [], [], [], {}
@@ -331,7 +332,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     light_prior = (np.zeros(27), LIGHT_PRIOR_PRECISION * np.eye(27))
     subset = np.unique(np.linspace(0, len(fits) - 1, min(ALBEDO_FRAMES, len(fits))).round().astype(int))
     albedo_vertices, _ = fit.inverse_sh_frames(model, [smoothed[k] for k in subset], [corrs[k] for k in subset],
-                                               symmetry=fit.mirror_vertices(model.mean), light_prior=light_prior,
+                                               symmetry=symmetry, light_prior=light_prior,
                                                iterations=5)
     lighting = np.stack([fit.frame_lighting(model, f, c, albedo_vertices, light_prior)
                          for f, c in zip(smoothed, corrs, strict=True)])  # (F, 9, 3)

@@ -136,7 +136,8 @@ def evaluate_landmarks(model: MorphableModel, settings: pipeline.FaceSettings, n
         if not image.is_file():
             continue
         annotations = read_landmarks(image)
-        height, width = cv2.imread(str(image)).shape[:2]
+        pixels = cv2.imread(str(image))
+        height, width = pixels.shape[:2]
         (x0, y0) = np.maximum(annotations.min(axis=0), 0.0)
         (x1, y1) = np.minimum(annotations.max(axis=0), (width, height))
         boxed = replace(settings, face_box=(x0, y0, x1 - x0, y1 - y0))
@@ -145,7 +146,7 @@ def evaluate_landmarks(model: MorphableModel, settings: pipeline.FaceSettings, n
             readable = image
             if image.suffix.lower() in video.UNSUPPORTED_IMAGE_SUFFIXES:  # e.g. takeo.ppm: as PNG, same pixels
                 readable = Path(tmp) / (image.stem + ".png")
-                cv2.imwrite(str(readable), cv2.imread(str(image)))
+                cv2.imwrite(str(readable), pixels)
             for key, how in (("nme", settings), ("nme_annotated_box", boxed)):
                 try:
                     rig = pipeline.fit_face(readable, model, how, net=net)

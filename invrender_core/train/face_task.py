@@ -154,7 +154,7 @@ class FaceTask:
         self.real_crops = real_face_crops(real_frames, int(size)) if real_frames else None
         self.real_weight = float(real_weight)
         self.lookup = SurfaceLookup(self.face_model.mean, self.face_model.triangles)
-        self.mirror_x = pipeline.mirror_plane(self.face_model, self.lookup.frame)
+        self.mirror_x = pipeline.mirror_plane(self.lookup.frame, fit.mirror_vertices(self.face_model.mean))
         self.rng = np.random.default_rng(seed)
 
     def make_dataset(self) -> SyntheticFaceCrops:
