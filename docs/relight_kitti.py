@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "relight_kitti")
-    ap.add_argument("--refine", default=None, help="refiner weights (default: the shipped relight-refine-small)")
+    ap.add_argument("--refine", default=None,
+                    help="refiner weights, or 'none' (default: the shipped relight-refine-small)")
     args = ap.parse_args(argv)
 
     from invrender_core import relight, scene
@@ -42,10 +43,7 @@ def main(argv=None) -> int:
     height, width = photo.rgb.shape[:2]
     camera = kitti_camera(read_kitti_calib(folder / "000002_calib.txt"), width, height)
     estimate = scene.decompose(photo, camera=camera, device="cpu")
-    try:
-        refiner = relight_refine.load(args.refine or relight.DEFAULT_REFINER)
-    except ValueError:
-        refiner = None
+    refiner = None if args.refine == "none" else relight_refine.load(args.refine or relight.DEFAULT_REFINER)
     start = time.perf_counter()
     relighter = relight.Relighter(estimate, sun_to_sky=SUN_TO_SKY, refine=refiner)
     args.out.mkdir(parents=True, exist_ok=True)
