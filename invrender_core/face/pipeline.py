@@ -353,6 +353,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
         translation=translation.astype(np.float32), focal=np.full(len(fits), focal, np.float32),
         frames=np.asarray(indices, np.int64), sh=np.asarray(lighting, np.float32), albedo=texture,
         image_size=image_size, fps=float(source.fps), source=str(Path(input_path).resolve()),
+        tracks=np.asarray(fitted_tracks, np.int64),
     ).validate()
 
 

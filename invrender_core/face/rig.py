@@ -42,6 +42,8 @@ class FaceRig:
         image_size: (width, height) of the source frames in pixels.
         fps: frames per second of the source (0 when unknown, e.g. a folder of images).
         source: path of the source video / image / folder ("" when unknown).
+        tracks: (F,) int64 the face tracker's stretch per frame (`video.FaceBox.track`): a new id where it
+            switched to another face, at a cut; None on construction: one stretch (zeros).
     """
 
     name: str
@@ -62,6 +64,11 @@ class FaceRig:
     image_size: tuple[int, int]
     fps: float
     source: str = ""
+    tracks: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.tracks is None:
+            self.tracks = np.zeros(len(self.frames), np.int64)
 
     @property
     def num_frames(self) -> int:
@@ -89,6 +96,7 @@ class FaceRig:
             "translation": (self.translation, (f, 3)),
             "focal": (self.focal, (f,)),
             "frames": (self.frames, (f,)),
+            "tracks": (self.tracks, (f,)),
             "sh": (self.sh, (f, 9, 3)),
         }
         if self.uvs is not None:
@@ -109,7 +117,7 @@ def save_npz(rig: FaceRig, path) -> None:
     """Write the rig as .npz (the `invrender face --export-npz` file).
 
     Arrays: identity (K), expression (F, E), rotation (F, 3, 3), translation (F, 3), focal (F),
-    vertices (F, V, 3) posed in the camera frame (model units), frames (F), sh (F, 9, 3), plus what
+    vertices (F, V, 3) posed in the camera frame (model units), frames (F), tracks (F), sh (F, 9, 3), plus what
     rebuilds the rig: neutral, triangles, uvs, expression_basis, expression_names, expression_sigma,
     albedo, image_size, fps, name, source, format_version.
     """
@@ -123,6 +131,7 @@ def save_npz(rig: FaceRig, path) -> None:
         focal=rig.focal.astype(np.float32),
         vertices=rig.vertices(),
         frames=rig.frames.astype(np.int64),
+        tracks=rig.tracks.astype(np.int64),
         sh=rig.sh.astype(np.float32),
         neutral=rig.neutral.astype(np.float32),
         triangles=rig.triangles.astype(np.int32),
@@ -166,6 +175,7 @@ def load_npz(path) -> FaceRig:
         translation=a["translation"],
         focal=a["focal"],
         frames=a["frames"],
+        tracks=a.get("tracks"),  # absent from files written before it was added: one stretch
         sh=a["sh"],
         albedo=a.get("albedo"),
         image_size=(int(a["image_size"][0]), int(a["image_size"][1])),

@@ -163,26 +163,25 @@ def evaluate_landmarks(model: MorphableModel, settings: pipeline.FaceSettings, n
     return out
 
 
-def shots(path: Path, settings: pipeline.FaceSettings, frames: np.ndarray) -> np.ndarray:
-    """A shot id per fitted frame (source indices `frames`): a new shot where the tracker switched to another
-    face (a cut) or frames were left out (no face fitted there), so that jitter is frame-to-frame motion only."""
-    source = video.open_source(path, settings.start, settings.end, settings.step)
-    with video.iter_frames(source) as reader:
-        boxes = video.track_faces((rgb for _, rgb in reader), detect_every=settings.detect_every)
-    track_of = {index: box.track for index, box in zip(source.frames, boxes, strict=True)}
-    tracks = np.array([track_of[index] for index in frames])
-    breaks = (np.diff(tracks) != 0) | (np.diff(frames) != settings.step)
+def shots(rig, step: int) -> np.ndarray:
+    """A shot id per fitted frame of `rig`: a new shot where the tracker switched to another face (a cut) or
+    frames were left out (no face fitted there), so that jitter is frame-to-frame motion only."""
+    breaks = (np.diff(rig.tracks) != 0) | (np.diff(rig.frames) != step)
     return np.concatenate([[0], np.cumsum(breaks)])
 
 
 def evaluate_videos(model: MorphableModel, settings: pipeline.FaceSettings, net, data: Path) -> dict:
+    """Per video: frames, shots, seconds of the fit without smoothing, and jitter without and with it. The
+    smoothed motion is the unsmoothed fit's, smoothed as `pipeline.fit_face` does (the same fit otherwise)."""
     out = {}
     for path in sorted((data / "videos").glob("*.mp4")):
         start = time.perf_counter()
         raw = pipeline.fit_face(path, model, replace(settings, smoothing=0.0), net=net)
         seconds = time.perf_counter() - start
-        smooth = pipeline.fit_face(path, model, settings, net=net)
-        shot = shots(path, settings, smooth.frames)
+        motion = pipeline.smooth_per_track(raw.expression, raw.rotation, raw.translation,
+                                           raw.frames / settings.step, raw.tracks, settings.smoothing)
+        smooth = replace(raw, **dict(zip(("expression", "rotation", "translation"), motion, strict=True)))
+        shot = shots(raw, settings.step)
         out[path.name] = {"frames": raw.num_frames, "shots": int(shot[-1]) + 1, "seconds": round(seconds, 1),
                           "jitter_raw": round(video.jitter(raw.vertices(), shot), 3),
                           "jitter_smoothed": round(video.jitter(smooth.vertices(), shot), 3)}

@@ -19,7 +19,8 @@ def small_rig(frames: int = 4, vertices: int = 5, expressions: int = 2) -> FaceR
         rotation=np.stack([rotation_from_euler(10 * k, -5 * k, k) for k in range(frames)]).astype(np.float32),
         translation=rng.normal(size=(frames, 3)).astype(np.float32), focal=np.full(frames, 500.0, np.float32),
         frames=np.arange(0, 2 * frames, 2), sh=rng.normal(size=(frames, 9, 3)).astype(np.float32),
-        albedo=rng.random((8, 8, 3)).astype(np.float32), image_size=(64, 48), fps=29.97, source="clip.mp4")
+        albedo=rng.random((8, 8, 3)).astype(np.float32), image_size=(64, 48), fps=29.97, source="clip.mp4",
+        tracks=np.repeat([0, 1], [frames // 2, frames - frames // 2]))
 
 
 def test_posed_vertices_follow_the_formula():
@@ -43,9 +44,20 @@ def test_npz_round_trip_and_documented_arrays(tmp_path):
     assert shapes == {"identity": (3,), "expression": (4, 2), "rotation": (4, 3, 3), "translation": (4, 3),
                       "focal": (4,), "vertices": (4, 5, 3), "frames": (4,), "sh": (4, 9, 3)}
     back = load_npz(path)
-    for name in ("neutral", "expression", "rotation", "translation", "focal", "frames", "sh", "albedo", "uvs"):
+    for name in ("neutral", "expression", "rotation", "translation", "focal", "frames", "tracks", "sh", "albedo",
+                 "uvs"):
         np.testing.assert_array_equal(getattr(back, name), getattr(rig, name))
     assert (back.image_size, back.fps, back.source, back.name) == ((64, 48), 29.97, "clip.mp4", "tiny")
+
+
+def test_a_file_without_tracks_loads_as_one_stretch(tmp_path):
+    path = tmp_path / "params.npz"
+    save_npz(small_rig(), path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "tracks"}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    np.testing.assert_array_equal(load_npz(path).tracks, [0, 0, 0, 0])
 
 
 def test_shape_errors_name_the_array(tmp_path):

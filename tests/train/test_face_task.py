@@ -2,6 +2,7 @@
 and the evaluation's metrics against analytic answers."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -111,6 +112,14 @@ def test_similarity_alignment_and_rotation_error_are_exact():
     a = np.stack([rotation_from_euler(0, 0, 0), rotation_from_euler(10, 0, 0)])
     b = np.stack([rotation_from_euler(5, 0, 0), rotation_from_euler(10, 0, 0)])
     np.testing.assert_allclose(evaluate_face.rotation_error_deg(a, b), [5.0, 0.0], atol=1e-5)  # arccos near 1
+
+
+def test_shots_break_at_a_cut_and_at_frames_left_out():
+    rig = SimpleNamespace(frames=np.array([0, 1, 2, 4, 5, 6]),  # frame 3 had no face
+                          tracks=np.array([0, 0, 0, 0, 1, 1]))  # the tracker switched faces at frame 5
+    np.testing.assert_array_equal(evaluate_face.shots(rig, step=1), [0, 0, 0, 1, 2, 2])
+    rig.frames = np.arange(0, 12, 2)  # every other frame fitted (step 2): no gap
+    np.testing.assert_array_equal(evaluate_face.shots(rig, step=2), [0, 0, 0, 0, 1, 1])
 
 
 @pytest.mark.skipif(not (DATA / "eos" / "image_0010.pts").exists(), reason="../shared/data missing")
