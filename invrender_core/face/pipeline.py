@@ -203,6 +203,17 @@ def smooth_per_track(expression: np.ndarray, rotation: np.ndarray, translation: 
     return expression, rotation, translation
 
 
+def smooth_motion(expression: np.ndarray, rotation: np.ndarray, translation: np.ndarray, frames, tracks,
+                  settings: FaceSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-frame motion of a fit smoothed as `fit_face` smooths it (`smooth_per_track` with
+    settings.smoothing; unchanged when that is 0 or there is one frame). frames (F,) source indices, tracks (F,)."""
+    if settings.smoothing <= 0 or len(frames) < 2:
+        return expression, rotation, translation
+    # Time in used frames (source index / step): frames where no face was found leave a gap in it.
+    times = np.asarray(frames, np.float64) / settings.step
+    return smooth_per_track(expression, rotation, translation, times, np.asarray(tracks), settings.smoothing)
+
+
 def _inside(box: video.FaceBox, frame_shape: tuple) -> bool:
     """Whether the box lies within a frame of shape (H, W, ...)."""
     height, width = frame_shape[:2]
@@ -318,11 +329,8 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     expression = np.stack([f.expression for f in fits])  # (F, E)
     rotation = np.stack([f.rotation for f in fits])  # (F, 3, 3)
     translation = np.stack([f.translation for f in fits])  # (F, 3)
-    if settings.smoothing > 0 and len(fits) > 1:
-        # Time in used frames (source index / step): frames where no face was found leave a gap in it.
-        times = np.asarray(indices, np.float64) / settings.step
-        expression, rotation, translation = smooth_per_track(expression, rotation, translation, times,
-                                                             np.asarray(fitted_tracks), settings.smoothing)
+    expression, rotation, translation = smooth_motion(expression, rotation, translation, indices, fitted_tracks,
+                                                      settings)
     focal = float(fits[0].focal)
     smoothed = [fit.FrameFit(identity, expression[k], rotation[k], translation[k], focal, fits[k].rms_px)
                 for k in range(len(fits))]

@@ -172,15 +172,15 @@ def shots(rig, step: int) -> np.ndarray:
 
 def evaluate_videos(model: MorphableModel, settings: pipeline.FaceSettings, net, data: Path) -> dict:
     """Per video: frames, shots, seconds of the fit without smoothing, and jitter without and with it. The
-    smoothed motion is the unsmoothed fit's, smoothed as `pipeline.fit_face` does (the same fit otherwise)."""
+    smoothed motion is the unsmoothed fit's, smoothed as `pipeline.fit_face` does (`pipeline.smooth_motion`)."""
     out = {}
     for path in sorted((data / "videos").glob("*.mp4")):
         start = time.perf_counter()
         raw = pipeline.fit_face(path, model, replace(settings, smoothing=0.0), net=net)
         seconds = time.perf_counter() - start
-        motion = pipeline.smooth_per_track(raw.expression, raw.rotation, raw.translation,
-                                           raw.frames / settings.step, raw.tracks, settings.smoothing)
-        smooth = replace(raw, **dict(zip(("expression", "rotation", "translation"), motion, strict=True)))
+        expression, rotation, translation = pipeline.smooth_motion(raw.expression, raw.rotation, raw.translation,
+                                                                   raw.frames, raw.tracks, settings)
+        smooth = replace(raw, expression=expression, rotation=rotation, translation=translation)
         shot = shots(raw, settings.step)
         out[path.name] = {"frames": raw.num_frames, "shots": int(shot[-1]) + 1, "seconds": round(seconds, 1),
                           "jitter_raw": round(video.jitter(raw.vertices(), shot), 3),
