@@ -74,8 +74,9 @@ class FaceSettings:
         clips (`evaluate_face --synthetic-seeds 100 101 102 103 104`) with face-corr-small: mean identity error
         4.01 / 3.48 / 3.38 / 3.59 mm at weights 30 / 300 / 1000 / 3000 (mean shape 5.19), rotation 5.5 to 5.8
         degrees at all four; checked again once misframed crops were cut again: 3.32 / 3.17 / 3.18 mm at
-        100 / 300 / 1000, rotation 4.8 to 5.1 degrees; and with the weights of the card's step 8, where 100
-        did better on the validation clips but made the real videos jitter more (the card has the numbers).
+        100 / 300 / 1000, rotation 4.8 to 5.1 degrees; and with the weights of the card's steps 8 and 10, where
+        100 did better on the validation clips but worse on real faces (more video jitter; with step 10 also
+        a higher landmark error; the card has the numbers).
     weights: correspondence network (registered name or .safetensors path); weights_dir: the user's folder.
     device: torch device for the network ("cpu", "cuda", ...); batch_size: crops per network call.
     seed: seeds the choice of correspondences.
