@@ -58,6 +58,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine", help="default cosine")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1)")
+    p.add_argument("--second-light", type=float, help="irn: share of pairs that are one view under the dataset's "
+                   "two lights (datasets rendered with --second-light; default 0)")
+    p.add_argument("--loss-weight", action="append", metavar="TERM=W",
+                   help="irn: set one loss term's weight (irn_losses.IRNLossWeights names), e.g. shadow_sparsity=0.1; "
+                   "repeat for several")
     p.set_defaults(func=run_train)
     return p
 
@@ -104,6 +109,22 @@ def _data_source(args):
     return data
 
 
+def _loss_weights(pairs: list[str] | None) -> dict[str, float] | None:
+    """--loss-weight TERM=W options -> {TERM: W} (None when none was given)."""
+    if not pairs:
+        return None
+    weights = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--loss-weight takes TERM=W with a number W, got {pair!r}")
+    return weights
+
+
 def build_task(args):
     """Seed, then construct the task class for `args.task` with the options the command line gave."""
     from .trainer import seed_everything
@@ -111,14 +132,15 @@ def build_task(args):
     cls = _task_class(args.task)
     kwargs = {"data": _data_source(args), "seed": args.seed}
     for key, value in (("width", args.width), ("crop", args.crop), ("eval_data", args.eval_data),
-                       ("real_frames", args.real_frames)):
+                       ("real_frames", args.real_frames), ("second_light", args.second_light),
+                       ("loss_weights", _loss_weights(args.loss_weight))):
         if value is not None:
             kwargs[key] = tuple(value) if key == "crop" else value
     params = inspect.signature(cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in kwargs if k not in params and not takes_any]
     if unknown:
-        options = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        options = ", ".join("--loss-weight" if k == "loss_weights" else "--" + k.replace("_", "-") for k in unknown)
         raise ValueError(f"invrender train {args.task} does not take {options}")
     seed_everything(args.seed)  # the initial weights depend on the seed alone
     task = cls(**kwargs)

@@ -84,6 +84,7 @@ RELIGHT_ARRAYS = {
     "relight_sky_sh_camera": (np.float32, (9, 3)),
     "relight_sh_camera": (np.float32, (9, 3)),
 }
+SECOND_LIGHT_PHOTO = "relight_image"
 
 
 def _expected_shape(template: tuple, height: int, width: int) -> tuple[int, ...]:
@@ -117,11 +118,15 @@ def write_view(path: str | Path, arrays: dict) -> None:
     np.savez_compressed(path, **{name: np.asarray(arrays[name]) for name in _specs_of(arrays)})
 
 
-def read_view(path: str | Path, ground_truth: bool = False) -> dict[str, np.ndarray]:
+def read_view(path: str | Path, ground_truth: bool = False, second_light: bool = False) -> dict[str, np.ndarray]:
     """Read one view: the input arrays, plus the ground-truth ones and, when the file has them, the relight
-    ones (RELIGHT_ARRAYS) when `ground_truth` (evaluation only)."""
+    ones (RELIGHT_ARRAYS) when `ground_truth` (evaluation only). With `second_light`, also the photo under the
+    second light when the file has it (`relight_image`: a photo, as a capture under two lights has, not ground
+    truth)."""
     with np.load(path, allow_pickle=False) as z:
-        names = _specs_of(z.files) if ground_truth else INPUT_ARRAYS
+        names = _specs_of(z.files) if ground_truth else dict(INPUT_ARRAYS)
+        if second_light and SECOND_LIGHT_PHOTO in z.files:
+            names[SECOND_LIGHT_PHOTO] = RELIGHT_ARRAYS[SECOND_LIGHT_PHOTO]
         missing = sorted(set(names) - set(z.files))
         if missing:
             raise ValueError(f"{path}: not an {FORMAT} view, missing {missing}")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..io import srgb_lut
-from .data import list_scenes, read_view
+from .data import SECOND_LIGHT_PHOTO, list_scenes, read_view
 
 __all__ = [
     "DepthDataset",
@@ -107,16 +107,21 @@ class MultiviewScenes:
         K, cam_to_world = self._cameras[key]
         return K.copy(), cam_to_world.copy(), self._sizes[scene]
 
-    def load(self, scene: int, view: int) -> dict[str, np.ndarray]:
+    def load(self, scene: int, view: int, second_light: bool = False) -> dict[str, np.ndarray]:
+        """The view's inputs; with `second_light`, also `second_light_image` (float32 linear, the photo under the
+        dataset's second light) when the view has one."""
         path = self._path(scene, view)
-        arrays = read_view(path)  # inputs only: ground truth is not even read
+        arrays = read_view(path, second_light=second_light)  # inputs only: ground truth is not even read
         image, depth = arrays["image"], arrays["depth_mvs"]
         if image.ndim != 3 or depth.shape != image.shape[:2]:
             raise ValueError(f"{path}: image {image.shape} and depth_mvs {depth.shape} do not match; "
                              "re-render the view")
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-        return {"image": decode_srgb8(image), "depth_mvs": depth, "K": arrays["K"].astype(np.float64),
-                "cam_to_world": arrays["cam_to_world"].astype(np.float64)}
+        loaded = {"image": decode_srgb8(image), "depth_mvs": depth, "K": arrays["K"].astype(np.float64),
+                  "cam_to_world": arrays["cam_to_world"].astype(np.float64)}
+        if SECOND_LIGHT_PHOTO in arrays:
+            loaded["second_light_image"] = decode_srgb8(arrays[SECOND_LIGHT_PHOTO])
+        return loaded
 
     def describe(self, scene: int, view: int) -> str:
         return str(self._path(scene, view))
@@ -304,18 +309,29 @@ class ViewPairDataset(_AugmentedViews):
             (linear images are multiplied, then clipped to [0, 1]).
         min_overlap: see above, in [0, 1].
         flip, max_gain: switch off flips / set the exposure range (1 = off) within `augment`.
+        second_light: probability in [0, 1] that an item pairs view i with itself under the dataset's second
+            light (views with a `relight_image`, `render_multiview.py --second-light`), the only pairs in which
+            shading and shadows differ while the albedo is the same; other items (and views without a second
+            photo) pair two views under the same light.
 
     Item (dict of tensors; X is i or j): image_X (3, H, W) float32 linear RGB; depth_X (1, H, W) float32 MVS
     depth, 0 = missing; valid_X (1, H, W) float32 1 where depth_X > 0; sky_X (1, H, W) float32 `sky_from_mvs`;
-    K_X (3, 3) float32; cam_to_world_X (4, 4) float32; scene, view_i, view_j, flipped: int64 scalars.
+    K_X (3, 3) float32; cam_to_world_X (4, 4) float32; scene, view_i, view_j, flipped: int64 scalars;
+    same_light: float32 scalar, 1 when both photos share one light.
     """
 
     def __init__(self, data, split: str = "train", crop: tuple[int, int] | None = None, seed: int = 0,
-                 augment: bool = True, min_overlap: float = 0.25, flip: bool = True, max_gain: float = 1.25):
+                 augment: bool = True, min_overlap: float = 0.25, flip: bool = True, max_gain: float = 1.25,
+                 second_light: float = 0.0):
         super().__init__(data, split, crop, seed, augment, flip, max_gain)
         if not 0.0 <= min_overlap <= 1.0:
             raise ValueError(f"min_overlap must be in [0, 1], got {min_overlap!r}")
-        self.min_overlap = float(min_overlap)
+        if not 0.0 <= second_light <= 1.0:
+            raise ValueError(f"second_light must be in [0, 1], got {second_light!r}")
+        if second_light > 0 and not isinstance(self.source, MultiviewScenes):
+            raise ValueError("second_light needs a multiview dataset whose views have a second photo "
+                             "(render_multiview.py --second-light); a COLMAP capture has none")
+        self.min_overlap, self.second_light = float(min_overlap), float(second_light)
         self.items = [(s, v) for s, (_, views) in enumerate(self.source.scenes) if len(views) >= 2
                       for v in range(len(views))]
         if not self.items:
@@ -345,9 +361,17 @@ class ViewPairDataset(_AugmentedViews):
             raise IndexError(f"pair index {index} out of range for {len(self.items)} items")
         rng = self._rng(index)
         scene, view_i = self.items[index]
-        first = self.source.load(scene, view_i)
-        view_j = self.partner(index, first["depth_mvs"], rng)
-        second = self.source.load(scene, view_j)
+        other_light = self.second_light > 0 and rng.random() < self.second_light
+        if other_light:
+            first = self.source.load(scene, view_i, second_light=True)
+            other_light = "second_light_image" in first
+        else:
+            first = self.source.load(scene, view_i)
+        if other_light:
+            view_j, second = view_i, {**first, "image": first["second_light_image"]}
+        else:
+            view_j = self.partner(index, first["depth_mvs"], rng)
+            second = self.source.load(scene, view_j)
         flip, gain = self._flip_and_gain(rng)
         item = {}
         for suffix, view, v in (("i", first, view_i), ("j", second, view_j)):
@@ -356,7 +380,7 @@ class ViewPairDataset(_AugmentedViews):
             for key, value in _view_tensors(view, offset, self.crop, flip, gain).items():
                 item[f"{key}_{suffix}"] = value
         item.update(scene=torch.tensor(scene), view_i=torch.tensor(view_i), view_j=torch.tensor(view_j),
-                    flipped=torch.tensor(int(flip)))
+                    flipped=torch.tensor(int(flip)), same_light=torch.tensor(0.0 if other_light else 1.0))
         return item
 
 

@@ -8,7 +8,8 @@ the view's own resolution) and is scored on the pixels that are not sky, next to
 InverseRenderNet alone (as during training) its raw outputs are scored:
 
 - normals: mean angular error; baseline "flat normals facing the camera" (0, 0, 1).
-- albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baseline "albedo = linearised photo".
+- albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baselines "albedo = linearised photo" and
+  "one colour everywhere" (the variance of the true albedo: a decoder that collapsed to a constant scores this).
 - lighting: `metrics.lighting_error` of the solved SH vs the true sky's; baseline "uniform light" (DC only).
 - shadow: IoU of the shadowed regions; baseline "no shadow" (IoU 0 whenever there is a shadow).
 - sky (whole pipeline): IoU of the detected sky with the true sky (views with no sky in either are skipped).
@@ -72,6 +73,7 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "normal_deg_flat": metrics.normal_angular_error(np.broadcast_to(FLAT, gt_normal.shape), gt_normal, ground),
         "albedo_simse": metrics.scale_invariant_mse(pred["albedo"], gt_albedo, ground),
         "albedo_simse_photo": metrics.scale_invariant_mse(image, gt_albedo, ground),
+        "albedo_simse_constant": metrics.scale_invariant_mse(np.ones_like(gt_albedo), gt_albedo, ground),
         "lighting_err": metrics.lighting_error(pred["lighting"], view["gt_sh_camera"]),
         "lighting_err_uniform": metrics.lighting_error(uniform, view["gt_sh_camera"]),
         "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"], ground),

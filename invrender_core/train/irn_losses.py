@@ -293,6 +293,34 @@ def albedo_smoothness_loss(albedo: torch.Tensor, image: torch.Tensor, mask: torc
     return _pair_mean(wx * dx, ok[..., :, 1:] & ok[..., :, :-1], wy * dy, ok[..., 1:, :] & ok[..., :-1, :])
 
 
+def shading_smoothness_loss(shading: torch.Tensor, mask: torch.Tensor, eps: float = ALBEDO_LOG_EPS) -> torch.Tensor:
+    """Mean |log lum(shading_p) - log lum(shading_q)| over horizontal and vertical pairs of valid neighbours.
+
+    Shading E(n) varies with the surface's orientation, which changes little from pixel to pixel except at
+    edges; texture is albedo. Without this term, a fine-tuning run whose shadow map had been freed by
+    `shadow_sparsity_loss` explained three quarters of the photos' fine luminance detail by normals that
+    followed the texture, leaving the albedo one flat colour. L1, so the few real creases stay sharp; log
+    luminance, so the lighting's scale and colour do not matter.
+
+    Args:
+        shading: (B, 3, H, W) E(normal), > 0 where valid.
+        mask: (B, 1, H, W).
+        eps: offset inside the log, >= 0.
+
+    Returns:
+        0-dim tensor.
+    """
+    _check_map("shading", shading, 3)
+    _check_map("mask", mask, 1)
+    _check_same_size("shading", shading, mask=mask)
+    ok = _valid(mask, shading)
+    to_luminance = torch.as_tensor(LUMINANCE, dtype=shading.dtype, device=shading.device).view(1, 3, 1, 1)
+    log_lum = torch.log((shading * to_luminance).sum(dim=1, keepdim=True).clamp(min=0.0) + eps)
+    dx = (log_lum[..., :, 1:] - log_lum[..., :, :-1]).abs()
+    dy = (log_lum[..., 1:, :] - log_lum[..., :-1, :]).abs()
+    return _pair_mean(dx, ok[..., :, 1:] & ok[..., :, :-1], dy, ok[..., 1:, :] & ok[..., :-1, :])
+
+
 # ----------------------------------------------------------------------------------------------------
 # normals
 
@@ -546,6 +574,45 @@ def shadow_prior_loss(shadow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _masked_mean(1.0 - shadow, _valid(mask, shadow))
 
 
+SPARSITY_LIT_QUANTILE = 0.9  # `shadow_sparsity_loss`: the share of an image's pixels at most as lit as "lit"
+SHADOW_LOG_EPS = 1e-6
+
+
+def shadow_sparsity_loss(shadow: torch.Tensor, mask: torch.Tensor, quantile: float = SPARSITY_LIT_QUANTILE,
+                         eps: float = SHADOW_LOG_EPS) -> torch.Tensor:
+    """Scale-free sparse-shadow prior: mean of max(0, log q - log shadow) over valid pixels, q = the image's
+    `quantile` of shadow (no gradient).
+
+    `shadow_prior_loss` measures darkness against 1, but the lighting solve absorbs any scale of the shadow
+    map, so a network can shrink the whole map (irn-small's is ~4e-5), where the sigmoid's gradient vanishes
+    and that prior stops acting: irn-small's map follows the photo's brightness. Measured against the image's
+    own lit level, in log space (whose gradient through a sigmoid, 1 - shadow, does not vanish), darkening
+    costs the same at any scale of the map.
+
+    Args:
+        shadow: (B, 1, H, W) in [0, 1].
+        mask: (B, 1, H, W).
+        quantile: in (0, 1].
+        eps: offset inside the log, >= 0.
+
+    Returns:
+        0-dim tensor.
+    """
+    _check_map("shadow", shadow, 1)
+    _check_map("mask", mask, 1)
+    _check_same_size("shadow", shadow, mask=mask)
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    valid = _valid(mask, shadow)
+    log_shadow = torch.log(shadow.clamp(min=0.0) + eps)
+    lit = []
+    for b in range(shadow.shape[0]):
+        values = log_shadow[b][valid[b]].detach()
+        lit.append(torch.quantile(values, quantile) if values.numel() else values.new_zeros(()))
+    lit_level = torch.stack(lit).view(-1, 1, 1, 1)
+    return _masked_mean(torch.relu(lit_level - log_shadow), valid)
+
+
 # ----------------------------------------------------------------------------------------------------
 # weights
 
@@ -566,6 +633,8 @@ class IRNLossWeights:
     init, ~0.01 once lighting is natural (the trainer may clip gradients or ramp it in). Shadow consistency
     (L1 in [0, 1]) 0.5. The shadow sparsity prior 0.05: keeping a true shadow of 0.3 costs 0.05 · 0.7 = 0.035
     per pixel, while removing it costs 0.22 per pixel of re-rendering error, so real shadows survive.
+    `shadow_sparsity` and `shading_smoothness` are off (0) by default; the irn-small model card has the runs that
+    tried them.
     """
 
     rerender: float = 1.0
@@ -577,6 +646,8 @@ class IRNLossWeights:
     illumination_prior: float = 0.001
     shadow_consistency: float = 0.5
     shadow_prior: float = 0.05
+    shadow_sparsity: float = 0.0
+    shading_smoothness: float = 0.0
 
     def __post_init__(self):
         for f in fields(self):

@@ -15,7 +15,7 @@ Only inputs a real multiview capture has are used (photos, MVS depth, cameras); 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -48,13 +48,21 @@ class IRNTask:
     weights: L.IRNLossWeights = field(default_factory=lambda: TRAINING_WEIGHTS)
     eval_views: int = 48
     normal_smoothing: int = 2  # radius of `smooth_depth` before MVS normals are computed
+    second_light: float = 0.0  # share of pairs that are one view under two lights (`ViewPairDataset`)
+    loss_weights: dict[str, float] | None = None  # overrides of single weights, e.g. {"shadow_sparsity": 0.1}
 
     def __post_init__(self):
+        if self.loss_weights:
+            known = {f.name for f in fields(L.IRNLossWeights)}
+            unknown = sorted(set(self.loss_weights) - known)
+            if unknown:
+                raise ValueError(f"unknown loss terms {unknown}; known terms are {sorted(known)}")
+            self.weights = replace(self.weights, **{k: float(v) for k, v in self.loss_weights.items()})
         self.prior = IlluminationPrior.load()
         self.model = InverseRenderNet(width=self.width, prior=self.prior)
 
     def make_dataset(self):
-        return ViewPairDataset(self.data, "train", crop=self.crop, seed=self.seed)
+        return ViewPairDataset(self.data, "train", crop=self.crop, seed=self.seed, second_light=self.second_light)
 
     def compute_losses(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         b = batch["image_i"].shape[0]
@@ -73,6 +81,8 @@ class IRNTask:
         partner_maps = torch.cat([albedo, shadow], dim=1)[swap]  # (2B, 4, H, W)
         warped, overlap = warp_to_view(partner_maps, depth, K, pose, K[swap], pose[swap], depth_src=depth[swap])
         albedo_other, shadow_other = warped[:, :3], warped[:, 3:]
+        # Shadows agree between the two photos of a pair only when they share the light.
+        same_light = batch.get("same_light", torch.ones(b)).to(images.device).repeat(2).view(-1, 1, 1, 1)
 
         terms = {
             "rerender": L.rerender_loss(images, albedo, shadow, shading, everywhere),
@@ -82,8 +92,10 @@ class IRNTask:
             "cross_render": L.cross_render_loss(images, albedo_other, shadow, shading, overlap),
             "albedo_smoothness": L.albedo_smoothness_loss(albedo, images, everywhere),
             "illumination_prior": L.illumination_prior_loss(lighting, self.prior),
-            "shadow_consistency": L.shadow_consistency_loss(shadow, shadow_other, overlap),
+            "shadow_consistency": L.shadow_consistency_loss(shadow, shadow_other, overlap * same_light),
             "shadow_prior": L.shadow_prior_loss(shadow, everywhere),
+            "shadow_sparsity": L.shadow_sparsity_loss(shadow, everywhere),
+            "shading_smoothness": L.shading_smoothness_loss(shading, everywhere),
         }
         terms["total"] = L.combine(terms, self.weights)
         return terms
@@ -97,4 +109,4 @@ class IRNTask:
             return {}
         mean = evaluate(self.data, irn=model, max_views=self.eval_views)["mean"]
         return {k: v for k, v in mean.items() if k in ("normal_deg", "albedo_simse", "albedo_simse_photo",
-                                                         "lighting_err", "shadow_iou")}
+                                                         "albedo_simse_constant", "lighting_err", "shadow_iou")}

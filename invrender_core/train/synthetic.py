@@ -37,8 +37,13 @@ def intrinsics(w, h, fov_x_deg=60.0) -> np.ndarray:
     return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
 
 
-def render(K, c2w, w, h, sphere=True):
-    """Exact planar depth (0 = sky), camera-frame normals and a shaded albedo of the plane (+ sphere) scene."""
+LIGHT = (0.3, 0.2, 0.93)  # world direction towards the light
+SECOND_LIGHT = (-0.6, 0.3, 0.74)  # `make_dataset(second_light=True)`
+
+
+def render(K, c2w, w, h, sphere=True, light=LIGHT):
+    """Exact planar depth (0 = sky), camera-frame normals and a shaded albedo of the plane (+ sphere) scene, lit
+    from world direction `light` (unit)."""
     u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     d_cam = np.stack([(u - K[0, 2]) / K[0, 0], -(v - K[1, 2]) / K[1, 1], -np.ones_like(u)], -1)  # z = -1: t = depth
     d = d_cam @ c2w[:3, :3].T
@@ -56,7 +61,7 @@ def render(K, c2w, w, h, sphere=True):
     n_cam = n_world @ c2w[:3, :3]
     checker = ((np.floor(p[..., 0] * 2) + np.floor(p[..., 1] * 2)) % 2)[..., None]
     albedo = np.where(checker > 0, [0.6, 0.5, 0.4], [0.3, 0.35, 0.2])
-    shade = np.clip(n_world @ np.array([0.3, 0.2, 0.93]), 0, None)[..., None] * 0.9 + 0.1
+    shade = np.clip(n_world @ np.asarray(light), 0, None)[..., None] * 0.9 + 0.1
     linear = np.where(hit[..., None], albedo * shade, [0.5, 0.7, 0.95])
     return np.where(hit, t, 0.0), np.where(hit[..., None], n_cam, 0.0), albedo, linear
 
@@ -67,8 +72,11 @@ def to_srgb8(linear):
 
 
 def make_dataset(root, scenes=2, views=3, w=48, h=32, heldout=1, noise=0.0, holes=0.0, seed=0, eyes=None,
-                 sphere=True):
-    """Write `scenes` train scenes (+ `heldout` held-out ones) of `views` views each; return the root."""
+                 sphere=True, second_light=False):
+    """Write `scenes` train scenes (+ `heldout` held-out ones) of `views` views each; return the root.
+
+    second_light: also write the relight arrays (`data.RELIGHT_ARRAYS`), the second photo lit from
+    SECOND_LIGHT (no cast shadows: the shadow maps are ones; the SH arrays are zeros, as gt_sh_camera is)."""
     rng = np.random.default_rng(seed)
     for s in range(scenes + heldout):
         scene_dir = root / f"scene_{s:05d}"
@@ -87,12 +95,24 @@ def make_dataset(root, scenes=2, views=3, w=48, h=32, heldout=1, noise=0.0, hole
             mvs = depth * (1 + noise * rng.standard_normal(depth.shape))
             mvs[rng.random(depth.shape) < holes] = 0
             name = f"view_{k:02d}.npz"
-            write_view(scene_dir / name, {
+            arrays = {
                 "image": to_srgb8(linear), "depth_mvs": mvs.astype(np.float32), "K": K, "cam_to_world": c2w,
                 "exposure": np.float32(1.0), "gt_depth": depth.astype(np.float32),
                 "gt_normal": normal.astype(np.float16), "gt_albedo": albedo.astype(np.float16),
                 "gt_shadow": np.ones((h, w), np.float16), "sky_mask": depth == 0,
-                "gt_sh_camera": np.zeros((9, 3), np.float32)})
+                "gt_sh_camera": np.zeros((9, 3), np.float32)}
+            if second_light:
+                second = render(K, c2w, w, h, sphere, SECOND_LIGHT)[3]
+                to_camera = c2w[:3, :3].T
+                no_sh = np.zeros((9, 3), np.float32)
+                arrays.update({
+                    "sun_camera": (to_camera @ LIGHT).astype(np.float32), "sun_irradiance": np.ones(3, np.float32),
+                    "sky_sh_camera": no_sh, "relight_image": to_srgb8(second),
+                    "relight_gt_shadow": np.ones((h, w), np.float16),
+                    "relight_sun_camera": (to_camera @ SECOND_LIGHT).astype(np.float32),
+                    "relight_sun_irradiance": np.ones(3, np.float32), "relight_sky_sh_camera": no_sh,
+                    "relight_sh_camera": no_sh})
+            write_view(scene_dir / name, arrays)
             names.append(name)
         write_scene_json(scene_dir, {"seed": s, "split": "train" if s < scenes else "heldout", "width": w,
                                      "height": h, "views": names, "sh_world": np.zeros((9, 3)).tolist()})

@@ -334,6 +334,8 @@ def test_colmap_scenes_resample_and_feed_the_datasets(tmp_path):
                                    [0, 0, 1]])
     pairs = ViewPairDataset(scenes, augment=False, min_overlap=0.0)
     assert len(pairs) == 4
+    with pytest.raises(ValueError, match="second photo"):  # a capture has one light per photo
+        ViewPairDataset(scenes, second_light=0.5)
     item = pairs[1]
     assert item["image_i"].shape == (3, 16, 32) and item["depth_j"].shape == (1, 16, 32)
     torch.testing.assert_close(item["K_i"], torch.tensor(scenes.camera(0, 1)[0], dtype=torch.float32))

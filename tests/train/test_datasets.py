@@ -214,7 +214,8 @@ def test_partner_has_overlap(tmp_path):
         assert int(ds[0]["view_j"]) == 1  # never the view facing away
 
 
-def test_training_datasets_never_read_ground_truth(data_root, monkeypatch):
+def record_npz_reads(monkeypatch) -> list[str]:
+    """Make np.load record the name of every array read from an .npz; returns the (growing) list of names."""
     accessed = []
     real_load = np.load
 
@@ -233,6 +234,11 @@ def test_training_datasets_never_read_ground_truth(data_root, monkeypatch):
             self.z.close()
 
     monkeypatch.setattr(np, "load", lambda *a, **k: Recorder(real_load(*a, **k)))
+    return accessed
+
+
+def test_training_datasets_never_read_ground_truth(data_root, monkeypatch):
+    accessed = record_npz_reads(monkeypatch)
     pairs = ViewPairDataset(data_root, crop=(16, 16))
     for index in range(len(pairs)):
         pairs[index]
@@ -240,6 +246,43 @@ def test_training_datasets_never_read_ground_truth(data_root, monkeypatch):
     for index in range(len(depth)):
         depth[index]
     assert accessed and not [k for k in accessed if k.startswith("gt_") or k == "sky_mask"]
+
+
+@pytest.fixture(scope="module")
+def two_light_root(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("two_light"), second_light=True)
+
+
+def test_second_light_pairs_are_one_view_under_both_lights(two_light_root, data_root):
+    pairs = ViewPairDataset(two_light_root, augment=False, second_light=1.0)
+    for index in range(len(pairs)):
+        item = pairs[index]
+        assert int(item["view_j"]) == int(item["view_i"]) and float(item["same_light"]) == 0.0
+        scene, view = pairs.items[index]
+        with np.load(pairs.source.describe(scene, view)) as z:
+            expected = decode_srgb8(z["relight_image"])
+        np.testing.assert_array_equal(item["image_j"].numpy().transpose(1, 2, 0), expected)
+        assert not torch.equal(item["image_i"], item["image_j"])  # the light moved
+        for key in ("depth", "K", "cam_to_world"):
+            assert torch.equal(item[f"{key}_i"], item[f"{key}_j"])
+    # By default, and on data without a second photo, every pair shares one light and has two views.
+    for ds in (ViewPairDataset(two_light_root, augment=False), ViewPairDataset(data_root, second_light=1.0)):
+        items = [ds[k] for k in range(len(ds))]
+        assert all(float(it["same_light"]) == 1.0 and int(it["view_j"]) != int(it["view_i"]) for it in items)
+    mixed = ViewPairDataset(two_light_root, seed=4, second_light=0.5)
+    shares = [float(mixed[k]["same_light"]) for k in range(len(mixed))]
+    assert 0.0 in shares and 1.0 in shares
+    with pytest.raises(ValueError, match="second_light"):
+        ViewPairDataset(two_light_root, second_light=1.5)
+
+
+def test_second_light_pairs_never_read_ground_truth(two_light_root, monkeypatch):
+    accessed = record_npz_reads(monkeypatch)
+    pairs = ViewPairDataset(two_light_root, second_light=1.0)
+    for index in range(len(pairs)):
+        pairs[index]
+    assert "relight_image" in accessed
+    assert set(accessed) <= {"image", "depth_mvs", "K", "cam_to_world", "exposure", "relight_image"}
 
 
 def test_single_view_scenes_are_refused(tmp_path):

@@ -25,6 +25,10 @@ def test_ground_truth_predictions_score_zero_error(world):
     assert row["albedo_simse"] == pytest.approx(0.0, abs=1e-6)
     assert row["depth_silog"] == pytest.approx(0.0, abs=1e-6) and row["fused_silog"] == pytest.approx(0.0, abs=1e-6)
     assert row["normal_deg_flat"] > 10 and row["depth_silog_constant"] > 0.05  # the baselines are not trivial
+    # One colour everywhere: after the best scale per channel, the error is the true albedo's variance.
+    ground = ~view["sky_mask"] & (view["gt_depth"] > 0)
+    expected = view["gt_albedo"].astype(np.float64)[ground].var(0).mean()
+    assert row["albedo_simse_constant"] == pytest.approx(expected, rel=1e-9) and expected > 0.001
     # Normals of the exact depth: right on smooth surfaces, off at this 64 x 48 world's silhouettes only.
     assert row["fused_normal_deg"] < 0.5 * row["normal_deg_flat"]
 

@@ -24,8 +24,10 @@ from invrender_core.train.irn_losses import (
     normal_loss,
     normals_from_depth_torch,
     rerender_loss,
+    shading_smoothness_loss,
     shadow_consistency_loss,
     shadow_prior_loss,
+    shadow_sparsity_loss,
 )
 from invrender_core.train.multiview import warp_to_view
 
@@ -415,6 +417,69 @@ def test_shadow_losses_all_invalid_zero_with_grad_and_gradcheck():
     s_i.grad = None
     assert torch.autograd.gradcheck(lambda s: shadow_consistency_loss(s, s_j, _ones(1, 3, 4))
                                     + shadow_prior_loss(s, _ones(1, 3, 4)), (s_i,))
+
+
+def test_shadow_sparsity_is_log_darkness_below_the_lit_quantile_at_any_scale():
+    # 10 valid pixels: nine lit at 0.8 and one at 0.2; the 0.9 quantile of the logs is log 0.8.
+    s = torch.full((1, 1, 2, 6), 0.8, dtype=F64)
+    s[0, 0, 0, 0] = 0.2
+    s[0, 0, 1, 5] = 0.01  # left out by the mask
+    valid = torch.ones(1, 1, 2, 6, dtype=torch.bool)
+    valid[0, 0, 1, 4:] = False
+    expected = math.log(0.8 / 0.2) / 10
+    assert shadow_sparsity_loss(s, valid, eps=0.0).item() == pytest.approx(expected, rel=1e-12)
+    # The lighting solve absorbs the scale of the shadow map, so the prior must not see it.
+    assert shadow_sparsity_loss(s * 1e-4, valid, eps=0.0).item() == pytest.approx(expected, rel=1e-9)
+    assert shadow_sparsity_loss(torch.full_like(s, 1e-3), valid, eps=0.0).item() == 0.0
+    # Each image has its own lit level; the mean is over images.
+    both = torch.cat([s, s * 0.5])
+    assert shadow_sparsity_loss(both, valid.expand(2, -1, -1, -1), eps=0.0).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="quantile"):
+        shadow_sparsity_loss(s, valid, quantile=0.0)
+
+
+def test_shadow_sparsity_gradient_survives_a_saturated_sigmoid_unlike_the_plain_prior():
+    logits = torch.full((1, 1, 4, 4), -10.0, dtype=F64)
+    logits[0, 0, 0, :2] = -12.0  # two darker pixels
+    logits.requires_grad_()
+    ones = _ones(1, 4, 4)
+    shadow_sparsity_loss(torch.sigmoid(logits), ones, eps=0.0).backward()
+    sparse_grad = logits.grad[0, 0, 0, 0].item()
+    logits.grad = None
+    shadow_prior_loss(torch.sigmoid(logits), ones).backward()
+    plain_grad = logits.grad[0, 0, 0, 0].item()
+    assert sparse_grad == pytest.approx(-(1 - torch.sigmoid(torch.tensor(-12.0)).item()) / 16, rel=1e-9)
+    assert abs(plain_grad) < 1e-4 * abs(sparse_grad)  # sigmoid slope at -12: 6e-6
+
+
+def test_shadow_sparsity_all_invalid_zero_with_grad_and_gradcheck():
+    s = _rand(1, 1, 3, 4, seed=3, lo=0.1).requires_grad_()
+    _assert_zero_with_grad(shadow_sparsity_loss(s, torch.zeros(1, 1, 3, 4)), s)
+    # The lit level carries no gradient: check with the dark pixels alone varying, below a fixed lit level.
+    dark = _rand(4, seed=4, lo=0.1, hi=0.5).requires_grad_()
+    lit = torch.full((8,), 0.9, dtype=F64)
+    assert torch.autograd.gradcheck(
+        lambda x: shadow_sparsity_loss(torch.cat([x, lit]).view(1, 1, 3, 4), _ones(1, 3, 4)), (dark,))
+
+
+def test_shading_smoothness_is_the_mean_log_luminance_step_and_scale_free():
+    shading = torch.full((1, 3, 2, 3), 0.5, dtype=F64)
+    shading[..., 2] = 2.0  # one step of log 4 across the last column: 2 of the 7 neighbour pairs
+    valid = _ones(1, 2, 3)
+    expected = 2 * math.log(4.0) / 7
+    assert shading_smoothness_loss(shading, valid, eps=0.0).item() == pytest.approx(expected, rel=1e-12)
+    coloured = shading * torch.tensor([3.0, 1.0, 0.2], dtype=F64).view(1, 3, 1, 1)  # light colour and scale
+    assert shading_smoothness_loss(coloured, valid, eps=0.0).item() == pytest.approx(expected, rel=1e-12)
+    assert shading_smoothness_loss(torch.full_like(shading, 0.7), valid).item() == 0.0
+    valid[..., 2] = False  # the pairs across the step are left out
+    assert shading_smoothness_loss(shading, valid, eps=0.0).item() == 0.0
+
+
+def test_shading_smoothness_all_invalid_zero_with_grad_and_gradcheck():
+    shading = _rand(1, 3, 3, 4, seed=5, lo=0.2).requires_grad_()
+    _assert_zero_with_grad(shading_smoothness_loss(shading, torch.zeros(1, 1, 3, 4)), shading)
+    shading.grad = None
+    assert torch.autograd.gradcheck(lambda x: shading_smoothness_loss(x, _ones(1, 3, 4)), (shading,))
 
 
 # ---------- shape errors ----------

@@ -9,7 +9,8 @@ from invrender_core.train.synthetic import make_dataset
 from invrender_core.train.trainer import Trainer, seed_everything
 
 TERMS = {"rerender", "normal_angular", "normal_gradient", "albedo_consistency", "cross_render", "albedo_smoothness",
-         "illumination_prior", "shadow_consistency", "shadow_prior", "total"}
+         "illumination_prior", "shadow_consistency", "shadow_prior", "shadow_sparsity",
+         "shading_smoothness", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,22 @@ def test_losses_are_finite_and_total_is_the_weighted_sum(world):
     expected = sum(getattr(w, k) * terms[k] for k in TERMS - {"total"})
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["albedo_consistency"]) > 0 and float(terms["cross_render"]) > 0  # the views overlap
+
+
+def test_two_light_pairs_drop_shadow_consistency_but_keep_the_albedo_terms(tmp_path):
+    root = make_dataset(tmp_path / "two_light", scenes=1, views=2, w=64, h=48, heldout=0, second_light=True)
+    t = task(root, second_light=1.0, loss_weights={"shadow_sparsity": 0.3})
+    assert t.weights.shadow_sparsity == 0.3 and t.weights.rerender == 1.0
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        task(root, loss_weights={"shadow_sparse": 0.3})
+    batch = torch.utils.data.default_collate([t.make_dataset()[k] for k in range(2)])
+    assert batch["same_light"].tolist() == [0.0, 0.0]
+    with torch.no_grad():
+        terms = t.compute_losses(t.model, batch)
+        assert float(terms["shadow_consistency"]) == 0.0  # shadows move with the light
+        assert float(terms["albedo_consistency"]) > 0 and float(terms["cross_render"]) > 0
+        batch["same_light"] = torch.ones(2)
+        assert float(t.compute_losses(t.model, batch)["shadow_consistency"]) > 0
 
 
 def test_gradients_reach_every_decoder(world):

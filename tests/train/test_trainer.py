@@ -435,3 +435,20 @@ def test_train_parser_errors(depth_root, tmp_path, capsys):
     if importlib.util.find_spec("invrender_core.train.irn_task") is None:
         with pytest.raises(ValueError, match="irn training task is not available"):
             args.func(args)
+
+
+def test_irn_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_path):
+    from invrender_core.train.cli import build_task
+
+    common = ["train", "irn", "--data", str(depth_root), "--out", str(tmp_path / "irn"), "--width", "0.0625"]
+    task = build_task(make_parser().parse_args(common + ["--second-light", "0.5", "--loss-weight",
+                                                         "shadow_sparsity=0.1", "--loss-weight", "rerender=2"]))
+    assert task.second_light == 0.5
+    assert (task.weights.shadow_sparsity, task.weights.rerender, task.weights.cross_render) == (0.1, 2.0, 1.0)
+    for bad in ("shadow_sparsity", "shadow_sparsity=x", "=0.1"):
+        with pytest.raises(ValueError, match="TERM=W"):
+            build_task(make_parser().parse_args(common + ["--loss-weight", bad]))
+    depth = make_parser().parse_args(["train", "depth", "--data", str(depth_root), "--out", str(tmp_path / "d"),
+                                      "--loss-weight", "rerender=2"])
+    with pytest.raises(ValueError, match="does not take --loss-weight$"):
+        build_task(depth)
