@@ -361,12 +361,11 @@ class ViewPairDataset(_AugmentedViews):
             raise IndexError(f"pair index {index} out of range for {len(self.items)} items")
         rng = self._rng(index)
         scene, view_i = self.items[index]
-        other_light = self.second_light > 0 and rng.random() < self.second_light
-        if other_light:
-            first = self.source.load(scene, view_i, second_light=True)
-            other_light = "second_light_image" in first
-        else:
-            first = self.source.load(scene, view_i)
+        wants_other_light = self.second_light > 0 and rng.random() < self.second_light
+        # Asked only then: other sources' load takes no second_light (the constructor refuses them).
+        first = (self.source.load(scene, view_i, second_light=True) if wants_other_light
+                 else self.source.load(scene, view_i))
+        other_light = "second_light_image" in first  # views without a second photo pair under one light
         if other_light:
             view_j, second = view_i, {**first, "image": first["second_light_image"]}
         else:

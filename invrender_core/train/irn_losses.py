@@ -114,6 +114,17 @@ def _pair_mean(dx: torch.Tensor, valid_x: torch.Tensor, dy: torch.Tensor, valid_
     return _mean_over_images((sx + sy) / n.clamp(min=1.0), n > 0)
 
 
+def _neighbour_abs_mean(x: torch.Tensor, ok: torch.Tensor, wx: torch.Tensor | None = None,
+                        wy: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over pairs of valid neighbours (ok (B, 1, H, W) bool) of the channel-mean |x_p - x_q| of x (B, C, H, W),
+    each pair weighted by wx (B, 1, H, W-1) / wy (B, 1, H-1, W) when given."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=1, keepdim=True)  # (B, 1, H, W-1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=1, keepdim=True)  # (B, 1, H-1, W)
+    if wx is not None:
+        dx, dy = wx * dx, wy * dy
+    return _pair_mean(dx, ok[..., :, 1:] & ok[..., :, :-1], dy, ok[..., 1:, :] & ok[..., :-1, :])
+
+
 def srgb_encode(x: torch.Tensor) -> torch.Tensor:
     """The sRGB transfer curve (as `io.linear_to_srgb`), differentiable; the linear toe continues below 0.
 
@@ -287,10 +298,7 @@ def albedo_smoothness_loss(albedo: torch.Tensor, image: torch.Tensor, mask: torc
 
         wx = weight(chroma[..., :, 1:], chroma[..., :, :-1])  # (B, 1, H, W-1)
         wy = weight(chroma[..., 1:, :], chroma[..., :-1, :])  # (B, 1, H-1, W)
-    la = _log_albedo(albedo, eps)
-    dx = (la[..., :, 1:] - la[..., :, :-1]).abs().mean(dim=1, keepdim=True)  # (B, 1, H, W-1)
-    dy = (la[..., 1:, :] - la[..., :-1, :]).abs().mean(dim=1, keepdim=True)  # (B, 1, H-1, W)
-    return _pair_mean(wx * dx, ok[..., :, 1:] & ok[..., :, :-1], wy * dy, ok[..., 1:, :] & ok[..., :-1, :])
+    return _neighbour_abs_mean(_log_albedo(albedo, eps), ok, wx, wy)
 
 
 def shading_smoothness_loss(shading: torch.Tensor, mask: torch.Tensor, eps: float = ALBEDO_LOG_EPS) -> torch.Tensor:
@@ -316,9 +324,7 @@ def shading_smoothness_loss(shading: torch.Tensor, mask: torch.Tensor, eps: floa
     ok = _valid(mask, shading)
     to_luminance = torch.as_tensor(LUMINANCE, dtype=shading.dtype, device=shading.device).view(1, 3, 1, 1)
     log_lum = torch.log((shading * to_luminance).sum(dim=1, keepdim=True).clamp(min=0.0) + eps)
-    dx = (log_lum[..., :, 1:] - log_lum[..., :, :-1]).abs()
-    dy = (log_lum[..., 1:, :] - log_lum[..., :-1, :]).abs()
-    return _pair_mean(dx, ok[..., :, 1:] & ok[..., :, :-1], dy, ok[..., 1:, :] & ok[..., :-1, :])
+    return _neighbour_abs_mean(log_lum, ok)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -464,9 +470,7 @@ def normal_gradient_loss(normals: torch.Tensor, mvs_normals: torch.Tensor, valid
     _check_same_size("normals", normals, mvs_normals=mvs_normals, valid=valid)
     ok = _valid(valid, normals, mvs_normals)
     e = normals - torch.where(ok, mvs_normals, torch.zeros_like(mvs_normals)).to(normals.dtype)  # error map
-    dx = (e[..., :, 1:] - e[..., :, :-1]).abs().mean(dim=1, keepdim=True)  # (B, 1, H, W-1)
-    dy = (e[..., 1:, :] - e[..., :-1, :]).abs().mean(dim=1, keepdim=True)  # (B, 1, H-1, W)
-    return _pair_mean(dx, ok[..., :, 1:] & ok[..., :, :-1], dy, ok[..., 1:, :] & ok[..., :-1, :])
+    return _neighbour_abs_mean(e, ok)
 
 
 def normal_loss(normals: torch.Tensor, mvs_normals: torch.Tensor, valid: torch.Tensor,
