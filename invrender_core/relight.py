@@ -1,7 +1,7 @@
 """Relight a decomposed photo under a new sun and sky in 2D (Yu et al., ECCV 2020): seconds, no Blender.
 
 The photo's decomposition (`scene.decompose`) gives albedo, normals, the shadow map and fused depth. The
-shadows are removed by dividing them out (albedo = photo / (shadow · shading)), and the photo is rendered
+albedo holds no shading and no shadows (the network's, with the photo's fine detail), and the photo is rendered
 again under the new light as
 
     relit = albedo · (sun irradiance · max(n · s, 0) · visibility + E_sky(n))

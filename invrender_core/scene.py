@@ -3,8 +3,8 @@
 `decompose` runs the networks on one photo: InverseRenderNet (albedo, normals, shadow, SH lighting) and the
 MegaDepth-style hourglass (relative depth) at a working resolution, edge-aware upsampling to the photo's
 resolution (`filtering`), the IRN's SH lighting reduced to what the photo observes (order 1), the sky (found
-in the photo, `sky.detect_sky`, and where the depth is far), albedo = photo / (shadow · shading) at full
-resolution (so texture survives), and Nehab fusion of the network depth with the network normals, weighted
+in the photo, `sky.detect_sky`, and where the depth is far), the IRN's albedo with the photo's detail above the
+working resolution (so texture survives), and Nehab fusion of the network depth with the network normals, weighted
 by how well the two networks agree. `estimate_from_geometry` is the RGB-D path: depth and normal maps from
 the caller (e.g. a capture) are fused, SH lighting is fitted and albedo derived.
 """
@@ -582,6 +582,22 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages) 
             "log_depth": np.nan_to_num(log_depth, nan=0.0, posinf=MAX_LOG_DEPTH, neginf=-MAX_LOG_DEPTH)}
 
 
+def _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide) -> np.ndarray:
+    """The network's albedo (h, w, 3) with the photo's detail above the working resolution: (H, W, 3) in [0, 1].
+
+    The photo's ratio to the model, rgb / (shadow · shading), carries every texture detail at full resolution but
+    also whatever the model's shadow and shading miss (cast shadows, a wrong light), at every scale. So the
+    albedo is that ratio times a gain, exp(guided_upsample(log albedo_net - log ratio_w)): exactly the network's
+    albedo where the photo is at the working resolution, and the full-resolution ratio's detail above it.
+    """
+    floor = MIN_SHADING * MIN_SHADING  # keeps logs finite for black pixels; they stay black at any gain
+    ratio = rgb / np.maximum(shadow[..., None] * shading, MIN_SHADING)  # (H, W, 3)
+    ratio_w = image_w / np.maximum(net["shadow"][..., None] * shading_w, MIN_SHADING)  # (h, w, 3)
+    log_gain_w = np.log(np.maximum(net["albedo"], floor)) - np.log(np.maximum(ratio_w, floor))
+    log_gain = filtering.guided_upsample(log_gain_w.astype(np.float32), guide)  # (H, W, 3)
+    return np.clip(ratio * np.exp(log_gain), 0.0, 1.0).astype(np.float32)
+
+
 def _relative_depth(log_depth: np.ndarray, image_sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Network log depth (h, w) and the photo's own sky (h, w) bool (`sky.detect_sky`) -> depth (h, w) float64
     with median 1 over non-sky pixels, and the sky (h, w) bool.
@@ -628,8 +644,9 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     to (H, W) with the photo as guide (`filtering.guided_upsample`), and the sky found in the photo
     (`sky.detect_sky`) and far in the depth; "lighting": the IRN's SH lighting (solved in its forward pass,
     camera frame) reduced to order 1 over the non-sky pixels (`sh.observed_lighting`), shading = max(E(normals),
-    0) and albedo = clip(image / max(shadow * shading, MIN_SHADING), 0, 1) at full resolution, so image = albedo
-    * shadow * shading wherever albedo is not clipped; "fusion" fuses the depth with the normals
+    0) and the albedo: the IRN's at the working resolution, with the detail of image / (shadow · shading) above
+    it (`_full_resolution_albedo`), so image ≈ albedo · shadow · shading up to what the network leaves
+    unexplained at the working resolution; "fusion" fuses the depth with the normals
     (`fuse_network_depth`, at most `fusion_max_side` pixels on the longer side, lam = fusion_lambda) weighted by
     `depth_confidence`; "done" at fraction 1. `cancel` (a threading.Event or a callable returning True) is checked
     between stages and raises `Cancelled`.
@@ -681,7 +698,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     shading = np.empty_like(rgb)  # (H, W, 3)
     for r in range(0, H, SHADING_ROWS):  # in row blocks: the SH basis is 9 float64 values per pixel
         shading[r:r + SHADING_ROWS] = np.maximum(sh.shading(normals[r:r + SHADING_ROWS], lighting), 0.0)
-    albedo = np.clip(rgb / np.maximum(shadow[..., None] * shading, MIN_SHADING), 0.0, 1.0).astype(np.float32)
+    shading_w = np.maximum(sh.shading(net["normals"], lighting), 0.0)  # (h, w, 3)
+    albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide)
 
     stages.enter("fusion")
     fw, fh = _fusion_size(W, H, fusion_max_side)

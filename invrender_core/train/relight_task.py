@@ -80,24 +80,27 @@ def pair_views(root, split: str) -> list[Path]:
 
 
 @functools.cache
-def _networks(device: str = "cpu") -> tuple:
-    """The shipped InverseRenderNet and depth network, loaded once (decompose would load them per call)."""
+def _networks(irn: str = DEFAULT_IRN, depth: str = DEFAULT_DEPTH, device: str = "cpu") -> tuple:
+    """InverseRenderNet and depth network (registry names or paths), loaded once (decompose would load them per
+    call)."""
     from ..nets import weights
 
-    return (weights.load_named(DEFAULT_IRN, expect="irn", device=device),
-            weights.load_named(DEFAULT_DEPTH, expect="megadepth", device=device))
+    return (weights.load_named(irn, expect="irn", device=device),
+            weights.load_named(depth, expect="megadepth", device=device))
 
 
-def prepare(path: Path, oracle: bool = False, device: str = "cpu") -> dict:
-    """Decompose one pair's photo and relight it under light B (unrefined): everything training and scoring need."""
+def prepare(path: Path, oracle: bool = False, device: str = "cpu", irn: str = DEFAULT_IRN,
+            depth: str = DEFAULT_DEPTH) -> dict:
+    """Decompose one pair's photo (with the networks `irn` and `depth`) and relight it under light B
+    (unrefined): everything training and scoring need."""
     view = read_view(path, ground_truth=True)
     h, w = view["image"].shape[:2]
     camera = Camera.from_K(view["K"], w, h)
     if oracle:
         estimate = oracle_estimate(view, camera)
     else:
-        irn, depth = _networks(device)
-        estimate = decompose(_linear(view["image"]), camera=camera, device=device, irn=irn, depth=depth)
+        irn_net, depth_net = _networks(irn, depth, device)
+        estimate = decompose(_linear(view["image"]), camera=camera, device=device, irn=irn_net, depth=depth_net)
     relighter = relight.Relighter(estimate)
     relit = relighter.render(relighter.scaled_like_photo(target_lighting(view)))
     return {"view": view, "estimate": estimate, "relighter": relighter, "relit": relit,
@@ -127,13 +130,14 @@ def refine_image(model: RelightRefiner, pair: dict) -> np.ndarray:
 
 
 def evaluate(root, split: str = "heldout", model: RelightRefiner | None = None, oracle: bool = True,
-             progress=None) -> dict:
-    """The module docstring's metrics over a split; `model` adds the refined relit image's score."""
+             progress=None, irn: str = DEFAULT_IRN, depth: str = DEFAULT_DEPTH) -> dict:
+    """The module docstring's metrics over a split, photos decomposed with the networks `irn` and `depth`;
+    `model` adds the refined relit image's score."""
     rows = {"unchanged": [], "relit": [], "refined": [], "oracle_relit": []}
     counts = {"relit": [0, 0], "oracle_relit": [0, 0]}
     paths = pair_views(root, split)
     for k, path in enumerate(paths):
-        pair = prepare(path)
+        pair = prepare(path, irn=irn, depth=depth)
         rows["unchanged"].append(si_log_luminance(_linear(pair["view"]["image"]), pair["target"]))
         rows["relit"].append(si_log_luminance(pair["relit"].image, pair["target"]))
         counts["relit"] = np.add(counts["relit"], shadow_counts(pair["relit"].visibility, pair["view"]))
@@ -251,6 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="dataset rendered with --second-light")
     ap.add_argument("--split", default="heldout", choices=("train", "heldout"))
     ap.add_argument("--refine", default=relight.DEFAULT_REFINER, help="refiner weights (name or path), or 'none'")
+    ap.add_argument("--irn", default=DEFAULT_IRN, help="InverseRenderNet weights (name or path)")
+    ap.add_argument("--depth", default=DEFAULT_DEPTH, help="depth network weights (name or path)")
     ap.add_argument("--no-oracle", action="store_true", help="skip the scores with the true maps")
     ap.add_argument("--json", type=Path, help="also write the metrics here")
     args = ap.parse_args(argv)
@@ -261,10 +267,12 @@ def main(argv=None) -> int:
         model = load(args.refine)
     t0 = time.time()
     metrics = evaluate(args.data, args.split, model, oracle=not args.no_oracle,
-                       progress=lambda k, n: print(f"\r{k}/{n} views", end="", file=sys.stderr, flush=True))
+                       progress=lambda k, n: print(f"\r{k}/{n} views", end="", file=sys.stderr, flush=True),
+                       irn=args.irn, depth=args.depth)
     print(file=sys.stderr)
     metrics["seconds"] = round(time.time() - t0, 1)
     metrics["refiner"] = args.refine
+    metrics["irn"], metrics["depth"] = args.irn, args.depth
     print(json.dumps(metrics, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
