@@ -546,8 +546,28 @@ def _load_network(spec, expect: str, weights_dir, device):
                    "file": str(path)}
 
 
-def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages) -> dict:
-    """Both networks on the working-resolution image (h, w, 3) linear -> numpy maps, NaN-free."""
+# SH coefficients that change sign when the image is mirrored left-right (x -> -x): Y_1,1 (x), Y_2,-2 (xy), Y_2,1 (xz).
+SH_X_ODD = (3, 4, 7)
+
+
+def _mirror_averaged_irn(irn, x):
+    """IRNOutput averaged over the image and its left-right mirror (normals' x, lighting's x-odd terms
+    negated back): the prediction is then exactly mirror-symmetric, and more accurate (irn-small.md)."""
+    from .nets.irn import IRNOutput
+
+    out, mirrored = irn(x), irn(x.flip(-1))
+    normals_m = mirrored.normals.flip(-1) * x.new_tensor([-1.0, 1.0, 1.0])[None, :, None, None]
+    lighting_m = mirrored.lighting.clone()
+    lighting_m[:, list(SH_X_ODD)] *= -1.0
+    normals = (out.normals + normals_m) / (out.normals + normals_m).norm(dim=1, keepdim=True).clamp(min=1e-6)
+    lighting = 0.5 * (out.lighting + lighting_m)
+    return IRNOutput(0.5 * (out.albedo + mirrored.albedo.flip(-1)), normals,
+                     0.5 * (out.shadow + mirrored.shadow.flip(-1)), lighting, out.shading)
+
+
+def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, mirror_average: bool) -> dict:
+    """Both networks on the working-resolution image (h, w, 3) linear -> numpy maps, NaN-free. mirror_average:
+    the IRN's outputs averaged over the image and its mirror image (`_mirror_averaged_irn`)."""
     import torch
 
     from .nets.irn import normalise_shadow
@@ -556,7 +576,7 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages) 
     x = torch.from_numpy(np.ascontiguousarray(np.clip(image_w, 0.0, 1.0).transpose(2, 0, 1))[None]).to(device)
     try:
         with torch.inference_mode():
-            out = irn(x)
+            out = _mirror_averaged_irn(irn, x) if mirror_average else irn(x)
             albedo = out.albedo[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
             normals = out.normals[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
             shadow, lighting = normalise_shadow(out.shadow[0, 0].float().cpu().numpy(),  # (h, w)
@@ -630,7 +650,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
               weights_dir: str | Path | None = None, fusion_lambda: float = fusion.DEFAULT_LAMBDA,
               fusion_max_side: int = DEFAULT_FUSION_MAX_SIDE,
               progress: Callable[[str, float], None] | None = None,
-              cancel: threading.Event | Callable[[], bool] | None = None) -> SceneEstimate:
+              cancel: threading.Event | Callable[[], bool] | None = None,
+              mirror_average: bool = True) -> SceneEstimate:
     """One photo -> SceneEstimate (albedo, shading, shadow, normals, depth, fused depth, confidence, lighting).
 
     image: a LoadedImage, a file path (`io.load_image`), or a linear RGB array (H, W, 3). Camera: `camera`
@@ -640,16 +661,17 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     .safetensors files, or ready nn.Modules (InverseRenderNet-like: image (1, 3, h, w) -> IRNOutput;
     depth: sRGB image (1, 3, h, w) -> log depth (1, 1, h, w)). device: "auto", "cpu", "cuda".
     Steps (stage names for `progress(stage, fraction)`): "models" load the weights; "irn" and "depth" run the
-    networks at `working_size(W, H, max_side)`; "upsample" brings normals (renormalised), shadow and log depth
-    to (H, W) with the photo as guide (`filtering.guided_upsample`), and the sky found in the photo
-    (`sky.detect_sky`) and far in the depth; "lighting": the IRN's SH lighting (solved in its forward pass,
-    camera frame) reduced to order 1 over the non-sky pixels (`sh.observed_lighting`), shading = max(E(normals),
-    0) and the albedo: the IRN's at the working resolution, with the detail of image / (shadow · shading) above
-    it (`_full_resolution_albedo`), so image ≈ albedo · shadow · shading up to what the network leaves
-    unexplained at the working resolution; "fusion" fuses the depth with the normals
-    (`fuse_network_depth`, at most `fusion_max_side` pixels on the longer side, lam = fusion_lambda) weighted by
-    `depth_confidence`; "done" at fraction 1. `cancel` (a threading.Event or a callable returning True) is checked
-    between stages and raises `Cancelled`.
+    networks at `working_size(W, H, max_side)` (the IRN on the photo and its mirror image, averaged, unless
+    `mirror_average` is False: networks that ignore their input, such as test oracles, need it off); "upsample"
+    brings normals (renormalised), shadow and log depth to (H, W) with the photo as guide
+    (`filtering.guided_upsample`), and the sky found in the photo (`sky.detect_sky`) and far in the depth;
+    "lighting": the IRN's SH lighting (solved in its forward pass, camera frame) reduced to order 1 over the non-sky
+    pixels (`sh.observed_lighting`), shading = max(E(normals), 0) and the albedo: the IRN's at the working
+    resolution, with the detail of image / (shadow · shading) above it (`_full_resolution_albedo`), so image ≈
+    albedo · shadow · shading up to what the network leaves unexplained at the working resolution; "fusion" fuses
+    the depth with the normals (`fuse_network_depth`, at most `fusion_max_side` pixels on the longer side, lam =
+    fusion_lambda) weighted by `depth_confidence`; "done" at fraction 1. `cancel` (a threading.Event or a callable
+    returning True) is checked between stages and raises `Cancelled`.
     Returns maps at the photo's (H, W); depth is relative (median 1 over non-sky pixels); metadata holds the
     models, sizes, sky fraction and per-stage timings (seconds). Errors: ValueError (bad image, missing or
     mismatched weights, unavailable device), MemoryError (out of GPU memory: lower max_side or use the CPU).
@@ -674,7 +696,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
 
     stages.enter("irn")
     image_w = rgb if (w, h) == (W, H) else resize_linear(rgb, w, h)  # (h, w, 3), area average
-    net = _run_networks(irn_model, depth_model, image_w, dev, stages)
+    net = _run_networks(irn_model, depth_model, image_w, dev, stages, mirror_average)
     depth_w, sky_w = _relative_depth(net["log_depth"], detect_sky(image_w))  # (h, w) each
 
     stages.enter("upsample")

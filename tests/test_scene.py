@@ -377,7 +377,7 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
     checker = ((u // 2 + v // 2) % 2)[..., None]  # 2-pixel cells: averaged away at half resolution
     albedo = np.where(on_sphere[..., None], 0.7, 0.3 + 0.15 * checker) * np.array([1.0, 0.9, 0.8])
     image = (albedo * sh.shading(normals, LIGHT)).astype(np.float32)
-    est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, LIGHT),
+    est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, LIGHT), mirror_average=False,
                           depth=OracleDepth(depth, noise=0.02),
                           device="cpu", max_side=64)
     assert est.metadata["working_size"] == [64, 48]
@@ -413,13 +413,31 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
 
 def test_decompose_albedo_is_the_networks_at_the_working_resolution(nets):
     image = photo(0)[:48, :64]  # the working size itself: nothing to upsample
-    est = run(image, nets)
+    est = run(image, nets, mirror_average=False)
     assert est.metadata["working_size"] == [64, 48]
     irn = weights.load_named("irn-test", nets, expect="irn")
     with torch.inference_mode():
         albedo = irn(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]).albedo
     albedo = np.clip(albedo[0].permute(1, 2, 0).numpy(), scene.MIN_SHADING ** 2, 1.0)
     np.testing.assert_allclose(est.albedo, albedo, rtol=1e-4, atol=1e-6)
+
+
+def test_mirror_averaged_decomposition_of_a_mirrored_photo_is_the_mirror_image(nets):
+    """With mirror averaging even a random network's albedo, normals (x negated) and lighting (x-odd SH terms
+    negated) are exactly mirror-symmetric; without it they are not."""
+    image = photo(0)[:48, :64]
+    flip_x = np.array([-1.0, 1.0, 1.0], np.float32)
+    odd = np.ones((9, 1))
+    odd[list(scene.SH_X_ODD)] = -1.0
+    for average in (True, False):
+        est, mirrored = run(image, nets, mirror_average=average), run(image[:, ::-1], nets, mirror_average=average)
+        albedo_gap = np.abs(mirrored.albedo[:, ::-1] - est.albedo).max()
+        normal_gap = np.abs(mirrored.normals[:, ::-1] * flip_x - est.normals).max()
+        lighting_gap = np.abs(mirrored.lighting * odd - est.lighting).max()
+        if average:
+            assert albedo_gap < 1e-5 and normal_gap < 1e-5 and lighting_gap < 1e-4 * np.abs(est.lighting).max()
+        else:
+            assert albedo_gap > 1e-3 and normal_gap > 1e-3
 
 
 def test_decompose_takes_the_networks_albedo_where_shadow_and_shading_miss_a_shadow():
@@ -434,6 +452,7 @@ def test_decompose_takes_the_networks_albedo_where_shadow_and_shading_miss_a_sha
     cast = np.where((u >= 16) & (u < 64) & (v >= 48), 0.5, 1.0)[..., None]
     image = (albedo * cast * sh.shading(normals, LIGHT)).astype(np.float32)
     est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, LIGHT), depth=OracleDepth(depth),
+                          mirror_average=False,
                           device="cpu", max_side=64)
     inside = np.zeros(cast.shape[:2], bool)
     inside[56:-4, 24:56] = True  # the shadow, away from its edges
