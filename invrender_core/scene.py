@@ -562,7 +562,7 @@ def _mirror_averaged_irn(irn, x):
     normals = (out.normals + normals_m) / (out.normals + normals_m).norm(dim=1, keepdim=True).clamp(min=1e-6)
     lighting = 0.5 * (out.lighting + lighting_m)
     return IRNOutput(0.5 * (out.albedo + mirrored.albedo.flip(-1)), normals,
-                     0.5 * (out.shadow + mirrored.shadow.flip(-1)), lighting, out.shading)
+                     0.5 * (out.shadow + mirrored.shadow.flip(-1)), lighting, sh.shading_torch(normals, lighting))
 
 
 def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, mirror_average: bool) -> dict:
