@@ -546,20 +546,18 @@ def _load_network(spec, expect: str, weights_dir, device):
                    "file": str(path)}
 
 
-# SH coefficients that change sign when the image is mirrored left-right (x -> -x): Y_1,1 (x), Y_2,-2 (xy), Y_2,1 (xz).
-SH_X_ODD = (3, 4, 7)
-
-
 def _mirror_averaged_irn(irn, x):
     """IRNOutput averaged over the image and its left-right mirror (normals' x, lighting's x-odd terms
     negated back): the prediction is then exactly mirror-symmetric, and more accurate (irn-small.md)."""
+    import torch
+
     from .nets.irn import IRNOutput
 
     out, mirrored = irn(x), irn(x.flip(-1))
     normals_m = mirrored.normals.flip(-1) * x.new_tensor([-1.0, 1.0, 1.0])[None, :, None, None]
     lighting_m = mirrored.lighting.clone()
-    lighting_m[:, list(SH_X_ODD)] *= -1.0
-    normals = (out.normals + normals_m) / (out.normals + normals_m).norm(dim=1, keepdim=True).clamp(min=1e-6)
+    lighting_m[:, list(sh.X_ODD)] *= -1.0
+    normals = torch.nn.functional.normalize(out.normals + normals_m, dim=1)
     lighting = 0.5 * (out.lighting + lighting_m)
     return IRNOutput(0.5 * (out.albedo + mirrored.albedo.flip(-1)), normals,
                      0.5 * (out.shadow + mirrored.shadow.flip(-1)), lighting, sh.shading_torch(normals, lighting))

@@ -39,6 +39,9 @@ _Y22 = 0.25 * math.sqrt(15.0 / math.pi)  # 0.546274 (x² - y²)
 # Band of each of the 9 coefficients.
 BANDS = np.array([0, 1, 1, 1, 2, 2, 2, 2, 2])
 
+# Coefficients that change sign when the scene is mirrored left-right (x -> -x): Y_1,1 (x), Y_2,-2 (xy), Y_2,1 (xz).
+X_ODD = (3, 4, 7)
+
 # Linear Rec.709 / sRGB luminance weights, used to reduce RGB coefficients to one "brightness".
 LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
 

@@ -428,7 +428,7 @@ def test_mirror_averaged_decomposition_of_a_mirrored_photo_is_the_mirror_image(n
     image = photo(0)[:48, :64]
     flip_x = np.array([-1.0, 1.0, 1.0], np.float32)
     odd = np.ones((9, 1))
-    odd[list(scene.SH_X_ODD)] = -1.0
+    odd[list(sh.X_ODD)] = -1.0
     for average in (True, False):
         est, mirrored = run(image, nets, mirror_average=average), run(image[:, ::-1], nets, mirror_average=average)
         albedo_gap = np.abs(mirrored.albedo[:, ::-1] - est.albedo).max()

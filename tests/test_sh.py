@@ -426,3 +426,14 @@ def test_basis_and_shading_torch_match_numpy():
     L = torch.randn(2, 9, 3, dtype=torch.float64)
     ref_e = np.einsum("bhwk,bkc->bchw", ref, L.numpy())
     np.testing.assert_allclose(sh.shading_torch(n.double(), L).numpy(), ref_e, rtol=1e-12)
+
+
+def test_mirroring_negates_exactly_the_x_odd_coefficients():
+    rng = np.random.default_rng(3)
+    n = rng.standard_normal((50, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    L = rng.standard_normal((9, 3))
+    mirrored_L = L.copy()
+    mirrored_L[list(sh.X_ODD)] *= -1.0
+    np.testing.assert_allclose(sh.shading(n * [-1.0, 1.0, 1.0], mirrored_L), sh.shading(n, L), atol=1e-12)
+    assert not np.allclose(sh.shading(n * [-1.0, 1.0, 1.0], L), sh.shading(n, L))
