@@ -23,6 +23,7 @@ from .scene import (  # scene imports torch only when it runs
     DEFAULT_DEPTH,
     DEFAULT_IRN,
     DEFAULT_MAX_SIDE,
+    NETWORK_FUSION_LAMBDA,
 )
 
 EXIT_FAILURE = 2
@@ -323,8 +324,9 @@ def _add_network_options(parser: argparse.ArgumentParser, with_lambda: bool = Tr
     parser.add_argument("--weights-dir", type=Path, help="weights folder searched before the shipped weights "
                         "(default $INVRENDER_WEIGHTS_DIR or ~/.local/share/invrender/models)")
     if with_lambda:
-        parser.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
-                            help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA})")
+        parser.add_argument("--lambda", dest="lam", type=float, default=NETWORK_FUSION_LAMBDA,
+                            help="fusion weight of the networks' depth against their normals (default "
+                            f"{NETWORK_FUSION_LAMBDA})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--samples", type=int, default=32, help="Cycles samples for --render (default 32)")
     scene.add_argument("--relight-sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
                        help="move the sun to this elevation and azimuth (0 = behind the camera, 90 = right)")
-    scene.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
-                       help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA}; "
-                       "lower for noisier depth)")
+    scene.add_argument("--lambda", dest="lam", type=float,
+                       help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA} with "
+                       f"--depth and --normal maps, {NETWORK_FUSION_LAMBDA} with the networks'; lower for noisier "
+                       "depth)")
     scene.add_argument("--mesh-step", type=int, default=1, help="one vertex every N pixels (default 1)")
     scene.add_argument("--background-band", type=float, default=DEFAULT_BACKGROUND_BAND, metavar="SHARE",
                        help="how far a hidden background layer continues the background in behind foreground "

@@ -392,8 +392,9 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
     # (Rim pixels mix sphere and plane at half resolution: their grazing normals are in no upsampled map.)
     assert np.median(angle[rim]) < 0.85 * np.median(angle_bilinear[rim])
     assert np.percentile(angle[rim], 90) < np.percentile(angle_bilinear[rim], 90)
-    # The network's lighting (order 1) comes through its order-1 reduction (up to the fit's tiny ridge).
-    np.testing.assert_allclose(est.lighting, LIGHT, atol=1e-3)
+    # The network's lighting (order 1) comes through its order-1 reduction and the rescale to the photo's colour
+    # (which the half-resolution maps' mixed pixels at the rim move by 0.2 %).
+    np.testing.assert_allclose(est.lighting, LIGHT, rtol=3e-3, atol=1e-4)
     rel = np.abs(est.albedo / albedo - 1)[away]
     blurred = np.abs(resize_linear(resize_linear(albedo, 64, 48), 128, 96) / albedo - 1)[away]
     assert np.median(rel) < 0.01 and np.median(blurred) > 0.1  # the texture is the photo's, not the network's
@@ -405,10 +406,24 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
     assert depth_error(est.depth_fused) < 0.5 * depth_error(est.depth)  # the normals remove the depth's noise
     assert est.metadata["sky_fraction"] == 0.0
     # Meshes cut the sphere's outline (no rubber sheet), and nothing away from it: the steps made out of the
-    # upsampled ramps (`filtering.snap_to_steps`) stay within 4 pixels of the outline (grazing parts of the
-    # sphere beside it can be cut too).
+    # upsampled ramps (`filtering.snap_to_steps`) stay within 5 pixels of the outline, the band around the
+    # network's discontinuities that keeps its noisy depth unfused (grazing parts of the sphere can be cut too).
     cut = geometry.depth_discontinuities(est.depth_fused, 0.05)
-    assert cut[rim].mean() > 0.85 and not (cut & ~scene._dilate(rim, 4)).any()
+    assert cut[rim].mean() > 0.85 and not (cut & ~scene._dilate(rim, 5)).any()
+
+
+def test_decompose_gives_the_lighting_the_photos_colour():
+    """A network whose light has the wrong colour for its albedo (a solve pulled by a prior): decompose rescales
+    each channel of the light so that albedo * shading reproduces the photo again."""
+    camera = Camera.from_fov(64, 48, 60.0)
+    depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
+    albedo = np.where(on_sphere[..., None], 0.7, 0.4) * np.array([1.0, 0.9, 0.8])
+    image = (albedo * sh.shading(normals, LIGHT)).astype(np.float32)
+    cast = LIGHT * np.array([1.3, 1.0, 0.7])
+    est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, cast), mirror_average=False,
+                          depth=OracleDepth(depth), device="cpu", max_side=64)
+    np.testing.assert_allclose(est.lighting, LIGHT, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(est.albedo * est.shading, image, rtol=1e-3, atol=1e-5)
 
 
 def test_decompose_albedo_is_the_networks_at_the_working_resolution(nets):

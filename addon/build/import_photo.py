@@ -36,7 +36,7 @@ class ImportSettings:
     max_side: int = core_scene.DEFAULT_MAX_SIDE
     weights_dir: Path | None = None
     fov_deg: float | None = None
-    fusion_lambda: float = fusion.DEFAULT_LAMBDA
+    fusion_lambda: float | None = None  # None: scene.NETWORK_FUSION_LAMBDA, or fusion.DEFAULT_LAMBDA with maps
     mesh_step: int = 1
     discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD
     sun_fraction: float = core_scene.DEFAULT_SUN_FRACTION
@@ -52,15 +52,18 @@ def estimate(settings: ImportSettings, progress=None, cancel=None) -> core_scene
     camera = None
     if settings.camera_json is not None:
         camera = Camera.from_dict(core_scene.read_json(settings.camera_json))
+    lam = settings.fusion_lambda
     if settings.depth is None:
         return core_scene.decompose(image, fov_deg=settings.fov_deg, camera=camera, device=settings.device,
                                     max_side=settings.max_side, irn=settings.irn, depth=settings.depth_net,
-                                    weights_dir=settings.weights_dir, fusion_lambda=settings.fusion_lambda,
+                                    weights_dir=settings.weights_dir,
+                                    fusion_lambda=core_scene.NETWORK_FUSION_LAMBDA if lam is None else lam,
                                     progress=progress, cancel=cancel)
     camera = camera or image.camera(settings.fov_deg)
     depth = read_exr(settings.depth)
     normals = read_exr(settings.normals)
-    return core_scene.estimate_from_geometry(image.rgb, depth, normals, camera, lam=settings.fusion_lambda)
+    return core_scene.estimate_from_geometry(image.rgb, depth, normals, camera,
+                                            lam=fusion.DEFAULT_LAMBDA if lam is None else lam)
 
 
 def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,

@@ -101,12 +101,16 @@ class InverseRenderNet(nn.Module):
         groups: maximum GroupNorm groups; each layer uses the largest divisor of its channels <= groups.
         prior: optional `IlluminationPrior` (camera frame) regularising the lighting solve (see
             `prior_terms` for its scale); None solves plain least squares.
+        albedo_gain: optional (3,) positive factors that multiply the albedo before the lighting solve, so that
+            the lighting takes their inverse and albedo * shading is unchanged. Re-rendering leaves the albedo's
+            colour free (any per-channel scale moves into the light); trained weights fix it with a calibrated
+            gain (`train/colour_gauge.py`). Not a learned weight: not in the state dict.
         prior_pixel_noise: assumed pixel noise (linear image units) weighing the prior against the data,
             default `sh.PRIOR_PIXEL_NOISE` as in `sh.fit_lighting`.
     """
 
     def __init__(self, width: float = 1.0, groups: int = 8, prior: IlluminationPrior | None = None,
-                 prior_pixel_noise: float = sh.PRIOR_PIXEL_NOISE):
+                 prior_pixel_noise: float = sh.PRIOR_PIXEL_NOISE, albedo_gain=None):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
@@ -129,6 +133,12 @@ class InverseRenderNet(nn.Module):
         self.albedo_decoder = _Decoder(self.widths, 3, groups)
         self.normal_decoder = _Decoder(self.widths, 2, groups)
         self.shadow_decoder = _Decoder(self.widths, 1, groups)
+
+        gain = np.ones(3) if albedo_gain is None else np.asarray(albedo_gain, dtype=np.float64)
+        if gain.shape != (3,) or not (np.isfinite(gain) & (gain > 0)).all():
+            raise ValueError(f"albedo_gain must be 3 positive numbers, got {albedo_gain!r}")
+        self.register_buffer("albedo_gain", torch.as_tensor(gain, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
 
         self.prior_pixel_noise = float(prior_pixel_noise)
         self.has_prior = prior is not None
@@ -210,7 +220,7 @@ class InverseRenderNet(nn.Module):
             skips.append(x)  # (B, widths[i], H / 2^i, W / 2^i)
         bottleneck, skips = skips[-1], skips[:-1]
 
-        albedo = torch.sigmoid(self.albedo_decoder(bottleneck, skips))  # (B, 3, H, W)
+        albedo = torch.sigmoid(self.albedo_decoder(bottleneck, skips)) * self.albedo_gain  # (B, 3, H, W)
         uv = self.normal_decoder(bottleneck, skips)  # (B, 2, H, W)
         n = torch.cat([uv, torch.ones_like(uv[:, :1])], dim=1)
         normals = n / n.norm(dim=1, keepdim=True)  # norm >= 1: z = 1 / norm > 0, never divides by 0

@@ -81,7 +81,7 @@ def _number(value, key: str, arch: str) -> float:
     return float(value)
 
 
-def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True) -> nn.Module:
+def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True, albedo_gain=None) -> nn.Module:
     from ..illumination_prior import IlluminationPrior
     from .irn import InverseRenderNet
 
@@ -89,10 +89,14 @@ def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True) -> nn.Mo
         raise ValueError(f"irn config 'groups' must be a positive integer, got {groups!r}")
     if not isinstance(prior, bool):
         raise ValueError(f"irn config 'prior' must be true or false, got {prior!r}")
+    if albedo_gain is not None:
+        if not isinstance(albedo_gain, list) or len(albedo_gain) != 3:
+            raise ValueError(f"irn config 'albedo_gain' must be a list of 3 positive numbers, got {albedo_gain!r}")
+        albedo_gain = [_number(g, "albedo_gain", "irn") for g in albedo_gain]
     # The prior's buffers are not in the state dict: the training task (train/irn_task.py) always uses the
     # packaged prior, hence the default.
     return InverseRenderNet(width=_number(width, "width", "irn"), groups=groups,
-                            prior=IlluminationPrior.load() if prior else None)
+                            prior=IlluminationPrior.load() if prior else None, albedo_gain=albedo_gain)
 
 
 def _build_megadepth(width: float = 1.0) -> nn.Module:
@@ -123,7 +127,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megade
 LEGACY_ARCHITECTURES = {
     "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)": ("megadepth", {"width": 1.0}),
 }
-_CONFIG_KEYS = {"irn": {"width", "groups", "prior"}, "megadepth": {"width"}, "relight_refine": {"width", "max_side"},
+_CONFIG_KEYS = {"irn": {"width", "groups", "prior", "albedo_gain"}, "megadepth": {"width"},
+                "relight_refine": {"width", "max_side"},
                 "face_corr": {"width", "size"}}
 
 

@@ -10,6 +10,7 @@ InverseRenderNet alone (as during training) its raw outputs are scored:
 - normals: mean angular error; baseline "flat normals facing the camera" (0, 0, 1).
 - albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baselines "albedo = linearised photo" and
   "one colour everywhere" (the variance of the true albedo: a decoder that collapsed to a constant scores this).
+  Also its colour cast, which that metric forgives (`metrics.colour_balance_error`); baseline the photo's.
 - lighting: `metrics.lighting_error` of the solved SH vs the true sky's; baseline "uniform light" (DC only).
 - shadow: IoU of the shadowed regions; baseline "no shadow" (IoU 0 whenever there is a shadow).
 - sky (whole pipeline): IoU of the detected sky with the true sky (views with no sky in either are skipped).
@@ -74,6 +75,8 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "albedo_simse": metrics.scale_invariant_mse(pred["albedo"], gt_albedo, ground),
         "albedo_simse_photo": metrics.scale_invariant_mse(image, gt_albedo, ground),
         "albedo_simse_constant": metrics.scale_invariant_mse(np.ones_like(gt_albedo), gt_albedo, ground),
+        "albedo_colour_err": metrics.colour_balance_error(pred["albedo"], gt_albedo, ground),
+        "albedo_colour_err_photo": metrics.colour_balance_error(image, gt_albedo, ground),
         "lighting_err": metrics.lighting_error(pred["lighting"], view["gt_sh_camera"]),
         "lighting_err_uniform": metrics.lighting_error(uniform, view["gt_sh_camera"]),
         "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"], ground),

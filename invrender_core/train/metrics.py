@@ -30,19 +30,37 @@ def normal_angular_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> 
     return float(np.degrees(np.arccos(np.clip((p * g).sum(-1), -1.0, 1.0))).mean())
 
 
+def _channel_gains(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a (C,), p (N, C), g (N, C)): the least-squares factor a_c = <pred_c, gt_c> / <pred_c, pred_c> of each
+    channel of pred (H, W, C) towards gt over mask (H, W), and the masked pixels."""
+    pred, gt, mask = np.asarray(pred, np.float64), np.asarray(gt, np.float64), np.asarray(mask, bool)
+    _check("pred", pred, "gt", gt, mask)
+    p, g = pred[mask], gt[mask]  # (N, C)
+    return (p * g).sum(0) / np.maximum((p * p).sum(0), 1e-12), p, g
+
+
 def scale_invariant_mse(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     """Scale-invariant MSE (Grosse et al. 2009) of images pred and gt (H, W, C) over mask (H, W).
 
     Each channel of pred is scaled by the least-squares factor a_c = <pred_c, gt_c> / <pred_c, pred_c> before
     the mean squared error, because albedo is only recoverable up to a scale per colour channel (the light's).
     """
-    pred, gt, mask = np.asarray(pred, np.float64), np.asarray(gt, np.float64), np.asarray(mask, bool)
-    _check("pred", pred, "gt", gt, mask)
-    if not mask.any():
+    a, p, g = _channel_gains(pred, gt, mask)
+    if not len(p):
         return float("nan")
-    p, g = pred[mask], gt[mask]  # (N, C)
-    a = (p * g).sum(0) / np.maximum((p * p).sum(0), 1e-12)
     return float(((a * p - g) ** 2).mean())
+
+
+def colour_balance_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    """How far the colours of pred (H, W, C) are from gt's over mask (H, W), whatever the brightness: the RMS over
+    channels of log(a_c / geometric mean of a), a_c the per-channel factors of `scale_invariant_mse`. That metric
+    forgives any colour cast; this one measures it (0: the right colours; a cast of x % in one of three channels:
+    about 0.47 x / 100)."""
+    a, p, _ = _channel_gains(pred, gt, mask)
+    if not len(p) or not (a > 0).all():
+        return float("nan")
+    log_a = np.log(a)
+    return float(np.sqrt(np.mean((log_a - log_a.mean()) ** 2)))
 
 
 def shadow_iou(pred_shadow: np.ndarray, gt_shadow: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:

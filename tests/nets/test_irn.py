@@ -97,6 +97,25 @@ def test_lighting_is_the_least_squares_solve(out, image):
     np.testing.assert_allclose(out.shading[0].permute(1, 2, 0).numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_albedo_gain_moves_colour_from_the_light_to_the_albedo(net, image):
+    """Without a prior the solve is linear per channel: a gain g gives albedo * g, lighting / g, the same
+    re-rendering; it is not a learned weight (state dict unchanged)."""
+    gain = torch.tensor([0.5, 1.0, 0.8], dtype=torch.float64)
+    gained = InverseRenderNet(width=SMALL, albedo_gain=gain.tolist())
+    gained.load_state_dict(net.state_dict(), strict=True)
+    assert set(gained.state_dict()) == set(net.state_dict())
+    # In float64: the untrained net's order-2 lighting terms are ill-conditioned enough to show float32 noise.
+    plain_net = InverseRenderNet(width=SMALL).double().eval()
+    plain_net.load_state_dict(net.state_dict(), strict=True)
+    with torch.no_grad():
+        plain, moved = plain_net(image.double()), gained.double().eval()(image.double())
+    torch.testing.assert_close(moved.albedo, plain.albedo * gain.view(1, 3, 1, 1))
+    torch.testing.assert_close(moved.lighting, plain.lighting / gain.view(1, 1, 3), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(re_render(moved), re_render(plain))
+    with pytest.raises(ValueError, match="albedo_gain"):
+        InverseRenderNet(width=SMALL, albedo_gain=[1.0, 0.0, 1.0])
+
+
 def test_mask_reaches_the_solve(net, image):
     mask = torch.zeros(2, 1, 64, 96)
     mask[..., :, :48] = 1

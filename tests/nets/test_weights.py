@@ -186,6 +186,11 @@ def test_build_model_from_the_table():
     irn = weights.build_model("irn", {"width": 0.0625})
     assert isinstance(irn, InverseRenderNet) and irn.widths == (4, 8, 16, 32, 32) and irn.has_prior
     assert not weights.build_model("irn", {"width": 0.0625, "prior": False}).has_prior
+    gained = weights.build_model("irn", {"width": 0.0625, "albedo_gain": [0.5, 1, 0.75]})
+    assert gained.albedo_gain.flatten().tolist() == [0.5, 1.0, 0.75]
+    for bad in ([0.5, 1], "0.5,1,1", [0.5, -1, 1]):
+        with pytest.raises(ValueError, match="albedo_gain"):
+            weights.build_model("irn", {"width": 0.0625, "albedo_gain": bad})
     depth = weights.build_model("megadepth", {"width": 0.0625})
     assert isinstance(depth, MegaDepthHourglass) and depth[0].out_channels == 8  # 128 * 0.0625
     legacy = weights.WeightsEntry("megadepth", "m.safetensors", "0" * 64, "L", "card",

@@ -23,6 +23,7 @@ def test_ground_truth_predictions_score_zero_error(world):
     row = score_view(view, truth)
     assert row["normal_deg"] == pytest.approx(0.0, abs=0.1)  # float16 storage of the normals
     assert row["albedo_simse"] == pytest.approx(0.0, abs=1e-6)
+    assert row["albedo_colour_err"] == pytest.approx(0.0, abs=1e-6)
     assert row["depth_silog"] == pytest.approx(0.0, abs=1e-6) and row["fused_silog"] == pytest.approx(0.0, abs=1e-6)
     assert row["normal_deg_flat"] > 10 and row["depth_silog_constant"] > 0.05  # the baselines are not trivial
     # One colour everywhere: after the best scale per channel, the error is the true albedo's variance.

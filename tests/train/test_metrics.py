@@ -39,6 +39,18 @@ def test_scale_invariant_mse_ignores_per_channel_scale():
     assert 0 < si <= plain  # the optimal scale can only lower the error
 
 
+def test_colour_balance_error_measures_the_cast_that_scale_invariance_forgives():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0.1, 0.9, (6, 7, 3))
+    mask = np.ones((6, 7), bool)
+    assert metrics.colour_balance_error(gt * 2.5, gt, mask) == pytest.approx(0.0, abs=1e-12)  # brightness only
+    cast = np.array([2.0, 0.5, 1.0])  # pred too red, not green enough: a = 1 / cast
+    log_a = -np.log(cast)
+    expected = np.sqrt(np.mean((log_a - log_a.mean()) ** 2))
+    assert metrics.colour_balance_error(gt * cast, gt, mask) == pytest.approx(expected, rel=1e-12)
+    assert np.isnan(metrics.colour_balance_error(gt, gt, np.zeros((6, 7), bool)))
+
+
 def test_shadow_iou_of_overlapping_boxes():
     gt = np.ones((10, 10))
     pred = np.ones((10, 10))
