@@ -304,6 +304,27 @@ def test_working_size(size, max_side, expected):
     assert w % 16 == 0 and h % 16 == 0
 
 
+def test_fuse_network_depth_gives_the_blurred_band_the_surfaces_on_either_side():
+    """A fronto-parallel wall (depth 2) beside a tilted one (about 4), the depth blurred into a ramp over the 8
+    columns between them, as depth networks draw edges; exact normals. The band takes each side's plane and
+    the step lands half-way, where the ramp had put depths that neither surface has."""
+    camera = Camera.from_fov(40, 30, 60.0)
+    rays = camera.rays()
+    tilted = np.array([0.4, 0.0, 1.0]) / np.linalg.norm([0.4, 0.0, 1.0])
+    left = -2.0 / (rays @ np.array([0.0, 0.0, 1.0]))  # n . (d r) = c  ->  d = c / (n . r)
+    right = -4.0 * tilted[2] / (rays @ tilted)
+    columns = np.arange(40)
+    truth = np.where(columns < 20, left, right)
+    normals = np.where((columns < 20)[:, None], [0.0, 0.0, 1.0], tilted) * np.ones((30, 1, 1))
+    ramp = (columns >= 16) & (columns < 24)
+    t = np.clip((columns - 15.5) / 8.0, 0.0, 1.0)
+    blurred = np.where(ramp, (1 - t) * left[:, 15:16] + t * right[:, 24:25], truth).astype(np.float32)
+    band = np.broadcast_to(ramp, truth.shape)
+    fused = scene.fuse_network_depth(blurred, normals.astype(np.float32), camera, band=band)
+    np.testing.assert_allclose(fused, truth, rtol=1e-3)
+    assert np.abs(blurred / truth - 1)[band].max() > 0.3  # the ramp was far from both surfaces
+
+
 def test_working_size_errors():
     with pytest.raises(ValueError, match="max_side must be an integer >= 16"):
         scene.working_size(100, 100, 8)
