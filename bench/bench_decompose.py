@@ -58,27 +58,28 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
     from invrender_core.nets.irn import InverseRenderNet
 
     torch.manual_seed(0)
-    folder = Path(tempfile.mkdtemp(prefix="bench-weights-"))
-    for name, arch, model in (("irn-bench", "irn", InverseRenderNet(width=irn_width)),
-                              ("depth-bench", "megadepth", MegaDepthHourglass(width=depth_width))):
-        source = folder / f"{name}-source.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(source))
-        weights.register_shipped(source, name, arch, {"width": irn_width if arch == "irn" else depth_width},
-                                 licence="bench", card_markdown="random init", folder=folder)
-    kwargs = dict(irn="irn-bench", depth="depth-bench", weights_dir=folder, device=device, max_side=max_side)
-    scene.decompose(np.random.default_rng(0).random((48, 64, 3)).astype(np.float32), **kwargs)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = status_mb("VmRSS")
-    peak_is_own = reset_peak()
-    start = time.perf_counter()
-    estimate = scene.decompose(photo, **kwargs)
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        scene.write_estimate(estimate, Path(out) / "maps")
-    write_s = time.perf_counter() - t
-    total = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="bench-weights-") as tmp:  # the registered weights go with it
+        folder = Path(tmp)
+        for name, arch, model in (("irn-bench", "irn", InverseRenderNet(width=irn_width)),
+                                  ("depth-bench", "megadepth", MegaDepthHourglass(width=depth_width))):
+            source = folder / f"{name}-source.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(source))
+            weights.register_shipped(source, name, arch, {"width": irn_width if arch == "irn" else depth_width},
+                                     licence="bench", card_markdown="random init", folder=folder)
+        kwargs = dict(irn="irn-bench", depth="depth-bench", weights_dir=folder, device=device, max_side=max_side)
+        scene.decompose(np.random.default_rng(0).random((48, 64, 3)).astype(np.float32), **kwargs)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        rss_before = status_mb("VmRSS")
+        peak_is_own = reset_peak()
+        start = time.perf_counter()
+        estimate = scene.decompose(photo, **kwargs)
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            scene.write_estimate(estimate, Path(out) / "maps")
+        write_s = time.perf_counter() - t
+        total = time.perf_counter() - start
     meta = estimate.metadata
     return {"device": device, "irn_width": irn_width, "depth_width": depth_width, "max_side": max_side,
             "working_size": meta["working_size"], "fusion_size": meta["fusion_size"],
