@@ -633,22 +633,19 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, 
             "log_depth": np.nan_to_num(log_depth, nan=0.0, posinf=MAX_LOG_DEPTH, neginf=-MAX_LOG_DEPTH)}
 
 
-def _photo_colour_lighting(lighting, image_w, net, ground_w) -> np.ndarray:
-    """The lighting (9, 3) scaled per colour channel so that the model, albedo · shadow · max(E(n), 0) at the
-    working resolution, reproduces the photo (h, w, 3) in the least-squares sense over ground_w (h, w) bool (None:
-    every pixel); unchanged where a channel's scale is not positive and finite.
+def _photo_colour_scale(image_w, model_w, ground_w) -> np.ndarray:
+    """Per-channel factor (3,) that takes the model image (h, w, 3), albedo · shadow · max(E(n), 0) at the
+    working resolution, to the photo (h, w, 3) in the least-squares sense over ground_w (h, w) bool (None: every
+    pixel); ones where a channel's factor is not positive and finite.
 
-    The IRN solves its light with the illumination prior, whose colour is that of synthetic skies; on
-    white-balanced photos the re-rendering took a colour cast (about 25 % magenta on the real photos of
-    docs/real_decompose.png), which a Blender scene built from the estimate would show. The albedo keeps the
-    network's colours (its calibrated gauge, `train/colour_gauge.py`)."""
+    Applied to the lighting. The IRN solves its light with the illumination prior, whose colour is that of
+    synthetic skies; on white-balanced photos the re-rendering took a colour cast (about 25 % magenta on the real
+    photos of docs/real_decompose.png), which a Blender scene built from the estimate would show. The albedo
+    keeps the network's colours (its calibrated gauge, `train/colour_gauge.py`)."""
     ground = np.ones(image_w.shape[:2], bool) if ground_w is None else ground_w
-    model = net["albedo"] * net["shadow"][..., None] * np.maximum(sh.shading(net["normals"], lighting), 0.0)
-    m, y = model[ground], image_w[ground]  # (N, 3)
+    m, y = model_w[ground], image_w[ground]  # (N, 3)
     scale = (m * y).sum(0) / np.maximum((m * m).sum(0), 1e-12)
-    if not (np.isfinite(scale) & (scale > 0)).all():
-        return lighting
-    return lighting * scale
+    return scale if (np.isfinite(scale) & (scale > 0)).all() else np.ones(3)
 
 
 def _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide) -> np.ndarray:
@@ -715,7 +712,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     brings normals (renormalised), shadow and log depth to (H, W) with the photo as guide
     (`filtering.guided_upsample`), and the sky found in the photo (`sky.detect_sky`) and far in the depth;
     "lighting": the IRN's SH lighting (solved in its forward pass, camera frame) reduced to order 1 over the non-sky
-    pixels (`sh.observed_lighting`) and scaled per channel to the photo's colour (`_photo_colour_lighting`),
+    pixels (`sh.observed_lighting`) and scaled per channel to the photo's colour (`_photo_colour_scale`),
     shading = max(E(normals), 0) and the albedo: the IRN's at the working
     resolution, with the detail of image / (shadow · shading) above it (`_full_resolution_albedo`), so image ≈
     albedo · shadow · shading up to what the network leaves unexplained at the working resolution; "fusion" fuses
@@ -767,11 +764,12 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     observed = bool((lighting[0] > 0).all())
     if not observed:  # a colour channel left without light (nets that explain the photo badly): keep the IRN's
         lighting = net["lighting"]
-    lighting = _photo_colour_lighting(lighting, image_w, net, ground_w)
+    shading_w = np.maximum(sh.shading(net["normals"], lighting), 0.0)  # (h, w, 3)
+    scale = _photo_colour_scale(image_w, net["albedo"] * net["shadow"][..., None] * shading_w, ground_w)
+    lighting, shading_w = lighting * scale, shading_w * scale
     shading = np.empty_like(rgb)  # (H, W, 3)
     for r in range(0, H, SHADING_ROWS):  # in row blocks: the SH basis is 9 float64 values per pixel
         shading[r:r + SHADING_ROWS] = np.maximum(sh.shading(normals[r:r + SHADING_ROWS], lighting), 0.0)
-    shading_w = np.maximum(sh.shading(net["normals"], lighting), 0.0)  # (h, w, 3)
     albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide)
 
     stages.enter("fusion")
