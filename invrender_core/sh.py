@@ -550,7 +550,8 @@ def fit_lighting_torch(image, albedo, normals, mask=None, shadow=None, prior_mea
 OBSERVED_PIXELS = 20000  # pixels `observed_lighting` fits to (evenly spread)
 
 
-def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) -> np.ndarray:
+def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS, toward=None,
+                      weight: float = 0.0) -> np.ndarray:
     """Order-1 SH lighting (9, 3) (order-2 rows zero, non-negative radiance) fitted by least squares to the
     shading that lighting L (9, 3) gives the photo's normals (H, W, 3) over `mask` (H, W) (default all).
 
@@ -558,6 +559,10 @@ def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) 
     centre: an estimate's order-2 terms are barely constrained and can be wild elsewhere, which turning the
     lighting brings into view. What the photo does pin down, its mean level and main gradient, is order 1. The
     order-1 part is then shortened where needed so the radiance is nowhere negative (|L1| Y1 <= L00 Y0).
+
+    With `toward` (9, 3) (e.g. the illumination prior's mean) and `weight` > 0, the fit is shrunk towards the
+    order-0/1 part of `toward` scaled per channel to the unshrunk fit's mean level: a ridge of `weight` times the
+    mean diagonal of the normal equations. Estimated normals can mislead the fit about the light's direction.
     """
     normals = np.asarray(normals, dtype=np.float64)
     L = np.asarray(L, dtype=np.float64)
@@ -573,9 +578,16 @@ def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS) 
     n = normals.reshape(-1, 3)[index]  # (N, 3)
     photo_shading = np.maximum(shading(n, L), 0.0)  # (N, 3) as the photo's model shades them
     A = basis(n)[:, :4]  # (N, 4): order 0 and 1
-    ridge = 1e-6 * np.trace(A.T @ A) * np.eye(4)
+    G, rhs = A.T @ A, A.T @ photo_shading  # (4, 4), (4, 3)
+    level = np.trace(G) / 4.0
     L = np.zeros((9, 3))
-    L[:4] = np.linalg.solve(A.T @ A + ridge, A.T @ photo_shading)  # (4, 3)
+    L[:4] = np.linalg.solve(G + 1e-6 * level * np.eye(4), rhs)  # (4, 3)
+    if toward is not None and weight > 0:
+        toward = np.asarray(toward, dtype=np.float64)
+        if toward.shape != (9, 3) or not (toward[0] > 0).all():
+            raise ValueError(f"toward must be (9, 3) lighting with positive mean radiance, got {toward.shape}")
+        target = toward[:4] * (L[0] / toward[0])  # (4, 3): its shape at the fit's mean level
+        L[:4] = np.linalg.solve(G + weight * level * np.eye(4), rhs + weight * level * target)
     # Radiance ∝ Y0 L00 + Y1 (L1 · d) >= 0 for every d iff |L1| Y1 <= L00 Y0 (per channel).
     length = np.linalg.norm(L[1:4], axis=0)  # (3,)
     limit = np.maximum(L[0], 0.0) * _Y0 / _Y1

@@ -100,6 +100,30 @@ def test_observed_lighting_recovers_order_one_lighting_from_all_normals():
     np.testing.assert_allclose(sh.observed_lighting(sphere_normals(), L), L, atol=1e-5)
 
 
+def test_observed_lighting_shrinks_towards_a_lighting_at_the_fits_own_level():
+    """Shrinking towards the lighting the data came from changes nothing; weight 0 is the plain fit; weight 1 moves
+    each coefficient part of the way, and a very strong weight all the way, to the other lighting's order-0/1 shape
+    at the data's mean level."""
+    L = np.zeros((9, 3))
+    L[0], L[1], L[3] = (1.0, 0.9, 0.8), (0.2, 0.1, 0.0), (-0.1, 0.0, 0.1)
+    toward = np.zeros((9, 3))
+    toward[0], toward[2] = (2.0, 2.0, 2.0), (0.6, 0.6, 0.6)  # light from the camera's side, twice as bright
+    normals = sphere_normals()
+    np.testing.assert_allclose(sh.observed_lighting(normals, L, toward=L, weight=5.0), L, atol=1e-5)
+    np.testing.assert_allclose(sh.observed_lighting(normals, L, toward=toward, weight=0.0), L, atol=1e-5)
+    strong = sh.observed_lighting(normals, L, toward=toward, weight=1e6)
+    np.testing.assert_allclose(strong[:4], toward[:4] * (L[0] / toward[0]), atol=1e-4)
+    # Over the whole sphere the SH basis is orthogonal: the normal equations are diagonal, each coefficient's entry
+    # proportional to its cosine lobe's factor squared (pi for order 0, 2 pi / 3 for order 1), and the ridge is
+    # `weight` times their mean, so each coefficient moves towards the target by its own analytic fraction.
+    moderate = sh.observed_lighting(normals, L, toward=toward, weight=1.0)
+    lobe = (np.array([np.pi, 2 * np.pi / 3, 2 * np.pi / 3, 2 * np.pi / 3]) ** 2)[:, None]
+    target = toward[:4] * (L[0] / toward[0])
+    np.testing.assert_allclose(moderate[:4], (lobe * L[:4] + lobe.mean() * target) / (lobe + lobe.mean()), atol=1e-3)
+    with pytest.raises(ValueError, match="positive mean"):
+        sh.observed_lighting(normals, L, toward=-toward, weight=1.0)
+
+
 def test_observed_lighting_of_wild_lighting_has_no_negative_radiance():
     L = np.zeros((9, 3))
     L[0], L[2], L[6], L[8] = 30.0, -15.0, -40.0, 90.0  # a real network estimate's kind of order-2 terms

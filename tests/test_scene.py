@@ -307,7 +307,8 @@ def test_working_size(size, max_side, expected):
 def test_fuse_network_depth_gives_the_blurred_band_the_surfaces_on_either_side():
     """A fronto-parallel wall (depth 2) beside a tilted one (about 4), the depth blurred into a ramp over the 8
     columns between them, as depth networks draw edges; exact normals. The band takes each side's plane and
-    the step lands half-way, where the ramp had put depths that neither surface has."""
+    the step lands half-way, where the ramp had put depths that neither surface has (`band_reach` spans the ramp,
+    so the range the surfaces are clipped to holds both)."""
     camera = Camera.from_fov(40, 30, 60.0)
     rays = camera.rays()
     tilted = np.array([0.4, 0.0, 1.0]) / np.linalg.norm([0.4, 0.0, 1.0])
@@ -320,9 +321,28 @@ def test_fuse_network_depth_gives_the_blurred_band_the_surfaces_on_either_side()
     t = np.clip((columns - 15.5) / 8.0, 0.0, 1.0)
     blurred = np.where(ramp, (1 - t) * left[:, 15:16] + t * right[:, 24:25], truth).astype(np.float32)
     band = np.broadcast_to(ramp, truth.shape)
-    fused = scene.fuse_network_depth(blurred, normals.astype(np.float32), camera, band=band)
+    fused = scene.fuse_network_depth(blurred, normals.astype(np.float32), camera, band=band, band_reach=8)
     np.testing.assert_allclose(fused, truth, rtol=1e-3)
     assert np.abs(blurred / truth - 1)[band].max() > 0.3  # the ramp was far from both surfaces
+
+
+def test_extend_surfaces_keeps_band_pixels_within_the_depths_around_them():
+    """A fronto-parallel wall at depth 2 whose band (columns 18-21) borders pixels with a wrong normal, tilted 60
+    degrees: extended along it the band would leave the wall by more than 0.1, where no depth around it lies; clipped
+    to the depths within `band_reach` pixels, it stays at the wall's 2 (all depths around are 2)."""
+    camera = Camera.from_fov(40, 30, 60.0)
+    depth = np.full((30, 40), 2.0, np.float32)
+    normals = np.zeros((30, 40, 3), np.float32)
+    normals[..., 2] = 1.0
+    normals[:, [17, 22]] = [np.sin(np.radians(60.0)), 0.0, np.cos(np.radians(60.0))]
+    band = np.zeros((30, 40), bool)
+    band[:, 18:22] = True
+    rays = camera.rays()
+    n = normals[15, 17]
+    on_tilted_plane = 2.0 * (n @ rays[15, 17]) / (n @ rays[15, 19])  # column 19 on column 17's plane
+    assert abs(on_tilted_plane - 2.0) > 0.1
+    clipped = scene._extend_surfaces(depth, ~band, band, normals, camera, reach=3)
+    np.testing.assert_allclose(clipped, 2.0, rtol=1e-6)
 
 
 def test_working_size_errors():
@@ -389,9 +409,11 @@ class OracleDepth(torch.nn.Module):
         return torch.from_numpy(np.log(resize_linear(self.depth, w, h)) + noise)[None, None].float()
 
 
-def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
+def test_decompose_with_oracle_networks_recovers_full_resolution_detail(monkeypatch):
     """With networks that are right at the working resolution (half the photo's), the full-resolution pipeline
-    recovers albedo texture finer than the working resolution, the normals, the lighting and the geometry."""
+    recovers albedo texture finer than the working resolution, the normals, the lighting and the geometry (exact
+    networks need no pull towards the illumination prior's mean light)."""
+    monkeypatch.setattr(scene, "LIGHTING_PRIOR_WEIGHT", 0.0)
     camera = Camera.from_fov(128, 96, 60.0)
     depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
     u, v = camera.pixel_grid()
@@ -433,9 +455,10 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail():
     assert cut[rim].mean() > 0.85 and not (cut & ~scene._dilate(rim, 5)).any()
 
 
-def test_decompose_gives_the_lighting_the_photos_colour():
+def test_decompose_gives_the_lighting_the_photos_colour(monkeypatch):
     """A network whose light has the wrong colour for its albedo (a solve pulled by a prior): decompose rescales
     each channel of the light so that albedo * shading reproduces the photo again."""
+    monkeypatch.setattr(scene, "LIGHTING_PRIOR_WEIGHT", 0.0)
     camera = Camera.from_fov(64, 48, 60.0)
     depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
     albedo = np.where(on_sphere[..., None], 0.7, 0.4) * np.array([1.0, 0.9, 0.8])
@@ -445,6 +468,30 @@ def test_decompose_gives_the_lighting_the_photos_colour():
                           depth=OracleDepth(depth), device="cpu", max_side=64)
     np.testing.assert_allclose(est.lighting, LIGHT, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(est.albedo * est.shading, image, rtol=1e-3, atol=1e-5)
+
+
+def test_decompose_pulls_a_light_from_below_towards_the_prior_and_keeps_the_photos_level():
+    """A network whose light comes from below (as irn-small's normals mislead its lighting, irn-small.md): the
+    shipped light is moved up towards the illumination prior's mean (light from above) by the analytic ridge
+    step of `sh.observed_lighting`, and the model still matches the photo's level per channel (least squares)."""
+    camera = Camera.from_fov(64, 48, 60.0)
+    depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
+    albedo = np.where(on_sphere[..., None], 0.7, 0.4) * np.array([1.0, 0.9, 0.8])
+    from_below = LIGHT.copy()
+    from_below[1] = -np.abs(LIGHT[1]) - 0.2  # Y1-1 ~ y: negative = from below
+    image = (albedo * sh.shading(normals, from_below)).astype(np.float32)
+    est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, from_below), mirror_average=False,
+                          depth=OracleDepth(depth), device="cpu", max_side=64)
+    prior_mean = scene._prior_mean()
+    assert prior_mean[1] @ sh.LUMINANCE > 0  # the prior's light comes from above
+    up = (est.lighting[1] / est.lighting[0]) @ sh.LUMINANCE
+    assert up > (from_below[1] / from_below[0]) @ sh.LUMINANCE + 0.05
+    expected = sh.observed_lighting(normals[::2, ::2], from_below, toward=prior_mean,
+                                    weight=scene.LIGHTING_PRIOR_WEIGHT)
+    np.testing.assert_allclose(est.lighting[1:4] / est.lighting[0], expected[1:4] / expected[0], atol=0.02)
+    model = (est.albedo * est.shading).reshape(-1, 3).astype(np.float64)
+    photo_level = (model * image.reshape(-1, 3)).sum(0) / (model * model).sum(0)  # least-squares factor per channel
+    np.testing.assert_allclose(photo_level, 1.0, atol=0.01)
 
 
 def test_decompose_albedo_is_the_networks_at_the_working_resolution(nets):

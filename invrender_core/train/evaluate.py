@@ -11,7 +11,8 @@ InverseRenderNet alone (as during training) its raw outputs are scored:
 - albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baselines "albedo = linearised photo" and
   "one colour everywhere" (the variance of the true albedo: a decoder that collapsed to a constant scores this).
   Also its colour cast, which that metric forgives (`metrics.colour_balance_error`); baseline the photo's.
-- lighting: `metrics.lighting_error` of the solved SH vs the true sky's; baseline "uniform light" (DC only).
+- lighting: `metrics.lighting_error` of the solved SH vs the true sky's; baselines "uniform light" (DC only) and the
+  illumination prior's mean light (one light for every photo).
 - shadow: IoU of the shadowed regions; baseline "no shadow" (IoU 0 whenever there is a shadow).
 - sky (whole pipeline): IoU of the detected sky with the true sky (views with no sky in either are skipped).
 - depth: scale-invariant log RMSE of the network depth and of the fused depth; baseline "constant depth";
@@ -31,6 +32,7 @@ import torch
 
 from .. import geometry
 from ..camera import Camera
+from ..illumination_prior import IlluminationPrior
 from ..nets.irn import normalise_shadow
 from . import metrics
 from .datasets import EvalViews
@@ -79,6 +81,9 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "albedo_colour_err_photo": metrics.colour_balance_error(image, gt_albedo, ground),
         "lighting_err": metrics.lighting_error(pred["lighting"], view["gt_sh_camera"]),
         "lighting_err_uniform": metrics.lighting_error(uniform, view["gt_sh_camera"]),
+        # The illumination prior's mean light (a level camera's frame), the same for every photo.
+        "lighting_err_prior_mean": metrics.lighting_error(IlluminationPrior.load().mean.reshape(9, 3),
+                                                          view["gt_sh_camera"]),
         "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"], ground),
     }
     if "sky" in pred:
