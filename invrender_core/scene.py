@@ -361,7 +361,7 @@ SKY_DEPTH_RATIO = 30.0
 SKY_REFERENCE_PERCENTILE = 10.0
 # The lighting's order-1 fit is shrunk towards the illumination prior's mean (`sh.observed_lighting`) with this
 # weight: the network's normals mislead it about the light's direction. Validation lighting error 0.72 / 0.56 /
-# 0.54 at weights 0 / 1 / 10 (the prior's mean alone 0.53); 1 lets a photo still move its light half-way.
+# 0.54 at weights 0 / 1 / 10 (the prior's mean alone 0.53); 1 keeps about half of the photo's own light.
 LIGHTING_PRIOR_WEIGHT = 1.0
 SHADOW_UPSAMPLE_EPS = 1e-3  # shadow edges should follow the photo's edges closely (normals and depth: default)
 NOISE_JUMPS = 5.0  # discontinuities jump this many noise spreads at least (discontinuity_threshold)
