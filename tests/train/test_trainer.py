@@ -351,7 +351,8 @@ DDP_SCRIPT = textwrap.dedent('''
 def test_ddp_gloo_two_processes_equals_single_process(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun's agent leaves a torchelastic_* folder in the temporary directory on every run.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
            str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
