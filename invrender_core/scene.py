@@ -543,9 +543,9 @@ def _extend_surfaces(depth: np.ndarray, source: np.ndarray, target: np.ndarray, 
     on_plane = d_src * (n * rays[src_row, src_col]).sum(-1) / np.where(seen, facing, 1.0)
     ratio = on_plane / d_src
     extended = np.where(seen & (ratio > 0.5) & (ratio < 2.0), on_plane, d_src)
-    window = 2 * reach + 1
-    low = ndimage.minimum_filter(np.where(np.isfinite(depth), depth, np.inf), window)[target]
-    high = ndimage.maximum_filter(np.where(np.isfinite(depth), depth, -np.inf), window)[target]
+    window, finite = 2 * reach + 1, np.isfinite(depth)
+    low = ndimage.minimum_filter(np.where(finite, depth, np.inf), window)[target]
+    high = ndimage.maximum_filter(np.where(finite, depth, -np.inf), window)[target]
     out = depth.copy()
     out[target] = np.clip(extended, low, high)
     return out
@@ -833,9 +833,10 @@ def _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky, lam):
     band_w = _dilate(geometry.depth_discontinuities(depth_w, discontinuity_threshold(depth_w)),
                      BAND_RADIUS).astype(np.float32)
     band = resize_linear(band_w, fw, fh) > 1e-6
-    confidence = depth_confidence(depth_f, normals_f, cam_f, exclude=sky_f | band)
-    fused = fuse_network_depth(depth_f, normals_f, cam_f, lam=lam, confidence=confidence, exclude=sky_f, band=band,
-                               band_reach=BAND_REACH * math.ceil(fw / depth_w.shape[1]))
+    threshold = discontinuity_threshold(depth_f, ~(sky_f | band))  # the fusion's own, computed once for both
+    confidence = depth_confidence(depth_f, normals_f, cam_f, exclude=sky_f | band, threshold=threshold)
+    fused = fuse_network_depth(depth_f, normals_f, cam_f, lam=lam, confidence=confidence, exclude=sky_f,
+                               threshold=threshold, band=band, band_reach=BAND_REACH * math.ceil(fw / depth_w.shape[1]))
     fused = np.where(np.isfinite(fused) & (fused > 0), fused, depth_f)  # finite everywhere
     if (fw, fh) != (W, H):
         fused = np.exp(filtering.guided_upsample(np.log(fused), guide))  # log: ratios, as depth errors are
