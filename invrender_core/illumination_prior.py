@@ -97,6 +97,11 @@ class IlluminationPrior:
             prior.card = json.loads(card_path.read_text())
         return prior
 
+    @property
+    def mean_lighting(self) -> np.ndarray:
+        """The mean normalised lighting as SH (9, 3), camera frame: the prior's typical light for a level camera."""
+        return self.mean.reshape(9, 3)
+
     def covariance(self) -> np.ndarray:
         """(27, 27) regularised covariance of normalised lighting: variances below the floor (and any
         direction outside the K components) get the floor."""

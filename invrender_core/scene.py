@@ -647,10 +647,6 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, 
             "log_depth": np.nan_to_num(log_depth, nan=0.0, posinf=MAX_LOG_DEPTH, neginf=-MAX_LOG_DEPTH)}
 
 
-def _prior_mean() -> np.ndarray:
-    return IlluminationPrior.load().mean.reshape(9, 3)
-
-
 def _photo_colour_scale(image_w, model_w, ground_w) -> np.ndarray:
     """Per-channel factor (3,) that takes the model image (h, w, 3), albedo · shadow · max(E(n), 0) at the
     working resolution, to the photo (h, w, 3) in the least-squares sense over ground_w (h, w) bool (None: every
@@ -781,7 +777,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     # direction (held out 0.69 -> 0.51, irn-small.md). Fitted at the working resolution, not on the upsampled
     # normals, which carry texture and mixed pixels.
     ground_w = ~sky_w if (~sky_w).sum() >= 16 else None
-    lighting = sh.observed_lighting(net["normals"], net["lighting"], ground_w, toward=_prior_mean(),
+    lighting = sh.observed_lighting(net["normals"], net["lighting"], ground_w,
+                                    toward=IlluminationPrior.load().mean_lighting,
                                     weight=LIGHTING_PRIOR_WEIGHT)  # (9, 3) camera frame
     observed = bool((lighting[0] > 0).all())
     if not observed:  # a colour channel left without light (nets that explain the photo badly): keep the IRN's

@@ -10,6 +10,7 @@ import torch
 from invrender_core import geometry, scene, sh
 from invrender_core.camera import Camera
 from invrender_core.filtering import renormalise_normals
+from invrender_core.illumination_prior import IlluminationPrior
 from invrender_core.io import read_exr, read_exr_header, resize_linear, write_png
 from invrender_core.nets import weights
 from invrender_core.nets.irn import IRNOutput
@@ -482,7 +483,7 @@ def test_decompose_pulls_a_light_from_below_towards_the_prior_and_keeps_the_phot
     image = (albedo * sh.shading(normals, from_below)).astype(np.float32)
     est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, from_below), mirror_average=False,
                           depth=OracleDepth(depth), device="cpu", max_side=64)
-    prior_mean = scene._prior_mean()
+    prior_mean = IlluminationPrior.load().mean_lighting
     assert prior_mean[1] @ sh.LUMINANCE > 0  # the prior's light comes from above
     up = (est.lighting[1] / est.lighting[0]) @ sh.LUMINANCE
     assert up > (from_below[1] / from_below[0]) @ sh.LUMINANCE + 0.05

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = weights.load_named(args.irn)
     views = training_views(args.data, args.max_views)
-    target = IlluminationPrior.load().mean.reshape(9, 3)
+    target = IlluminationPrior.load().mean_lighting
     gain, colour = calibrate(model, views, target)
     after = median_colour(shading_ratios(model, views, target))
     print(json.dumps({"albedo_gain": [round(float(g), 4) for g in gain], "views": len(views),

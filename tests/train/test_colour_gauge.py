@@ -25,7 +25,7 @@ def network(gain):
 
 
 def test_calibration_makes_the_light_the_targets_colour_in_any_starting_gauge(views):
-    target = IlluminationPrior.load().mean.reshape(9, 3)
+    target = IlluminationPrior.load().mean_lighting
     gains = []
     for start in ([1.0, 1.0, 1.0], [0.3, 1.0, 0.7]):
         net = network(start)

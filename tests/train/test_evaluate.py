@@ -32,6 +32,9 @@ def test_ground_truth_predictions_score_zero_error(world):
     assert row["albedo_simse_constant"] == pytest.approx(expected, rel=1e-9) and expected > 0.001
     # Normals of the exact depth: right on smooth surfaces, off at this 64 x 48 world's silhouettes only.
     assert row["fused_normal_deg"] < 0.5 * row["normal_deg_flat"]
+    # Away from the silhouettes the exact depth's normals are the true ones (up to float16 and differencing).
+    assert row["depth_silog_interior"] == pytest.approx(0.0, abs=1e-6)
+    assert row["fused_normal_deg_interior"] < 1.0 < row["fused_normal_deg"]
 
 
 def test_pipeline_evaluation_over_a_split(world, tmp_path):
