@@ -17,8 +17,8 @@ InverseRenderNet alone (as during training) its raw outputs are scored:
 - sky (whole pipeline): IoU of the detected sky with the true sky (views with no sky in either are skipped).
 - depth: scale-invariant log RMSE of the network depth and of the fused depth; baseline "constant depth";
   also the angular error of the fused geometry's normals next to the network's normals on the same pixels. The
-  same on "interior" pixels, farther than INTERIOR_MARGIN pixels from a discontinuity of the true depth, so that
-  what fusion does on surfaces and at occlusion boundaries can be told apart.
+  same on "interior" pixels, more than INTERIOR_MARGIN pixels (city-block) from a discontinuity of the true
+  depth, so that what fusion does on surfaces and at occlusion boundaries can be told apart.
 """
 
 from __future__ import annotations
