@@ -37,11 +37,12 @@ def main(argv=None) -> int:
     from invrender_core.io._cv import cv2
     from invrender_core.io.colour import linear_to_srgb
 
-    if not (DATA / "eos" / "sfm_shape_3448.bin").exists():
-        print(f"error: {DATA / 'eos' / 'sfm_shape_3448.bin'} not found: this script reads the Surrey "
-              f"model and the videos of the shared data folder", file=sys.stderr)
+    model_file = DATA / "eos" / "sfm_shape_3448.bin"
+    if not model_file.exists():
+        print(f"error: {model_file} not found: this script reads the Surrey model and the videos of the shared "
+              f"data folder", file=sys.stderr)
         return 2
-    model = load_model(DATA / "eos" / "sfm_shape_3448.bin")
+    model = load_model(model_file)
     edges = np.unique(np.sort(np.concatenate([model.triangles[:, [0, 1]], model.triangles[:, [1, 2]],
                                               model.triangles[:, [2, 0]]]), axis=1), axis=0)[::3]
     landmarks = np.array(list(model.landmarks.values()))

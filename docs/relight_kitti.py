@@ -39,11 +39,11 @@ def main(argv=None) -> int:
     from invrender_core.train.real_data import kitti_camera, read_kitti_calib
 
     folder = args.shared / "kitti_outdoor"
-    if not (folder / "000002_image_2.png").exists():
-        print(f"error: {folder / '000002_image_2.png'} not found: give --shared the folder of the shared data",
-              file=sys.stderr)
+    photo_file = folder / "000002_image_2.png"
+    if not photo_file.exists():
+        print(f"error: {photo_file} not found: give --shared the folder of the shared data", file=sys.stderr)
         return 2
-    photo = load_image(folder / "000002_image_2.png")
+    photo = load_image(photo_file)
     height, width = photo.rgb.shape[:2]
     camera = kitti_camera(read_kitti_calib(folder / "000002_calib.txt"), width, height)
     estimate = scene.decompose(photo, camera=camera, device="cpu")
