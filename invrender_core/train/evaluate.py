@@ -24,6 +24,7 @@ InverseRenderNet alone (as during training) its raw outputs are scored:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -66,6 +67,12 @@ def predict_pipeline(irn, depth, image: np.ndarray, camera: Camera) -> dict[str,
             "depth": est.depth, "depth_fused": est.depth_fused, "sky": est.sky}
 
 
+@functools.cache
+def _prior_mean_lighting() -> np.ndarray:
+    """The illumination prior's mean light (a level camera's frame): one light for every photo, loaded once."""
+    return IlluminationPrior.load().mean_lighting
+
+
 def score_view(view: dict, pred: dict) -> dict[str, float]:
     """Metrics of one view's predictions (maps at the view's resolution) against its ground truth; view: an
     `EvalViews` item (linear image, float32 ground truth)."""
@@ -85,9 +92,7 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "albedo_colour_err_photo": metrics.colour_balance_error(image, gt_albedo, ground),
         "lighting_err": metrics.lighting_error(pred["lighting"], view["gt_sh_camera"]),
         "lighting_err_uniform": metrics.lighting_error(uniform, view["gt_sh_camera"]),
-        # The illumination prior's mean light (a level camera's frame), the same for every photo.
-        "lighting_err_prior_mean": metrics.lighting_error(IlluminationPrior.load().mean_lighting,
-                                                          view["gt_sh_camera"]),
+        "lighting_err_prior_mean": metrics.lighting_error(_prior_mean_lighting(), view["gt_sh_camera"]),
         "shadow_iou": metrics.shadow_iou(pred["shadow"], view["gt_shadow"], ground),
     }
     if "sky" in pred:

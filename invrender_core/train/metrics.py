@@ -30,13 +30,18 @@ def normal_angular_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> 
     return float(np.degrees(np.arccos(np.clip((p * g).sum(-1), -1.0, 1.0))).mean())
 
 
+def _least_squares_gains(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """(C,) the factor a_c = <p_c, g_c> / <p_c, p_c> that takes each column of p (N, C) closest to g's."""
+    return (p * g).sum(0) / np.maximum((p * p).sum(0), 1e-12)
+
+
 def _channel_gains(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a (C,), p (N, C), g (N, C)): the least-squares factor a_c = <pred_c, gt_c> / <pred_c, pred_c> of each
-    channel of pred (H, W, C) towards gt over mask (H, W), and the masked pixels."""
+    """(a (C,), p (N, C), g (N, C)): the least-squares factor of each channel of pred (H, W, C) towards gt over
+    mask (H, W) (`_least_squares_gains`), and the masked pixels."""
     pred, gt, mask = np.asarray(pred, np.float64), np.asarray(gt, np.float64), np.asarray(mask, bool)
     _check("pred", pred, "gt", gt, mask)
     p, g = pred[mask], gt[mask]  # (N, C)
-    return (p * g).sum(0) / np.maximum((p * p).sum(0), 1e-12), p, g
+    return _least_squares_gains(p, g), p, g
 
 
 def scale_invariant_mse(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
@@ -93,5 +98,5 @@ def lighting_error(pred_sh: np.ndarray, gt_sh: np.ndarray, samples: int = 2000) 
         raise ValueError(f"lightings must have shape (9, 3), got {pred_sh.shape} and {gt_sh.shape}")
     dirs = sh._fibonacci_sphere(samples)
     p, g = sh.shading(dirs, pred_sh), sh.shading(dirs, gt_sh)  # (N, 3)
-    a = (p * g).sum(0) / np.maximum((p * p).sum(0), 1e-12)
+    a = _least_squares_gains(p, g)
     return float(np.sqrt(((a * p - g) ** 2).mean() / max((g * g).mean(), 1e-12)))
