@@ -8,8 +8,10 @@ the view's own resolution) and is scored on the pixels that are not sky, next to
 InverseRenderNet alone (as during training) its raw outputs are scored:
 
 - normals: mean angular error; baseline "flat normals facing the camera" (0, 0, 1).
-- albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baselines "albedo = linearised photo" and
-  "one colour everywhere" (the variance of the true albedo: a decoder that collapsed to a constant scores this).
+- albedo: scale-invariant MSE (`metrics.scale_invariant_mse`); baselines "albedo = linearised photo", its square
+  root (the photo's contrast halved in log space: the metric rewards shrinking any noisy estimate's contrast, and
+  this trivial answer beats the photo by far) and "one colour everywhere" (the variance of the true albedo: a
+  decoder that collapsed to a constant scores this).
   Also its colour cast, which that metric forgives (`metrics.colour_balance_error`); baseline the photo's.
 - lighting: `metrics.lighting_error` of the solved SH vs the true sky's; baselines "uniform light" (DC only) and the
   illumination prior's mean light (one light for every photo).
@@ -87,6 +89,7 @@ def score_view(view: dict, pred: dict) -> dict[str, float]:
         "normal_deg_flat": metrics.normal_angular_error(np.broadcast_to(FLAT, gt_normal.shape), gt_normal, ground),
         "albedo_simse": metrics.scale_invariant_mse(pred["albedo"], gt_albedo, ground),
         "albedo_simse_photo": metrics.scale_invariant_mse(image, gt_albedo, ground),
+        "albedo_simse_photo_sqrt": metrics.scale_invariant_mse(np.sqrt(np.maximum(image, 0.0)), gt_albedo, ground),
         "albedo_simse_constant": metrics.scale_invariant_mse(np.ones_like(gt_albedo), gt_albedo, ground),
         "albedo_colour_err": metrics.colour_balance_error(pred["albedo"], gt_albedo, ground),
         "albedo_colour_err_photo": metrics.colour_balance_error(image, gt_albedo, ground),
