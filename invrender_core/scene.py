@@ -424,7 +424,7 @@ def working_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE) -> t
         raise ValueError(f"image size must be positive, got {width}x{height}")
     longer, shorter = max(width, height), min(width, height)
     long_w = max(WORK_MULTIPLE, min(int(max_side), longer) // WORK_MULTIPLE * WORK_MULTIPLE)
-    short_w = max(WORK_MULTIPLE, int(round(shorter * long_w / longer / WORK_MULTIPLE)) * WORK_MULTIPLE)
+    short_w = _multiple_of_work(shorter * long_w / longer)
     return (long_w, short_w) if width >= height else (short_w, long_w)
 
 
@@ -634,13 +634,14 @@ def _averaged_depth(depth_net, x):
 
 
 def _multiple_of_work(length: float) -> int:
+    """`length` in pixels rounded to the nearest multiple of WORK_MULTIPLE, at least one multiple."""
     return max(WORK_MULTIPLE, int(round(length / WORK_MULTIPLE)) * WORK_MULTIPLE)
 
 
 def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, mirror_average: bool) -> dict:
     """Both networks on the working-resolution image (h, w, 3) linear -> numpy maps, NaN-free. mirror_average:
-    each network's outputs averaged over the image and its mirror image (`_mirror_averaged_irn`; the log depth
-    mirrored back, which lowers the held-out depth error, depth-small.md)."""
+    the IRN's outputs averaged over the image and its mirror image (`_mirror_averaged_irn`), the depth network's
+    also over DEPTH_SCALES (`_averaged_depth`)."""
     import torch
 
     from .nets.irn import normalise_shadow
@@ -751,11 +752,10 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     Steps (stage names for `progress(stage, fraction)`): "models" load the weights; "irn" and "depth" run the
     networks at `working_size(W, H, max_side)` (each on the photo and its mirror image, averaged, the depth network
     also at DEPTH_SCALES times that size, unless `mirror_average` is False: networks that ignore their input,
-    such as test oracles, need it off); "upsample"
-    brings normals (renormalised), shadow and log depth to (H, W) with the photo as guide
-    (`filtering.guided_upsample`), and the sky found in the photo (`sky.detect_sky`) and far in the depth;
-    "lighting": the IRN's SH lighting (solved in its forward pass, camera frame) reduced to order 1 over the non-sky
-    pixels (`sh.observed_lighting`, pulled towards the illumination prior's mean with weight
+    such as test oracles, need it off); "upsample" brings normals (renormalised), shadow and log depth to (H, W)
+    with the photo as guide (`filtering.guided_upsample`), and the sky found in the photo (`sky.detect_sky`) and far
+    in the depth; "lighting": the IRN's SH lighting (solved in its forward pass, camera frame) reduced to order 1
+    over the non-sky pixels (`sh.observed_lighting`, pulled towards the illumination prior's mean with weight
     LIGHTING_PRIOR_WEIGHT) and scaled per channel to the photo's colour (`_photo_colour_scale`),
     shading = max(E(normals), 0) and the albedo: the IRN's at the working
     resolution, with the detail of image / (shadow · shading) above it (`_full_resolution_albedo`), so image ≈
