@@ -7,7 +7,7 @@ import bpy
 
 class INVR_PG_settings(bpy.types.PropertyGroup):
     photo_path: bpy.props.StringProperty(
-        name="Photo", description="Photo to turn into a relightable scene (PNG, JPEG, TIFF, EXR, HDR)",
+        name="Photo", description="Photo to turn into a relightable scene (PNG, JPEG, TIFF, WebP, EXR, HDR)",
         subtype="FILE_PATH")
     depth_path: bpy.props.StringProperty(
         name="Depth map", description="Planar depth of the photo as a single-channel EXR (Y)",

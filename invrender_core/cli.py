@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     decompose = sub.add_parser("decompose", help="one photo -> albedo, shading, shadow, normals, depth, lighting "
                                "(EXR + JSON) with the networks")
-    decompose.add_argument("image", type=Path, help="the photo (PNG, JPEG, TIFF, EXR, HDR)")
+    decompose.add_argument("image", type=Path, help="the photo (PNG, JPEG, TIFF, WebP, EXR, HDR)")
     decompose.add_argument("-o", "--output", type=Path, required=True,
                            help="output folder (written atomically; an existing one is replaced only if it holds "
                            "a previous output)")
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     scene.set_defaults(func=cmd_scene)
 
     relight = sub.add_parser("relight", help="relight a photo under a new sun and sky in 2D (seconds, no Blender)")
-    relight.add_argument("image", type=Path, help="the photo (PNG, JPEG, TIFF, EXR, HDR)")
+    relight.add_argument("image", type=Path, help="the photo (PNG, JPEG, TIFF, WebP, EXR, HDR)")
     relight.add_argument("-o", "--output", type=Path, required=True,
                          help="relit PNG; with --frames N: OUT.png writes OUT_0001.png ... or OUT.mp4 one video")
     where = relight.add_mutually_exclusive_group(required=True)

@@ -167,7 +167,7 @@ class INVR_OT_import_photo(JobModal, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     filepath: bpy.props.StringProperty(
-        name="Photo", description="Photo to import (PNG, JPEG, TIFF, EXR, HDR); empty: the panel's photo",
+        name="Photo", description="Photo to import (PNG, JPEG, TIFF, WebP, EXR, HDR); empty: the panel's photo",
         subtype="FILE_PATH", options={"SKIP_SAVE"})
     filter_image: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: bpy.props.BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})

@@ -30,13 +30,13 @@ from ..io.errors import one_line
 from ..io.images import _to_srgb8, srgb_lut
 
 MAX_FRAME_SIDE = 8192  # larger frames are refused: a face rig needs no more, and decoding them is slow
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".hdr")  # what io.load_image reads
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".exr", ".hdr")  # what io.load_image reads
 # Still-image formats io.load_image does not read (FFmpeg would open some as one-frame "videos").
-UNSUPPORTED_IMAGE_SUFFIXES = (".bmp", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".heic", ".heif", ".avif")
+UNSUPPORTED_IMAGE_SUFFIXES = (".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".heic", ".heif", ".avif")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".mts")
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"v/1\x01", b"#?")
 _RE_ENCODE = "re-encode it as H.264 MP4 (ffmpeg -i IN -c:v libx264 OUT.mp4)"
-_GIVE = "give a video (.mp4, .mov, .avi, .mkv, .webm), an image (.png, .jpg, .tif, .exr) or a folder of images"
+_GIVE = "give a video (.mp4, .mov, .avi, .mkv, .webm), an image (.png, .jpg, .tif, .webp, .exr) or a folder of images"
 
 # The cascade box covers about eyebrows to lip/chin; the head box (forehead to chin, ears included) is this
 # many times larger, with its centre this many cascade-box sides lower than the cascade box's centre.
@@ -122,8 +122,8 @@ def open_source(path, start: int = 0, end: int | None = None, step: int = 1) -> 
         head = _read_head(path)
         if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
             raise ValueError(f"{path} is a {path.suffix[1:].upper()} image, which is not supported: convert it to "
-                             f"PNG, JPEG, TIFF or EXR")
-        if head.startswith(_IMAGE_MAGIC) or path.suffix.lower() in IMAGE_SUFFIXES:
+                             f"PNG, JPEG, TIFF, WebP or EXR")
+        if head.startswith(_IMAGE_MAGIC) or _is_webp(head) or path.suffix.lower() in IMAGE_SUFFIXES:
             source = _probe_image(path)
         elif _looks_like_text(head):
             raise ValueError(f"{path} is a text file, not a video or an image: {_GIVE}")
@@ -177,6 +177,11 @@ def _load_frame_image(path: Path) -> np.ndarray:
     height, width = loaded.rgb.shape[:2]
     _check_frame_size(path, width, height)
     return _to_srgb8(loaded.rgb)  # exact inverse of the 8-bit decode; EXR/HDR values are clipped to [0, 1]
+
+
+def _is_webp(head: bytes) -> bool:
+    """A WebP file's first bytes: a RIFF container of type WEBP (AVI videos are RIFF containers too)."""
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
 def _probe_image(path: Path) -> FrameSource:

@@ -1,4 +1,4 @@
-"""Photos in (PNG, JPEG, TIFF, OpenEXR, Radiance HDR) as linear float RGB; PNG previews; resizing.
+"""Photos in (PNG, JPEG, TIFF, WebP, OpenEXR, Radiance HDR) as linear float RGB; PNG previews; resizing.
 
 Every loader reads the header first and refuses oversize images before any pixel is decoded.
 Integer formats are sRGB-encoded and converted to linear here; EXR and HDR are linear already.
@@ -32,10 +32,10 @@ from .exr import EXR_MAGIC_BYTES, _decode_exr, cv_decode, read_exr_header
 
 DEFAULT_MAX_MEGAPIXELS = 64.0
 MIN_SIDE = 16
-PILLOW_FORMATS = {"PNG", "JPEG", "MPO", "TIFF"}  # MPO: the JPEG variant many phone cameras write
+PILLOW_FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "WEBP"}  # MPO: the JPEG variant many phone cameras write
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
-SUPPORTED = "PNG, JPEG, TIFF, OpenEXR or Radiance HDR"
+SUPPORTED = "PNG, JPEG, TIFF, WebP, OpenEXR or Radiance HDR"
 
 # EXIF tags (TIFF/EXIF 2.3 numbering)
 _ORIENTATION = 0x0112
@@ -84,8 +84,9 @@ class LoadedImage:
 def load_image(path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> LoadedImage:
     """Load a photo as linear RGB (H, W, 3) float32, alpha (H, W) or None, and its EXIF focal length.
 
-    PNG (8/16-bit, grey, grey+alpha, RGB, RGBA, palette), JPEG and TIFF (8/16-bit) are sRGB-decoded
-    to linear with their EXIF orientation applied; EXR and Radiance HDR are returned as stored.
+    PNG (8/16-bit, grey, grey+alpha, RGB, RGBA, palette), JPEG, TIFF (8/16-bit) and WebP (lossy or lossless,
+    the first frame of an animation) are sRGB-decoded to linear with their EXIF orientation applied; EXR and
+    Radiance HDR are returned as stored.
     Raises UnreadableImageError, UnsupportedImageError, ImageTooLargeError (checked from the header,
     before decoding) or ImageTooSmallError (a side below 16 px); all are ValueErrors.
     """

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from invrender_core.face.video import (
@@ -123,6 +124,21 @@ def test_image_and_folder_sources_in_natural_order(tmp_path):
     image = open_source(tmp_path / "f2.png")
     assert (image.kind, image.num_frames, image.frames) == ("image", 1, range(1))
     np.testing.assert_array_equal(next(iter(iter_frames(image)))[1], frames["f2"])
+
+
+def test_webp_images_and_folders_are_frame_sources(tmp_path):
+    """Lossless WebP frames decode exactly; a WebP is known by its RIFF/WEBP header even without its suffix."""
+    rgb = np.random.default_rng(3).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "f1.webp", lossless=True)
+    Image.fromarray(rgb[::-1]).save(tmp_path / "f2.webp", lossless=True)
+    folder = open_source(tmp_path)
+    assert folder.num_frames == 2 and [p.name for p in folder.files] == ["f1.webp", "f2.webp"]
+    np.testing.assert_array_equal(list(iter_frames(folder))[1][1], rgb[::-1])
+    unnamed = tmp_path / "still"
+    unnamed.write_bytes((tmp_path / "f1.webp").read_bytes())
+    image = open_source(unnamed)
+    assert (image.kind, image.width, image.height) == ("image", 32, 24)
+    np.testing.assert_array_equal(next(iter(iter_frames(image)))[1], rgb)
 
 
 def test_folder_frames_of_different_sizes_are_refused(tmp_path):

@@ -217,6 +217,31 @@ def test_no_exif_uses_default_fov(tmp_path):
     assert img.camera().fov_x_deg == pytest.approx(60.0)
 
 
+# --- WebP --------------------------------------------------------------------------------------------------
+
+
+def test_webp_lossless_is_exact_with_alpha_and_orientation(tmp_path):
+    codes = _noise(20, 30, c=4)
+    Image.fromarray(codes).save(tmp_path / "a.webp", lossless=True, exact=True)  # exact: keeps RGB where alpha is 0
+    img = load_image(tmp_path / "a.webp")
+    assert img.bit_depth == 8 and img.original_size == (30, 20)
+    np.testing.assert_array_equal(img.rgb, _lin(codes[..., :3]))
+    np.testing.assert_array_equal(img.alpha, codes[..., 3] / np.float32(255))
+    upright = _blocks(16, 32)
+    _save_oriented(tmp_path / "o.webp", upright, 6, lossless=True)
+    np.testing.assert_array_equal(load_image(tmp_path / "o.webp").rgb, _lin(upright))
+
+
+def test_webp_lossy_and_first_frame_of_an_animation(tmp_path):
+    upright = _blocks(32, 48)
+    Image.fromarray(upright).save(tmp_path / "a.webp", quality=100)
+    error = np.abs(load_image(tmp_path / "a.webp").rgb - _lin(upright))  # lossy: its colour is subsampled 2x2
+    assert error.mean() < 0.04 and np.abs(_lin(upright)[:, ::-1] - _lin(upright)).mean() > 0.2
+    first, second = Image.fromarray(upright), Image.fromarray(255 - upright)
+    first.save(tmp_path / "anim.webp", save_all=True, append_images=[second], lossless=True)
+    np.testing.assert_array_equal(load_image(tmp_path / "anim.webp").rgb, _lin(upright))
+
+
 # --- TIFF, EXR, HDR --------------------------------------------------------------------------------------
 
 
@@ -307,7 +332,7 @@ def test_minimum_size_accepted(tmp_path):
 # --- damaged and wrong files -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".png16", ".exr", ".hdr"])
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".webp", ".png16", ".exr", ".hdr"])
 def test_truncated_files(tmp_path, suffix):
     path = tmp_path / f"full{suffix}"
     noise = _noise(128, 160, seed=9)
