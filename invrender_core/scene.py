@@ -865,7 +865,11 @@ def _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky, lam):
                                threshold=threshold, band=band, band_reach=BAND_REACH * math.ceil(fw / depth_w.shape[1]))
     fused = np.where(np.isfinite(fused) & (fused > 0), fused, depth_f)  # finite everywhere
     if (fw, fh) != (W, H):
-        fused = np.exp(filtering.guided_upsample(np.log(fused), guide))  # log: ratios, as depth errors are
+        # What fusion changed (in log: ratios, as depth errors are) is upsampled bilinearly onto the network's depth,
+        # which `guided_upsample` already brought to the photo's edges: guided filtering on the large fusion grid
+        # itself costs 0.26 s more at 1 MP.
+        change = resize_linear((np.log(fused) - log_depth_f).astype(np.float32), W, H)
+        fused = np.exp(log_depth_full + change)
         fused[sky] = np.exp(log_depth_full[sky])  # not fused: the network's depth, as on the fusion grid
         confidence = np.clip(resize_linear(confidence, W, H), 0.0, 1.0)
         confidence[sky] = 0.0

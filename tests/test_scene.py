@@ -410,10 +410,12 @@ class OracleDepth(torch.nn.Module):
         return torch.from_numpy(np.log(resize_linear(self.depth, w, h)) + noise)[None, None].float()
 
 
-def test_decompose_with_oracle_networks_recovers_full_resolution_detail(monkeypatch):
+@pytest.mark.parametrize("fusion_max_side", [scene.DEFAULT_FUSION_MAX_SIDE, 96])
+def test_decompose_with_oracle_networks_recovers_full_resolution_detail(fusion_max_side, monkeypatch):
     """With networks that are right at the working resolution (half the photo's), the full-resolution pipeline
     recovers albedo texture finer than the working resolution, the normals, the lighting and the geometry (exact
-    networks need no pull towards the illumination prior's mean light)."""
+    networks need no pull towards the illumination prior's mean light); also when the depth is fused on a grid
+    smaller than the photo (96 pixels wide) and upsampled."""
     monkeypatch.setattr(scene, "LIGHTING_PRIOR_WEIGHT", 0.0)
     camera = Camera.from_fov(128, 96, 60.0)
     depth, normals, on_sphere = geometry.synthetic_sphere_plane(camera)
@@ -423,8 +425,9 @@ def test_decompose_with_oracle_networks_recovers_full_resolution_detail(monkeypa
     image = (albedo * sh.shading(normals, LIGHT)).astype(np.float32)
     est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, LIGHT), mirror_average=False,
                           depth=OracleDepth(depth, noise=0.02),
-                          device="cpu", max_side=64)
+                          device="cpu", max_side=64, fusion_max_side=fusion_max_side)
     assert est.metadata["working_size"] == [64, 48]
+    assert est.metadata["fusion_size"] == ([128, 96] if fusion_max_side > 128 else [96, 72])
     rim = geometry.depth_discontinuities(depth, 0.05)
     away = ~scene._dilate(rim, 3)  # silhouettes are where half-resolution maps are wrong
     angle = np.degrees(np.arccos(np.clip((est.normals * normals).sum(-1), -1, 1)))
