@@ -194,6 +194,13 @@ def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedI
         if head.startswith(PNG_SIGNATURE) or head.startswith(JPEG_SIGNATURE):
             raise UnreadableImageError(f"{path} starts like a PNG/JPEG but its header is damaged or cut "
                                        f"short: copy or export it again") from e
+        container = _iso_media_kind(head)
+        if container == "HEIF":
+            raise UnsupportedImageError(f"{path} is a HEIC/HEIF or AVIF image (as phones save them), which is not "
+                                        f"supported: export or convert it to JPEG or PNG") from e
+        if container == "video":
+            raise UnsupportedImageError(f"{path} is a video (MP4/MOV), not a photo: give a {SUPPORTED} image "
+                                        f"(videos go to the face tool)") from e
         raise UnsupportedImageError(f"{path} is not an image file that can be read (is it a text file or "
                                     f"a video?): give a {SUPPORTED} image") from e
     except OSError as e:
@@ -220,6 +227,17 @@ def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedI
     rgb, alpha = _split_and_linearise(pixels, bit_depth)
     height, width = rgb.shape[:2]
     return LoadedImage(rgb, alpha, focal_35mm, bit_depth, path, (width, height))
+
+
+# Major brands of ISO base media files (an "ftyp" box at byte 4) that hold still images rather than video.
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def _iso_media_kind(head: bytes) -> str | None:
+    """"HEIF" (HEIC, AVIF), "video" (MP4, MOV, 3GP) or None for a file that is not ISO base media."""
+    if head[4:8] != b"ftyp":
+        return None
+    return "HEIF" if head[8:12] in HEIF_BRANDS else "video"
 
 
 def _stored_bits(im: Image.Image, head: bytes) -> int:

@@ -365,8 +365,15 @@ def test_text_and_video_named_png(tmp_path):
         load_image(tmp_path / "notes.png")
     video = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(range(256)) * 8
     (tmp_path / "clip.png").write_bytes(video)
-    with pytest.raises(UnsupportedImageError, match="clip.png"):
+    with pytest.raises(UnsupportedImageError, match=r"clip.png is a video \(MP4/MOV\), not a photo"):
         load_image(tmp_path / "clip.png")
+
+
+@pytest.mark.parametrize("brand", [b"heic", b"mif1", b"avif"])
+def test_phone_heif_and_avif_photos_are_named_in_the_error(tmp_path, brand):
+    (tmp_path / "IMG_0001.jpg").write_bytes(b"\x00\x00\x00\x1cftyp" + brand + bytes(4) + b"mif1heic" + bytes(256))
+    with pytest.raises(UnsupportedImageError, match="HEIC/HEIF or AVIF image .* convert it to JPEG or PNG"):
+        load_image(tmp_path / "IMG_0001.jpg")
 
 
 def test_unsupported_format(tmp_path):
