@@ -775,7 +775,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     stages.enter("models")
     rgb, photo_camera, source = _load_input(image, fov_deg)
     camera = photo_camera if camera is None else camera
-    rgb = np.maximum(np.nan_to_num(np.asarray(rgb, dtype=np.float32), nan=0.0, posinf=0.0), 0.0)
+    rgb = np.maximum(np.asarray(rgb, dtype=np.float32), 0.0)  # a new array: the caller's stays as it was
+    rgb[~np.isfinite(rgb)] = 0.0  # (np.nan_to_num takes ten times as long at 24 MP)
     H, W = rgb.shape[:2]
     if (camera.width, camera.height) != (W, H):
         raise ValueError(f"the camera is {camera.width}x{camera.height} but the photo is {W}x{H}: give intrinsics "
