@@ -77,8 +77,7 @@ class RelightRefiner(nn.Module):
 
         H, W = relit.image.shape[:2]
         w, h = self.working_size(W, H)
-        feats = features(estimate, relit, exposure, own_render)  # (H, W, 20)
-        small = resize_linear(feats, w, h)  # (h, w, 20)
+        small = features(estimate, relit, exposure, own_render, size=(w, h))  # (h, w, 20)
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1))[None]).to(device)
         log_ratio = self(x)[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
@@ -87,13 +86,21 @@ class RelightRefiner(nn.Module):
         return (relit.image * ratio).astype(np.float32)
 
 
-def features(estimate, relit, exposure: float, own_render: np.ndarray) -> np.ndarray:
+def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tuple[int, int] | None = None
+             ) -> np.ndarray:
     """(H, W, INPUT_CHANNELS) float32 network inputs (module docstring) for a relit image of `estimate`;
-    own_render (H, W, 3) is the simple model's image under the photo's own lighting."""
+    own_render (H, W, 3) is the simple model's image under the photo's own lighting. size (w, h): the inputs
+    area-resized to it, (h, w, INPUT_CHANNELS), one map at a time (a 24-megapixel photo's full-resolution
+    stack of 20 channels would take 1.9 GB and most of a frame's time)."""
+    from ..io import resize_linear
+
     shadow = estimate.shadow if estimate.shadow is not None else np.ones(relit.visibility.shape, np.float32)
     parts = [estimate.albedo, estimate.normals * 0.5 + 0.5, exposure * relit.sun_shading,
              exposure * relit.sky_shading, relit.visibility[..., None], estimate.image, own_render, shadow[..., None]]
-    out = np.concatenate([np.asarray(p, np.float32) for p in parts], axis=-1)
+    parts = [np.asarray(p, np.float32) for p in parts]
+    if size is not None:
+        parts = [resize_linear(p, *size).reshape(size[1], size[0], -1) for p in parts]
+    out = np.concatenate(parts, axis=-1)
     if out.shape[-1] != INPUT_CHANNELS:
         raise ValueError(f"features have {out.shape[-1]} channels, expected {INPUT_CHANNELS}")
     return out
