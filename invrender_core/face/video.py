@@ -27,7 +27,7 @@ from scipy.spatial.transform import Rotation
 from ..io import MIN_SIDE, load_image
 from ..io._cv import cv2
 from ..io.errors import one_line
-from ..io.images import _to_srgb8, srgb_lut
+from ..io.images import _to_srgb8, is_webp, srgb_lut
 
 MAX_FRAME_SIDE = 8192  # larger frames are refused: a face rig needs no more, and decoding them is slow
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".exr", ".hdr")  # what io.load_image reads
@@ -123,7 +123,7 @@ def open_source(path, start: int = 0, end: int | None = None, step: int = 1) -> 
         if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
             raise ValueError(f"{path} is a {path.suffix[1:].upper()} image, which is not supported: convert it to "
                              f"PNG, JPEG, TIFF, WebP or EXR")
-        if head.startswith(_IMAGE_MAGIC) or _is_webp(head) or path.suffix.lower() in IMAGE_SUFFIXES:
+        if head.startswith(_IMAGE_MAGIC) or is_webp(head) or path.suffix.lower() in IMAGE_SUFFIXES:
             source = _probe_image(path)
         elif _looks_like_text(head):
             raise ValueError(f"{path} is a text file, not a video or an image: {_GIVE}")
@@ -177,11 +177,6 @@ def _load_frame_image(path: Path) -> np.ndarray:
     height, width = loaded.rgb.shape[:2]
     _check_frame_size(path, width, height)
     return _to_srgb8(loaded.rgb)  # exact inverse of the 8-bit decode; EXR/HDR values are clipped to [0, 1]
-
-
-def _is_webp(head: bytes) -> bool:
-    """A WebP file's first bytes: a RIFF container of type WEBP (AVI videos are RIFF containers too)."""
-    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
 def _probe_image(path: Path) -> FrameSource:

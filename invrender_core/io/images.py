@@ -204,6 +204,9 @@ def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedI
         raise UnsupportedImageError(f"{path} is not an image file that can be read (is it a text file or "
                                     f"a video?): give a {SUPPORTED} image") from e
     except OSError as e:
+        if is_webp(head):  # Pillow's WebP decoder refuses a cut file when opening it
+            raise UnreadableImageError(f"{path} is truncated or corrupt ({one_line(e)}): copy or export it "
+                                       f"again") from e
         raise UnreadableImageError(f"{path} cannot be read ({one_line(e)}): check the file") from e
 
     with im:
@@ -227,6 +230,11 @@ def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedI
     rgb, alpha = _split_and_linearise(pixels, bit_depth)
     height, width = rgb.shape[:2]
     return LoadedImage(rgb, alpha, focal_35mm, bit_depth, path, (width, height))
+
+
+def is_webp(head: bytes) -> bool:
+    """A WebP file's first bytes: a RIFF container of type WEBP (AVI videos are RIFF containers too)."""
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
 # Major brands of ISO base media files (an "ftyp" box at byte 4) that hold still images rather than video.
