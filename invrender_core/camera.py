@@ -105,6 +105,13 @@ class Camera:
         u, v = self.pixel_grid()
         return np.stack([(u - self.cx) / self.fx, -(v - self.cy) / self.fy, -np.ones_like(u)], axis=-1)
 
+    def rays_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(N, 3) points at depth 1 through the centres of pixels (rows, cols) (N,) each, as `rays` gives them
+        (without the whole (H, W, 3) map)."""
+        rows, cols = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
+        return np.stack([(cols + 0.5 - self.cx) / self.fx, -(rows + 0.5 - self.cy) / self.fy,
+                         -np.ones(rows.shape)], axis=-1)
+
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Camera-frame points (..., 3) with z < 0 -> pixel coordinates (..., 2) as (u, v) and depth (...)."""
         points = np.asarray(points, dtype=np.float64)

@@ -73,12 +73,6 @@ def continuous(da: np.ndarray, db: np.ndarray, va: np.ndarray, vb: np.ndarray,
     return both & small
 
 
-def _pixel_rays(camera: Camera, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """(N, 3) depth-1 rays through the centres of pixels (i, j) (N,) each, as camera.rays() gives."""
-    return np.stack([(j + 0.5 - camera.cx) / camera.fx, -(i + 0.5 - camera.cy) / camera.fy,
-                     -np.ones(i.shape)], axis=-1)
-
-
 # ----------------------------------------------------------------------------------------------------
 # back-projection, normals, discontinuities
 
@@ -272,7 +266,7 @@ def grid_mesh(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
 
     i = (grid_ids // w) * step  # (V,) pixel rows
     j = (grid_ids % w) * step  # (V,) pixel columns
-    vertices = d[i, j][:, None] * _pixel_rays(camera, i.astype(np.float64), j.astype(np.float64))
+    vertices = d[i, j][:, None] * camera.rays_at(i, j)
     uvs = np.stack([(j + 0.5) / camera.width, 1.0 - (i + 0.5) / camera.height], axis=-1)
     return Mesh(vertices=vertices.astype(np.float32), faces=faces, uvs=uvs.astype(np.float32),
                 pixel_index=(i * camera.width + j).astype(np.int64))

@@ -303,7 +303,7 @@ class Relighter:
         self.estimate = estimate
         self.sun_fraction = sun_fraction
         self.sky = sky_mask(estimate)
-        self.sky_rays = estimate.camera.rays()[self.sky]  # (N, 3) rays of the sky pixels, recoloured every frame
+        self.sky_rays = estimate.camera.rays_at(*np.nonzero(self.sky))  # (N, 3): recoloured every frame
         if lighting is None:
             observed = sh.observed_lighting(estimate.normals, estimate.lighting, ~self.sky)
             lighting = lighting_from_estimate(observed, sun_fraction, sun_angle_deg)
@@ -374,13 +374,11 @@ class Relighter:
         est = self.estimate
         H, W = est.camera.height, est.camera.width
         normals = np.asarray(est.normals, dtype=np.float32)
-        sky_shading = np.empty((H, W, 3), np.float32)
+        sky_shading = np.maximum(sh.shading_image(normals, lighting.sky), 0.0)  # (H, W, 3)
         sun_shading = np.zeros((H, W, 3), np.float32)
         visibility = np.ones((H, W), np.float32)
-        rows = 256  # the SH basis is 9 float64 values per pixel: shade in row blocks
-        for r in range(0, H, rows):
-            sky_shading[r:r + rows] = np.maximum(sh.shading(normals[r:r + rows], lighting.sky), 0.0)
         if lighting.sun is not None:
+            rows = 256  # in row blocks: bounded temporaries
             visibility = self.visibility(lighting.sun)
             s = lighting.sun.direction.astype(np.float32)
             for r in range(0, H, rows):

@@ -375,7 +375,6 @@ BAND_RADIUS = 1  # pixels on each side of a depth discontinuity that get zero co
 # 0.336 with depth-small round 2, the fused geometry's normals 27.7 -> 28.5 degrees; depth-small.md).
 BAND_REACH = 3
 MIN_FUSED_PIXELS = 16
-SHADING_ROWS = 256
 STAGES = ("models", "irn", "depth", "upsample", "lighting", "fusion", "done")
 # Overall progress fraction at the start of each stage (roughly their share of a CPU run at 1 MP).
 _STAGE_START = {"models": 0.0, "irn": 0.05, "depth": 0.2, "upsample": 0.4, "lighting": 0.55, "fusion": 0.65,
@@ -816,9 +815,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     shading_w = np.maximum(sh.shading(net["normals"], lighting), 0.0)  # (h, w, 3)
     scale = _photo_colour_scale(image_w, net["albedo"] * net["shadow"][..., None] * shading_w, ground_w)
     lighting, shading_w = lighting * scale, shading_w * scale
-    shading = np.empty_like(rgb)  # (H, W, 3)
-    for r in range(0, H, SHADING_ROWS):  # in row blocks: the SH basis is 9 float64 values per pixel
-        shading[r:r + SHADING_ROWS] = np.maximum(sh.shading(normals[r:r + SHADING_ROWS], lighting), 0.0)
+    shading = np.maximum(sh.shading_image(normals, lighting), 0.0)  # (H, W, 3)
     albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide)
 
     stages.enter("fusion")

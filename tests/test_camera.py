@@ -81,6 +81,8 @@ def test_rays_have_depth_one_and_point_through_pixel_centres():
     np.testing.assert_array_equal(rays[..., 2], -1.0)
     np.testing.assert_allclose(rays[1, 2], [0.0, 0.0, -1.0])  # centre pixel of an odd-sized image
     assert rays[0, 4, 0] > 0 and rays[0, 4, 1] > 0  # top-right pixel: x right, y up
+    rows, cols = np.array([0, 2, 1]), np.array([4, 0, 2])
+    np.testing.assert_array_equal(cam.rays_at(rows, cols), rays[rows, cols])  # a few pixels' rays, the same
 
 
 @settings(max_examples=30, deadline=None)

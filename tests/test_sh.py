@@ -69,6 +69,19 @@ def test_basis_shapes_and_errors():
     assert sh.shading(np.zeros((5, 7, 3)), np.zeros((9, 3))).shape == (5, 7, 3)
 
 
+def test_shading_image_is_shading_in_float32_block_by_block():
+    normals = random_normals(5 * 7).reshape(5, 7, 3)
+    L = RNG.normal(size=(9, 3))
+    expected = sh.shading(normals, L)
+    for block_pixels in (1 << 20, 6):  # one block; blocks that do not divide the 35 pixels
+        image = sh.shading_image(normals, L, block_pixels=block_pixels)
+        assert image.dtype == np.float32 and image.shape == (5, 7, 3)
+        np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert sh.shading_image(normals[0], L).shape == (7, 3)
+    with pytest.raises(ValueError, match=r"\(9, 3\)"):
+        sh.shading_image(normals, np.zeros(9))
+
+
 def test_basis_is_rh_closed_form():
     n = random_normals(50)
     L = RNG.normal(size=(9, 3))
