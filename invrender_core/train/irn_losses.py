@@ -18,6 +18,8 @@ Terms (all batch-first torch, maps (B, C, H, W), masks (B, 1, H, W) bool or floa
   `IlluminationPrior`.
 - `shadow_consistency_loss`, `shadow_prior_loss`: IRN++ shadows agree across views of the same moment and are
   mostly lit.
+- `shadow_ratio_loss`: one view under two lights: the ratio of the photos, free of albedo, is for shadows and
+  shading to explain.
 - `IRNLossWeights`, `combine`: default weights and the weighted sum the trainer logs term by term.
 
 Reduction (as `depth_losses`): a mean over the valid pixels (or neighbour pairs) of each image, then a mean over
@@ -52,10 +54,12 @@ __all__ = [
     "rerender_loss",
     "shadow_consistency_loss",
     "shadow_prior_loss",
+    "shadow_ratio_loss",
     "smooth_depth",
     "srgb_encode",
 ]
 
+RATIO_LOG_EPS = 1e-3  # `shadow_ratio_loss`: log(x + eps) of linear photos; bounds the weight of near-black pixels
 ALBEDO_LOG_EPS = 1e-3  # log(albedo + eps): albedo is a sigmoid in (0, 1); eps bounds the weight of near-black texels
 CHROMA_SIGMA = 0.05  # chromaticity difference at which the smoothness weight falls to 1/e (see the function)
 PRIOR_MIN_RELATIVE_SCALE = 0.01  # floor of DC luminance / |L|; physical lighting is above ~0.19 (a point light)
@@ -559,6 +563,45 @@ def shadow_consistency_loss(shadow_i: torch.Tensor, shadow_j_warped: torch.Tenso
     return _masked_mean((shadow_i - shadow_j_warped).abs(), ok)
 
 
+def shadow_ratio_loss(image_i: torch.Tensor, image_j_warped: torch.Tensor, shadow_i: torch.Tensor,
+                      shadow_j_warped: torch.Tensor, shading_i: torch.Tensor, shading_j_warped: torch.Tensor,
+                      valid: torch.Tensor, eps: float = RATIO_LOG_EPS) -> torch.Tensor:
+    """Two photos of one view under two lights (j warped into i): their albedo cancels in the ratio of the photos,
+    which shadows and shading alone must explain. Mean over valid pixels and channels of
+    |log(I_i / I_j) - log(S_i E_i / (S_j E_j))|, each log of a value + eps.
+
+    Shading is a smooth function of the normals, which both photos share, so the sharp edges of the ratio (a cast
+    shadow that moved) can only go into the shadow maps; a shadow map that copied texture would cancel too, and
+    is left to the sparse-shadow prior.
+
+    Args:
+        image_i, image_j_warped: (B, 3, H, W) linear photos of one view under two lights (j warped into i).
+        shadow_i, shadow_j_warped: (B, 1, H, W) in [0, 1].
+        shading_i, shading_j_warped: (B, 3, H, W).
+        valid: (B, 1, H, W), where the warp is valid and the two photos have different lights.
+        eps: offset inside the logs, >= 0.
+
+    Returns:
+        0-dim tensor.
+    """
+    for name, x, c in (("image_i", image_i, 3), ("image_j_warped", image_j_warped, 3), ("shadow_i", shadow_i, 1),
+                       ("shadow_j_warped", shadow_j_warped, 1), ("shading_i", shading_i, 3),
+                       ("shading_j_warped", shading_j_warped, 3), ("valid", valid, 1)):
+        _check_map(name, x, c)
+    _check_same_size("image_i", image_i, image_j_warped=image_j_warped, shadow_i=shadow_i,
+                     shadow_j_warped=shadow_j_warped, shading_i=shading_i, shading_j_warped=shading_j_warped,
+                     valid=valid)
+    ok = _valid(valid, image_i, image_j_warped, shading_i, shading_j_warped)
+
+    def log(x):
+        return torch.log(x.clamp(min=0.0) + eps)
+
+    observed = log(image_i) - log(image_j_warped)  # (B, 3, H, W)
+    modelled = log(shadow_i) - log(shadow_j_warped) + log(shading_i) - log(shading_j_warped)
+    per_pixel = torch.where(ok, observed - modelled, torch.zeros_like(observed)).abs().mean(dim=1, keepdim=True)
+    return _masked_mean(per_pixel, ok)
+
+
 def shadow_prior_loss(shadow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of (1 - shadow) over valid pixels: most of an outdoor scene is lit, so shadow is sparse.
 
@@ -652,6 +695,7 @@ class IRNLossWeights:
     shadow_prior: float = 0.05
     shadow_sparsity: float = 0.0
     shading_smoothness: float = 0.0
+    shadow_ratio: float = 0.0
 
     def __post_init__(self):
         for f in fields(self):

@@ -7,7 +7,9 @@ view's lighting is solved inside the forward pass from its own photo. The terms 
   inference, where no sky mask is known: the network learns to explain sky pixels too);
 - normals supervised by the normals of the (box-smoothed) MVS depth where that depth exists;
 - albedo and shadow of view j warped into view i through i's MVS depth and both cameras (and i into j):
-  cross-view albedo consistency, cross-rendering of i with j's albedo, shadow consistency;
+  cross-view albedo consistency, cross-rendering of i with j's albedo, shadow consistency (pairs under one
+  light) or the shadow ratio (one view under two lights: the photos' ratio, free of albedo, is for the shadows
+  and shading to explain);
 - chromaticity-weighted albedo smoothness, the illumination prior's likelihood, a sparse-shadow prior.
 
 Only inputs a real multiview capture has are used (photos, MVS depth, cameras); never ground truth.
@@ -78,9 +80,9 @@ class IRNTask:
         mvs_normals, mvs_valid = L.normals_from_depth_torch(L.smooth_depth(depth, self.normal_smoothing), K)
         # Each view's partner: the other half of the batch (i <-> j).
         swap = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(images.device)
-        partner_maps = torch.cat([albedo, shadow], dim=1)[swap]  # (2B, 4, H, W)
+        partner_maps = torch.cat([albedo, shadow, images, shading], dim=1)[swap]  # (2B, 10, H, W)
         warped, overlap = warp_to_view(partner_maps, depth, K, pose, K[swap], pose[swap], depth_src=depth[swap])
-        albedo_other, shadow_other = warped[:, :3], warped[:, 3:]
+        albedo_other, shadow_other, image_other, shading_other = warped.split([3, 1, 3, 3], dim=1)
         # Shadows agree between the two photos of a pair only when they share the light.
         same_light = batch.get("same_light", torch.ones(b)).to(images.device).repeat(2).view(-1, 1, 1, 1)
 
@@ -96,6 +98,8 @@ class IRNTask:
             "shadow_prior": L.shadow_prior_loss(shadow, everywhere),
             "shadow_sparsity": L.shadow_sparsity_loss(shadow, everywhere),
             "shading_smoothness": L.shading_smoothness_loss(shading, everywhere),
+            "shadow_ratio": L.shadow_ratio_loss(images, image_other, shadow, shadow_other, shading, shading_other,
+                                                overlap * (1.0 - same_light)),
         }
         terms["total"] = L.combine(terms, self.weights)
         return terms

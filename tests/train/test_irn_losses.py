@@ -27,6 +27,7 @@ from invrender_core.train.irn_losses import (
     shading_smoothness_loss,
     shadow_consistency_loss,
     shadow_prior_loss,
+    shadow_ratio_loss,
     shadow_sparsity_loss,
 )
 from invrender_core.train.multiview import warp_to_view
@@ -460,6 +461,38 @@ def test_shadow_sparsity_all_invalid_zero_with_grad_and_gradcheck():
     lit = torch.full((8,), 0.9, dtype=F64)
     assert torch.autograd.gradcheck(
         lambda x: shadow_sparsity_loss(torch.cat([x, lit]).view(1, 1, 3, 4), _ones(1, 3, 4)), (dark,))
+
+
+def test_shadow_ratio_is_zero_when_shadows_and_shading_explain_the_two_photos_whatever_the_albedo():
+    albedo = _rand(1, 3, 4, 5, seed=5, lo=0.05, hi=0.9)  # cancels in the ratio, texture and all
+    shading_i, shading_j = _rand(1, 3, 4, 5, seed=6, lo=0.5), _rand(1, 3, 4, 5, seed=7, lo=0.5)
+    shadow_i, shadow_j = torch.ones(1, 1, 4, 5, dtype=F64), torch.ones(1, 1, 4, 5, dtype=F64)
+    shadow_i[..., :2, :] = 0.25  # the first light casts a shadow over the top rows, the second does not
+    image_i, image_j = albedo * shadow_i * shading_i, albedo * shadow_j * shading_j
+    valid = _ones(1, 4, 5)
+    assert shadow_ratio_loss(image_i, image_j, shadow_i, shadow_j, shading_i, shading_j, valid, eps=0.0).item() \
+        == pytest.approx(0.0, abs=1e-12)
+    # A shadow map that missed the moved shadow leaves |log 0.25| on the 10 of 20 shadowed pixels.
+    lit = torch.ones_like(shadow_i)
+    assert shadow_ratio_loss(image_i, image_j, lit, shadow_j, shading_i, shading_j, valid, eps=0.0).item() \
+        == pytest.approx(math.log(4.0) / 2, rel=1e-12)
+    valid[..., :2, :] = False  # only the pixels lit under both lights are left: nothing to explain there
+    assert shadow_ratio_loss(image_i, image_j, lit, shadow_j, shading_i, shading_j, valid, eps=0.0).item() \
+        == pytest.approx(0.0, abs=1e-12)
+
+
+def test_shadow_ratio_all_invalid_zero_with_grad_and_gradcheck():
+    images = [_rand(1, 3, 3, 4, seed=s, lo=0.1) for s in (8, 9)]
+    shadings = [_rand(1, 3, 3, 4, seed=s, lo=0.1) for s in (10, 11)]
+    shadow_j = _rand(1, 1, 3, 4, seed=12, lo=0.1)
+    shadow_i = _rand(1, 1, 3, 4, seed=13, lo=0.1).requires_grad_()
+
+    def loss(s, valid):
+        return shadow_ratio_loss(images[0], images[1], s, shadow_j, shadings[0], shadings[1], valid)
+
+    _assert_zero_with_grad(loss(shadow_i, torch.zeros(1, 1, 3, 4)), shadow_i)
+    shadow_i.grad = None
+    assert torch.autograd.gradcheck(lambda s: loss(s, _ones(1, 3, 4)), (shadow_i,))
 
 
 def test_shading_smoothness_is_the_mean_log_luminance_step_and_scale_free():

@@ -10,7 +10,7 @@ from invrender_core.train.trainer import Trainer, seed_everything
 
 TERMS = {"rerender", "normal_angular", "normal_gradient", "albedo_consistency", "cross_render", "albedo_smoothness",
          "illumination_prior", "shadow_consistency", "shadow_prior", "shadow_sparsity",
-         "shading_smoothness", "total"}
+         "shading_smoothness", "shadow_ratio", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_losses_are_finite_and_total_is_the_weighted_sum(world):
     assert float(terms["albedo_consistency"]) > 0 and float(terms["cross_render"]) > 0  # the views overlap
 
 
-def test_two_light_pairs_drop_shadow_consistency_but_keep_the_albedo_terms(tmp_path):
+def test_two_light_pairs_trade_shadow_consistency_for_the_shadow_ratio_and_keep_the_albedo_terms(tmp_path):
     root = make_dataset(tmp_path / "two_light", scenes=1, views=2, w=64, h=48, heldout=0, second_light=True)
     t = task(root, second_light=1.0, loss_weights={"shadow_sparsity": 0.3})
     assert t.weights.shadow_sparsity == 0.3 and t.weights.rerender == 1.0
@@ -56,8 +56,10 @@ def test_two_light_pairs_drop_shadow_consistency_but_keep_the_albedo_terms(tmp_p
         terms = t.compute_losses(t.model, batch)
         assert float(terms["shadow_consistency"]) == 0.0  # shadows move with the light
         assert float(terms["albedo_consistency"]) > 0 and float(terms["cross_render"]) > 0
+        assert float(terms["shadow_ratio"]) > 0  # the ratio of the two photos is for shadows and shading
         batch["same_light"] = torch.ones(2)
-        assert float(t.compute_losses(t.model, batch)["shadow_consistency"]) > 0
+        terms = t.compute_losses(t.model, batch)
+        assert float(terms["shadow_consistency"]) > 0 and float(terms["shadow_ratio"]) == 0.0
 
 
 def test_gradients_reach_every_decoder(world):
