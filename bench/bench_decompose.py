@@ -1,12 +1,13 @@
 """Benchmark of scene.decompose (photo -> albedo, shading, shadow, normals, depth, fusion) on a 1-megapixel photo.
 
-    .venv/bin/python bench/bench_decompose.py [--quick] [--devices cpu cuda]
+    .venv/bin/python bench/bench_decompose.py [--quick] [--devices cpu cuda] [--photo-size W H --output FILE]
 
-Photo: samples/sample_photo.png (384x256) upscaled bilinearly to 1224x816 (1.0 megapixels), written as a PNG
-so that decoding is part of the run. Networks: randomly initialised InverseRenderNet and MegaDepth hourglass at
-the widths of the planned shipped models (irn-small: width 0.125 or 0.25; depth-small: width 0.25), registered
-in a temporary weights folder and loaded by name (sha256 check included), as in real use. Random weights cost
-the same time as trained ones; only fusion's iteration count depends on the values.
+Photo: samples/sample_photo.png (384x256) upscaled bilinearly to 1224x816 (1.0 megapixels; --photo-size 6000 4000
+for a 24-megapixel camera's), written as a PNG so that decoding is part of the run. Networks: randomly initialised
+InverseRenderNet and MegaDepth hourglass at the widths of the planned shipped models (irn-small: width 0.125 or
+0.25; depth-small: width 0.25), registered in a temporary weights folder and loaded by name (sha256 check
+included), as in real use. Random weights cost the same time as trained ones; only fusion's iteration count
+depends on the values.
 
 Every configuration runs in a fresh child process: a warm-up decompose of a tiny image first (imports and
 first-call costs), then the peak resident set size (VmHWM) is reset (/proc/self/clear_refs) and the timed
@@ -39,11 +40,11 @@ QUICK_CONFIGS = ((0.125, 0.25, 256),)
 STAGES = ("models", "irn", "depth", "upsample", "lighting", "fusion")
 
 
-def make_photo(path: Path) -> None:
+def make_photo(path: Path, size: tuple[int, int]) -> None:
     from invrender_core.io import load_image, resize_linear, write_png
 
     sample = load_image(ROOT / "samples" / "sample_photo.png").rgb
-    write_png(path, resize_linear(sample, *PHOTO_SIZE))
+    write_png(path, resize_linear(sample, *size))
 
 
 def child(photo: str, irn_width: float, depth_width: float, max_side: int, device: str) -> dict:
@@ -104,6 +105,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if available")
     parser.add_argument("--quick", action="store_true", help="one configuration only (a smoke run)")
+    parser.add_argument("--photo-size", nargs=2, type=int, default=PHOTO_SIZE, metavar=("W", "H"))
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "decompose.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -119,8 +121,9 @@ def main(argv=None) -> None:
           f"numpy {info['numpy']}, torch {info['torch']}" + (f"; GPU {info['gpu']}" if "gpu" in info else "") + "\n")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        photo = Path(folder) / "photo_1224x816.png"
-        make_photo(photo)
+        width, height = args.photo_size
+        photo = Path(folder) / f"photo_{width}x{height}.png"
+        make_photo(photo, (width, height))
         for device in devices:
             for irn_width, depth_width, max_side in QUICK_CONFIGS if args.quick else CONFIGS:
                 child_args = [str(photo), str(irn_width), str(depth_width), str(max_side), device]
@@ -131,7 +134,7 @@ def main(argv=None) -> None:
 
     header = ("| device | irn w | depth w | working | fusion grid | " + " | ".join(f"{s} s" for s in STAGES)
               + " | decompose s | write s | peak RSS MB | CUDA peak MB |")
-    print(f"\nPhoto {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}:\n\n" + header + "\n" + "|---" * (len(STAGES) + 9) + "|")
+    print(f"\nPhoto {width}x{height}:\n\n" + header + "\n" + "|---" * (len(STAGES) + 9) + "|")
     for r in rows:
         cuda = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] is not None else "-"
         (ww, wh), (fw, fh) = r["working_size"], r["fusion_size"]
@@ -140,7 +143,8 @@ def main(argv=None) -> None:
               + f" | {r['decompose_s']:.2f} | {r['write_s']:.2f} | {r['peak_rss_mb']:.0f} | {cuda} |")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": info, "photo_size": PHOTO_SIZE, "runs": rows}, indent=2) + "\n")
+    result = {"machine": info, "photo_size": [width, height], "runs": rows}
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.output}")
 
 

@@ -197,8 +197,10 @@ def read_exr(path) -> np.ndarray:
 def write_exr(path, array) -> None:
     """Write a float32 EXR: (H, W) or (H, W, 1) -> channel "Y"; (H, W, 3) -> channels "R", "G", "B".
 
-    ZIPS compression (one scanline per chunk): float32 maps of photos compress little either way (ZIP's 16-line
-    chunks save about 10 % more of a decomposition's size) and ZIPS encodes them 1.7 times faster.
+    PIZ compression (lossless wavelet): 27 % smaller than ZIPS at every size, and faster on large photos. The seven
+    maps of a decomposition, encoded one after another: 24 MP 16-17 s and 620 MB against ZIPS's 31-34 s and 872 MB
+    (ZIP 35 s and 806 MB, none 4.7 s and 1191 MB), 6 MP 5.9 s against 8.1 s, but 1 MP 1.5 s against 1.1 s.
+    OpenCV, Blender and OpenEXR read it; `read_exr_channels` (for the layered files Blender renders) does not.
     Writes `path` only (whatever its suffix); callers wanting atomic replacement write to a temporary
     path and rename. Raises ValueError for other shapes and ImageWriteError if encoding/writing fails.
     """
@@ -221,7 +223,7 @@ def write_exr(path, array) -> None:
     arr = np.ascontiguousarray(arr)
     try:
         ok, buf = cv2.imencode(".exr", arr, [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_FLOAT,
-                                                cv2.IMWRITE_EXR_COMPRESSION, cv2.IMWRITE_EXR_COMPRESSION_ZIPS])
+                                                cv2.IMWRITE_EXR_COMPRESSION, cv2.IMWRITE_EXR_COMPRESSION_PIZ])
     except cv2.error as e:
         raise ImageWriteError(f"could not encode {path} as EXR ({one_line(e)}): "
                               f"check free space in the temporary folder") from e
