@@ -148,12 +148,37 @@ def guided_filter(guide, src, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT
     return q.reshape(np.shape(src)).astype(np.float32)
 
 
+class Guide:
+    """A guide image prepared for `guided_upsample` of maps of one low-resolution size (w, h): its area average at
+    (h, w) and its detail above that resolution, computed once for all the maps (each costs about as much as
+    one upsampling at 24 MP).
+
+    guide_full (H, W), (H, W, 1) or (H, W, 3), values about in [0, 1] (e.g. the sRGB-encoded photo).
+    """
+
+    def __init__(self, guide_full, w: int, h: int):
+        g_full = np.asarray(guide_full)
+        g_full = g_full[..., None] if g_full.ndim == 2 else g_full
+        if g_full.ndim != 3 or g_full.shape[2] not in (1, 3) or 0 in g_full.shape:
+            raise ValueError(f"guide_full must have shape (H, W), (H, W, 1) or (H, W, 3), got {np.shape(guide_full)}")
+        self.full_size, self.low_size = g_full.shape[:2], (int(h), int(w))
+        H, W, cg = g_full.shape
+        # The guide has no detail beyond the map's resolution along some axis (a photo smaller than the networks'
+        # 16-pixel grid is processed slightly enlarged): maps are plainly resampled.
+        self.has_detail = h < H and w < W
+        if self.has_detail:
+            g_full32 = g_full.astype(np.float32)
+            self.low = resize_linear(g_full32, w, h).reshape(h, w, cg)  # area average
+            self.detail = g_full32 - resize_linear(self.low, W, H).reshape(H, W, cg)  # (H, W, Cg)
+
+
 def guided_upsample(low, guide_full, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
     """Edge-aware upsampling of low (h, w) or (h, w, C) to the guide's (H, W): bilinear plus guided detail.
 
-    guide_full (H, W), (H, W, 1) or (H, W, 3), values about in [0, 1] (e.g. the sRGB-encoded photo). The guide
-    is area-downsampled to (h, w) (I↓), the guided-filter coefficients A of low against I↓ are computed there
-    (radius in low-resolution pixels; a_k of the window centred on each pixel) and the output is
+    guide_full (H, W), (H, W, 1) or (H, W, 3), values about in [0, 1] (e.g. the sRGB-encoded photo), or a `Guide`
+    of it for (w, h) when several maps share it. The guide is area-downsampled to (h, w) (I↓), the guided-filter
+    coefficients A of low against I↓ are computed there (radius in low-resolution pixels; a_k of the window
+    centred on each pixel) and the output is
 
         q = up(low) + up(A) · (I - up(I↓))
 
@@ -168,28 +193,22 @@ def guided_upsample(low, guide_full, radius: int = DEFAULT_RADIUS, eps: float = 
     """
     _check_params(radius, eps)
     p = _as_image("low", low)
-    g_full = np.asarray(guide_full)
-    g_full = g_full[..., None] if g_full.ndim == 2 else g_full
-    if g_full.ndim != 3 or g_full.shape[2] not in (1, 3) or 0 in g_full.shape:
-        raise ValueError(f"guide_full must have shape (H, W), (H, W, 1) or (H, W, 3), got {np.shape(guide_full)}")
-    H, W = g_full.shape[:2]
     h, w, c = p.shape
+    guide = guide_full if isinstance(guide_full, Guide) else Guide(guide_full, w, h)
+    if guide.low_size != (h, w):
+        raise ValueError(f"the Guide was prepared for maps of {guide.low_size[::-1]} (w, h), not {(w, h)}")
+    H, W = guide.full_size
     out_shape = (H, W) + np.shape(low)[2:]
-    if h >= H or w >= W:
-        # The guide has no detail beyond the map's resolution along some axis (a photo smaller than the networks'
-        # 16-pixel grid is processed slightly enlarged): plain resampling.
+    if not guide.has_detail:
         return resize_linear(p.astype(np.float32), W, H).reshape(out_shape)
-    g_full32 = g_full.astype(np.float32)
-    cg = g_full.shape[2]
-    g_low = resize_linear(g_full32, w, h).reshape(h, w, cg)  # area average
     # The model of the window centred on each low-resolution pixel, not He's average over the windows around
     # it: next to an edge that average mixes in flat windows (a = 0) and would under-scale the edge's detail.
-    a, _ = _coefficients(g_low.astype(np.float64), p, int(radius), float(eps), average=False)  # (h, w, Cg, C)
-    detail = g_full32 - resize_linear(g_low, W, H).reshape(H, W, cg)  # (H, W, Cg): the guide above (h, w)
+    a, _ = _coefficients(guide.low.astype(np.float64), p, int(radius), float(eps), average=False)  # (h, w, Cg, C)
+    cg = guide.low.shape[2]
     out = resize_linear(p.astype(np.float32), W, H).reshape(H, W, c)
     for k in range(c):  # one output channel at a time keeps the full-resolution coefficient maps small
         up_a = resize_linear(np.ascontiguousarray(a[..., k], dtype=np.float32), W, H).reshape(H, W, cg)
-        out[..., k] += np.einsum("hwg,hwg->hw", up_a, detail)
+        out[..., k] += np.einsum("hwg,hwg->hw", up_a, guide.detail)
     return out.reshape(out_shape)
 
 
@@ -208,7 +227,8 @@ def renormalise_normals(normals) -> np.ndarray:
 
 
 def upsample_normals(low_normals, guide_full, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS) -> np.ndarray:
-    """`guided_upsample` of unit normals (h, w, 3) to the guide's (H, W), renormalised: (H, W, 3) float32."""
+    """`guided_upsample` of unit normals (h, w, 3) to the guide's (H, W) (guide_full: an image or a `Guide`),
+    renormalised: (H, W, 3) float32."""
     n = np.asarray(low_normals)
     if n.ndim != 3 or n.shape[2] != 3:
         raise ValueError(f"low_normals must have shape (h, w, 3), got {n.shape}")
@@ -240,5 +260,5 @@ def snap_to_steps(x, where, radius: int, min_step: float, ignore=None) -> np.nda
     return np.where(snap, np.where(x - low < high - x, low, high), x)
 
 
-__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "box_filter", "guided_filter", "guided_upsample",
+__all__ = ["DEFAULT_EPS", "DEFAULT_RADIUS", "Guide", "box_filter", "guided_filter", "guided_upsample",
            "renormalise_normals", "snap_to_steps", "upsample_normals"]

@@ -692,6 +692,7 @@ def _photo_colour_scale(image_w, model_w, ground_w) -> np.ndarray:
 
 def _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide) -> np.ndarray:
     """The network's albedo (h, w, 3) with the photo's detail above the working resolution: (H, W, 3) in [0, 1].
+    guide: the photo's `filtering.Guide` for (w, h).
 
     The photo's ratio to the model, rgb / (shadow · shading), carries every texture detail at full resolution but
     also whatever the model's shadow and shading miss (cast shadows, a wrong light), at every scale. So the
@@ -792,11 +793,12 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
 
     stages.enter("upsample")
     guide = linear_to_srgb(np.clip(rgb, 0.0, 1.0)).astype(np.float32)  # (H, W, 3): edges as seen, not linear
-    normals = filtering.upsample_normals(net["normals"], guide)  # (H, W, 3)
-    shadow = np.clip(filtering.guided_upsample(net["shadow"], guide, eps=SHADOW_UPSAMPLE_EPS), 0.0, 1.0)  # (H, W)
-    log_depth_full = filtering.guided_upsample(np.log(depth_w), guide)  # (H, W)
+    guide_up = filtering.Guide(guide, w, h)  # prepared once for the five maps upsampled from (h, w)
+    normals = filtering.upsample_normals(net["normals"], guide_up)  # (H, W, 3)
+    shadow = np.clip(filtering.guided_upsample(net["shadow"], guide_up, eps=SHADOW_UPSAMPLE_EPS), 0.0, 1.0)
+    log_depth_full = filtering.guided_upsample(np.log(depth_w), guide_up)  # (H, W)
     depth_full = np.exp(log_depth_full).astype(np.float32)
-    sky = filtering.guided_upsample(sky_w.astype(np.float32), guide) > 0.5  # (H, W), along the photo's edges
+    sky = filtering.guided_upsample(sky_w.astype(np.float32), guide_up) > 0.5  # (H, W), along the photo's edges
 
     stages.enter("lighting")
     # The network's lighting reduced to what the photo's own normals pin down (order 1, no negative light;
@@ -816,7 +818,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     scale = _photo_colour_scale(image_w, net["albedo"] * net["shadow"][..., None] * shading_w, ground_w)
     lighting, shading_w = lighting * scale, shading_w * scale
     shading = np.maximum(sh.shading_image(normals, lighting), 0.0)  # (H, W, 3)
-    albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide)
+    albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide_up)
 
     stages.enter("fusion")
     fw, fh = _fusion_size(W, H, fusion_max_side)

@@ -97,6 +97,20 @@ def test_map_larger_than_the_guide_along_an_axis_is_resampled_plainly():
     np.testing.assert_allclose(out, resize_linear(low, 40, 30), atol=1e-6)
 
 
+def test_a_shared_guide_gives_each_map_what_its_own_guide_gives():
+    rng = np.random.default_rng(5)
+    guide = rng.random((24, 32, 3)).astype(np.float32)
+    shared = filtering.Guide(guide, 8, 6)
+    for low, eps in ((rng.random((6, 8)), 1e-3), (rng.random((6, 8, 3)), 1e-2)):
+        np.testing.assert_array_equal(filtering.guided_upsample(low, shared, eps=eps),
+                                      filtering.guided_upsample(low, guide, eps=eps))
+    normals = rng.normal(size=(6, 8, 3)) + [0.0, 0.0, 3.0]
+    np.testing.assert_array_equal(filtering.upsample_normals(normals, shared),
+                                  filtering.upsample_normals(normals, guide))
+    with pytest.raises(ValueError, match=r"\(8, 6\).*\(9, 6\)"):  # prepared for another map size
+        filtering.guided_upsample(rng.random((6, 9)), shared)
+
+
 def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"\(5, 6, 3\).*\(5, 7\)"):
         filtering.guided_filter(np.zeros((5, 6, 3)), np.zeros((5, 7)))
