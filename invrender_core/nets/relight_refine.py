@@ -95,11 +95,17 @@ def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tup
     from ..io import resize_linear
 
     shadow = estimate.shadow if estimate.shadow is not None else np.ones(relit.visibility.shape, np.float32)
-    parts = [estimate.albedo, estimate.normals * 0.5 + 0.5, exposure * relit.sun_shading,
-             exposure * relit.sky_shading, relit.visibility[..., None], estimate.image, own_render, shadow[..., None]]
-    parts = [np.asarray(p, np.float32) for p in parts]
-    if size is not None:
-        parts = [resize_linear(p, *size).reshape(size[1], size[0], -1) for p in parts]
+    # (map, scale, offset): each input is scale * map + offset, applied after resizing (an area average commutes
+    # with it), so no full-resolution temporaries are made for the scaled maps.
+    maps = [(estimate.albedo, 1.0, 0.0), (estimate.normals, 0.5, 0.5), (relit.sun_shading, exposure, 0.0),
+            (relit.sky_shading, exposure, 0.0), (relit.visibility[..., None], 1.0, 0.0), (estimate.image, 1.0, 0.0),
+            (own_render, 1.0, 0.0), (shadow[..., None], 1.0, 0.0)]
+    parts = []
+    for m, scale, offset in maps:
+        m = np.asarray(m, np.float32)
+        if size is not None:
+            m = resize_linear(m, *size).reshape(size[1], size[0], -1)
+        parts.append(m if (scale, offset) == (1.0, 0.0) else m * np.float32(scale) + np.float32(offset))
     out = np.concatenate(parts, axis=-1)
     if out.shape[-1] != INPUT_CHANNELS:
         raise ValueError(f"features have {out.shape[-1]} channels, expected {INPUT_CHANNELS}")

@@ -34,6 +34,21 @@ def test_untrained_refiner_changes_nothing():
     np.testing.assert_allclose(refined.render(lighting).image, plain.render(lighting).image, rtol=1e-6)
 
 
+def test_features_resized_one_map_at_a_time_are_the_full_features_resized():
+    from invrender_core.io import resize_linear
+
+    estimate = small_estimate()
+    estimate.normals[..., 0] = np.linspace(-0.5, 0.5, 32, dtype=np.float32)  # normals that vary, not only z
+    r = relight.Relighter(estimate)
+    relit = r.render(r.sun_at(40.0, 120.0), refine=False)
+    full = relight_refine.features(estimate, relit, 1.7, r.own_render)  # (24, 32, 20)
+    assert full.shape == (24, 32, relight_refine.INPUT_CHANNELS) and full.dtype == np.float32
+    np.testing.assert_allclose(full[..., 3:6], estimate.normals * 0.5 + 0.5, rtol=1e-6)  # normals in [0, 1]
+    np.testing.assert_allclose(full[..., 6:9], 1.7 * relit.sun_shading, rtol=1e-6)  # the exposure applied
+    small = relight_refine.features(estimate, relit, 1.7, r.own_render, size=(16, 12))
+    np.testing.assert_allclose(small, resize_linear(full, 16, 12), rtol=1e-5, atol=1e-6)
+
+
 def test_refiner_checks_its_input():
     net = relight_refine.RelightRefiner(width=8)
     assert net(torch.zeros(2, relight_refine.INPUT_CHANNELS, 8, 12)).shape == (2, 3, 8, 12)
