@@ -95,12 +95,13 @@ def radiance_basis(dirs) -> np.ndarray:
     )
 
 
-def basis(normals) -> np.ndarray:
-    """RH irradiance basis of unit normals: (..., 3) -> (..., 9), float64, so that E(n) = basis(n) @ L.
+def basis(normals, dtype=np.float64) -> np.ndarray:
+    """RH irradiance basis of unit normals: (..., 3) -> (..., 9), of `dtype` (float64 by default), so that
+    E(n) = basis(n) @ L.
 
     Includes the constants c1..c5, i.e. basis(n)[k] = A_l(k) · Y_k(n) (to RH's 6 printed digits).
     """
-    n = np.asarray(normals, dtype=np.float64)
+    n = np.asarray(normals, dtype=dtype)
     _check_last("normals", n, 3, "(..., 3)")
     x, y, z = n[..., 0], n[..., 1], n[..., 2]
     return np.stack(
@@ -125,23 +126,16 @@ def shading(normals, L) -> np.ndarray:
 
 
 def shading_image(normals, L, block_pixels: int = 1 << 20) -> np.ndarray:
-    """`shading` of a normal map (..., 3) as float32, for images: `basis` without its constant term, in float32
-    and `block_pixels` pixels at a time (bounded temporaries), instead of 9 float64 maps at once: 2-3x faster at
-    24 MP, relative difference about 1e-7."""
+    """`shading` of a normal map (..., 3) as float32, for images: the basis in float32 and `block_pixels` pixels
+    at a time (bounded temporaries) instead of 9 float64 maps at once: 2-3x faster at 24 MP, relative difference
+    about 1e-7."""
     n = np.asarray(normals, dtype=np.float32)
     _check_last("normals", n, 3, "(..., 3)")
-    L = _check_L(L)
-    # E = constant + monomials(n) @ weights, the terms of `basis` in the order x, y, z, xy, yz, xz, z², x² - y².
-    constant = (C4 * L[0] - C5 * L[6]).astype(np.float32)  # (3,)
-    weights = np.stack([2 * C2 * L[3], 2 * C2 * L[1], 2 * C2 * L[2], 2 * C1 * L[4], 2 * C1 * L[5],
-                        2 * C1 * L[7], C3 * L[6], C1 * L[8]]).astype(np.float32)  # (8, 3)
+    L = _check_L(L).astype(np.float32)
     flat = n.reshape(-1, 3)
     out = np.empty(flat.shape, np.float32)
     for start in range(0, len(flat), block_pixels):
-        x, y, z = flat[start:start + block_pixels].T
-        monomials = np.stack([x, y, z, x * y, y * z, x * z, z * z, x * x - y * y], axis=-1)  # (P, 8)
-        np.matmul(monomials, weights, out=out[start:start + block_pixels])
-        out[start:start + block_pixels] += constant
+        np.matmul(basis(flat[start:start + block_pixels], np.float32), L, out=out[start:start + block_pixels])
     return out.reshape(n.shape)
 
 
