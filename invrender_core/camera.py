@@ -102,11 +102,10 @@ class Camera:
 
     def rays(self) -> np.ndarray:
         """(H, W, 3) camera-frame points at depth 1 through each pixel centre: ((u-cx)/fx, -(v-cy)/fy, -1)."""
-        u, v = self.pixel_grid()
-        return np.stack([(u - self.cx) / self.fx, -(v - self.cy) / self.fy, -np.ones_like(u)], axis=-1)
+        return self.rays_at(*np.indices((self.height, self.width)))
 
     def rays_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """(N, 3) points at depth 1 through the centres of pixels (rows, cols) (N,) each, as `rays` gives them
+        """(..., 3) points at depth 1 through the centres of pixels (rows, cols) (...) each, as `rays` gives them
         (without the whole (H, W, 3) map)."""
         rows, cols = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
         return np.stack([(cols + 0.5 - self.cx) / self.fx, -(rows + 0.5 - self.cy) / self.fy,
