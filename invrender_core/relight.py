@@ -311,6 +311,7 @@ class Relighter:
             lighting = with_sun_to_sky(lighting, sun_to_sky)
         self.original = lighting
         self.refine = refine
+        self._refiner_photo_inputs = {}  # the refiner's inputs that no new light changes, kept per size
         self.shadow_options = {"samples": shadow_samples, "steps": shadow_steps, "thickness": thickness, "seed": seed}
         cam = estimate.camera
         self.grid = _shadow_grid(cam, shadow_max_side)
@@ -392,7 +393,7 @@ class Relighter:
                            metadata={"shadow_grid": [self.grid.width, self.grid.height], "exposure": self.exposure,
                                      **self.shadow_options, "refined": bool(refine and self.refine is not None)})
         if refine and self.refine is not None:
-            relit.image = self.refine.apply(est, relit, self.exposure, self.own_render)
+            relit.image = self.refine.apply(est, relit, self.exposure, self.own_render, self._refiner_photo_inputs)
         return relit
 
     def time_of_day(self, start: tuple[float, float], end: tuple[float, float], frames: int,

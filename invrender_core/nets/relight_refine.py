@@ -70,14 +70,16 @@ class RelightRefiner(nn.Module):
                 max(SIDE_MULTIPLE, round(height * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE))
 
     @torch.inference_mode()
-    def apply(self, estimate, relit, exposure: float, own_render: np.ndarray) -> np.ndarray:
+    def apply(self, estimate, relit, exposure: float, own_render: np.ndarray, photo_inputs: dict | None = None
+              ) -> np.ndarray:
         """The refined relit image (H, W, 3) float32 for a `relight.Relighter` render: the correction is
-        predicted at `working_size` and resized to (H, W); sky pixels are left as they are."""
+        predicted at `working_size` and resized to (H, W); sky pixels are left as they are. photo_inputs: as
+        for `features` (a dict kept per photo, so a sequence resizes the photo's own inputs once)."""
         from ..io import resize_linear
 
         H, W = relit.image.shape[:2]
         w, h = self.working_size(W, H)
-        small = features(estimate, relit, exposure, own_render, size=(w, h))  # (h, w, 20)
+        small = features(estimate, relit, exposure, own_render, size=(w, h), photo_inputs=photo_inputs)
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1))[None]).to(device)
         log_ratio = self(x)[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
@@ -86,26 +88,37 @@ class RelightRefiner(nn.Module):
         return (relit.image * ratio).astype(np.float32)
 
 
-def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tuple[int, int] | None = None
-             ) -> np.ndarray:
+def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tuple[int, int] | None = None,
+             photo_inputs: dict | None = None) -> np.ndarray:
     """(H, W, INPUT_CHANNELS) float32 network inputs (module docstring) for a relit image of `estimate`;
     own_render (H, W, 3) is the simple model's image under the photo's own lighting. size (w, h): the inputs
     area-resized to it, (h, w, INPUT_CHANNELS), one map at a time (a 24-megapixel photo's full-resolution
-    stack of 20 channels would take 1.9 GB and most of a frame's time)."""
+    stack of 20 channels would take 1.9 GB and most of a frame's time). photo_inputs: a dict (empty at first)
+    that keeps the inputs which do not depend on the new light (albedo, normals, photo, own render, shadow map)
+    as prepared for each size, for the next call with the same estimate and own_render."""
     from ..io import resize_linear
 
-    shadow = estimate.shadow if estimate.shadow is not None else np.ones(relit.visibility.shape, np.float32)
-    # (map, scale, offset): each input is scale * map + offset, applied after resizing (an area average commutes
-    # with it), so no full-resolution temporaries are made for the scaled maps.
-    maps = [(estimate.albedo, 1.0, 0.0), (estimate.normals, 0.5, 0.5), (relit.sun_shading, exposure, 0.0),
-            (relit.sky_shading, exposure, 0.0), (relit.visibility[..., None], 1.0, 0.0), (estimate.image, 1.0, 0.0),
-            (own_render, 1.0, 0.0), (shadow[..., None], 1.0, 0.0)]
-    parts = []
-    for m, scale, offset in maps:
+    def prepared(m, scale, offset):
         m = np.asarray(m, np.float32)
         if size is not None:
             m = resize_linear(m, *size).reshape(size[1], size[0], -1)
-        parts.append(m if (scale, offset) == (1.0, 0.0) else m * np.float32(scale) + np.float32(offset))
+        return m if (scale, offset) == (1.0, 0.0) else m * np.float32(scale) + np.float32(offset)
+
+    def of_photo(name, m, scale=1.0, offset=0.0):
+        if photo_inputs is None:
+            return prepared(m, scale, offset)
+        key = (name, size)
+        if key not in photo_inputs:
+            photo_inputs[key] = prepared(m, scale, offset)
+        return photo_inputs[key]
+
+    shadow = estimate.shadow if estimate.shadow is not None else np.ones(relit.visibility.shape, np.float32)
+    # Each input is scale * map + offset, applied after resizing (an area average commutes with it), so no
+    # full-resolution temporaries are made for the scaled maps.
+    parts = [of_photo("albedo", estimate.albedo), of_photo("normals", estimate.normals, 0.5, 0.5),
+             prepared(relit.sun_shading, exposure, 0.0), prepared(relit.sky_shading, exposure, 0.0),
+             prepared(relit.visibility[..., None], 1.0, 0.0), of_photo("photo", estimate.image),
+             of_photo("own_render", own_render), of_photo("shadow", shadow[..., None])]
     out = np.concatenate(parts, axis=-1)
     if out.shape[-1] != INPUT_CHANNELS:
         raise ValueError(f"features have {out.shape[-1]} channels, expected {INPUT_CHANNELS}")

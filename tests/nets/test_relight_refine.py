@@ -49,6 +49,29 @@ def test_features_resized_one_map_at_a_time_are_the_full_features_resized():
     np.testing.assert_allclose(small, resize_linear(full, 16, 12), rtol=1e-5, atol=1e-6)
 
 
+def test_inputs_kept_per_photo_are_the_inputs_prepared_again():
+    estimate = small_estimate()
+    estimate.normals[..., 0] = np.linspace(-0.5, 0.5, 32, dtype=np.float32)
+    r = relight.Relighter(estimate)
+    kept = {}
+    for elevation, azimuth in [(40.0, 120.0), (15.0, 250.0)]:  # the second light reuses what the first kept
+        relit = r.render(r.sun_at(elevation, azimuth), refine=False)
+        again = relight_refine.features(estimate, relit, 1.7, r.own_render, size=(16, 12), photo_inputs=kept)
+        np.testing.assert_array_equal(again, relight_refine.features(estimate, relit, 1.7, r.own_render, size=(16, 12)))
+    assert sorted(name for name, _ in kept) == ["albedo", "normals", "own_render", "photo", "shadow"]
+
+    torch.manual_seed(0)
+    refiner = relight_refine.RelightRefiner(width=8).eval()
+    torch.nn.init.normal_(refiner.head.weight, std=0.1)  # a refiner that changes the image
+    sequence = relight.Relighter(estimate, refine=refiner)
+    sequence.render(sequence.sun_at(40.0, 120.0))
+    second = sequence.render(sequence.sun_at(15.0, 250.0)).image
+    fresh = relight.Relighter(estimate, refine=refiner)
+    alone = fresh.render(fresh.sun_at(15.0, 250.0)).image
+    np.testing.assert_array_equal(second, alone)
+    assert not np.allclose(alone, fresh.render(fresh.sun_at(15.0, 250.0), refine=False).image, rtol=1e-3)
+
+
 def test_refiner_checks_its_input():
     net = relight_refine.RelightRefiner(width=8)
     assert net(torch.zeros(2, relight_refine.INPUT_CHANNELS, 8, 12)).shape == (2, 3, 8, 12)
