@@ -471,8 +471,10 @@ def resize_linear(img, width: int, height: int) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] > CV_MAX_CHANNELS:  # OpenCV's area filter takes at most 4 channels
         return np.concatenate([resize_linear(arr[..., c:c + CV_MAX_CHANNELS], width, height)
                                for c in range(0, arr.shape[2], CV_MAX_CHANNELS)], axis=-1)
-    out = np.ascontiguousarray(arr if arr.dtype == np.float64 else arr.astype(np.float32))
     src_height, src_width = arr.shape[:2]
+    # OpenCV reads its input without changing it, so a float32 input is not copied unless it returns unresized.
+    out = np.ascontiguousarray(arr if arr.dtype == np.float64
+                               else arr.astype(np.float32, copy=(width, height) == (src_width, src_height)))
     # One axis at a time so that each axis gets the filter that suits its own scale factor.
     if width != src_width:
         interp = cv2.INTER_AREA if width < src_width else cv2.INTER_LINEAR

@@ -109,6 +109,15 @@ def test_mixed_scaling_and_channels():
     np.testing.assert_array_equal(resize_linear(same, 9, 7), same)
 
 
+@pytest.mark.parametrize("size", [(9, 7), (9, 3), (4, 7), (18, 14)])
+def test_resize_returns_a_new_array_and_leaves_its_input(size):
+    img = np.random.default_rng(2).random((7, 9, 3)).astype(np.float32)
+    before = img.copy()
+    out = resize_linear(img, *size)
+    out += 1.0  # callers may change what they get
+    np.testing.assert_array_equal(img, before)
+
+
 @pytest.mark.parametrize(
     ("img", "size", "match"),
     [
