@@ -326,11 +326,12 @@ class Relighter:
         self.own_render = self.render(self.original, refine=False).image  # (H, W, 3)
         ground = ~self.sky
         if ground.any():
-            own = _luminance(self.own_render[ground])
-            photo = _luminance(np.asarray(estimate.image, np.float32)[ground])
+            # Luminance first, then the ground's pixels: indexing a 24-megapixel RGB map copies 288 MB.
+            own = _luminance(self.own_render)[ground]
+            photo = _luminance(np.asarray(estimate.image, np.float32))[ground]
             ok = own > 1e-6
             self.exposure = float(np.median(photo[ok] / own[ok])) if ok.any() else 1.0
-            self.own_render[ground] *= self.exposure
+            np.multiply(self.own_render, np.float32(self.exposure), out=self.own_render, where=ground[..., None])
 
     def sun_at(self, elevation_deg: float, azimuth_deg: float, up=(0.0, 1.0, 0.0),
                base: Lighting | None = None) -> Lighting:
@@ -375,20 +376,25 @@ class Relighter:
         est = self.estimate
         H, W = est.camera.height, est.camera.width
         normals = np.asarray(est.normals, dtype=np.float32)
-        sky_shading = np.maximum(sh.shading_image(normals, lighting.sky), 0.0)  # (H, W, 3)
+        sky_shading = sh.shading_image(normals, lighting.sky)  # (H, W, 3) float32
+        np.maximum(sky_shading, 0.0, out=sky_shading)
         sun_shading = np.zeros((H, W, 3), np.float32)
         visibility = np.ones((H, W), np.float32)
         if lighting.sun is not None:
             rows = 256  # in row blocks: bounded temporaries
             visibility = self.visibility(lighting.sun)
             s = lighting.sun.direction.astype(np.float32)
+            irradiance = lighting.sun.irradiance.astype(np.float32)
             for r in range(0, H, rows):
                 cos = np.maximum(normals[r:r + rows] @ s, 0.0)  # (rows, W)
-                sun_shading[r:r + rows] = (cos * visibility[r:r + rows])[..., None] * lighting.sun.irradiance
-        image = self.exposure * np.asarray(est.albedo, np.float32) * (sun_shading + sky_shading)
+                sun_shading[r:r + rows] = (cos * visibility[r:r + rows])[..., None] * irradiance
+        # exposure * albedo * (sun + sky), in place: a 24-megapixel photo's temporaries are 288 MB each
+        image = np.add(sun_shading, sky_shading)
+        image *= np.asarray(est.albedo, np.float32)
+        image *= np.float32(self.exposure)
         if self.sky.any():
             image[self.sky] = recolour_sky(est.image[self.sky], self.sky_rays, self.original.sky, lighting.sky)
-        relit = RelitImage(image=image.astype(np.float32), visibility=visibility, sun_shading=sun_shading,
+        relit = RelitImage(image=image, visibility=visibility, sun_shading=sun_shading,
                            sky_shading=sky_shading, sky=self.sky,
                            metadata={"shadow_grid": [self.grid.width, self.grid.height], "exposure": self.exposure,
                                      **self.shadow_options, "refined": bool(refine and self.refine is not None)})

@@ -83,9 +83,11 @@ class RelightRefiner(nn.Module):
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1))[None]).to(device)
         log_ratio = self(x)[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
-        ratio = np.exp(resize_linear(log_ratio, W, H)).astype(np.float32)  # (H, W, 3)
+        ratio = resize_linear(log_ratio, W, H)  # (H, W, 3) float32, made the refined image in place
+        np.exp(ratio, out=ratio)
         ratio[relit.sky] = 1.0
-        return (relit.image * ratio).astype(np.float32)
+        ratio *= relit.image
+        return ratio
 
 
 def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tuple[int, int] | None = None,
