@@ -27,14 +27,13 @@ from scipy.spatial.transform import Rotation
 from ..io import MIN_SIDE, load_image
 from ..io._cv import cv2
 from ..io.errors import one_line
-from ..io.images import _to_srgb8, is_webp, srgb_lut
+from ..io.images import _to_srgb8, has_image_signature, srgb_lut
 
 MAX_FRAME_SIDE = 8192  # larger frames are refused: a face rig needs no more, and decoding them is slow
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".exr", ".hdr")  # what io.load_image reads
 # Still-image formats io.load_image does not read (FFmpeg would open some as one-frame "videos").
 UNSUPPORTED_IMAGE_SUFFIXES = (".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".heic", ".heif", ".avif")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".mts")
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"v/1\x01", b"#?")
 _RE_ENCODE = "re-encode it as H.264 MP4 (ffmpeg -i IN -c:v libx264 OUT.mp4)"
 _GIVE = "give a video (.mp4, .mov, .avi, .mkv, .webm), an image (.png, .jpg, .tif, .webp, .exr) or a folder of images"
 
@@ -123,7 +122,7 @@ def open_source(path, start: int = 0, end: int | None = None, step: int = 1) -> 
         if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
             raise ValueError(f"{path} is a {path.suffix[1:].upper()} image, which is not supported: convert it to "
                              f"PNG, JPEG, TIFF, WebP or EXR")
-        if head.startswith(_IMAGE_MAGIC) or is_webp(head) or path.suffix.lower() in IMAGE_SUFFIXES:
+        if has_image_signature(head) or path.suffix.lower() in IMAGE_SUFFIXES:
             source = _probe_image(path)
         elif _looks_like_text(head):
             raise ValueError(f"{path} is a text file, not a video or an image: {_GIVE}")

@@ -35,6 +35,8 @@ MIN_SIDE = 16
 PILLOW_FORMATS = {"PNG", "JPEG", "MPO", "TIFF", "WEBP"}  # MPO: the JPEG variant many phone cameras write
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian
+HDR_SIGNATURE = b"#?"  # Radiance: "#?RADIANCE" or "#?RGBE"
 SUPPORTED = "PNG, JPEG, TIFF, WebP, OpenEXR or Radiance HDR"
 
 # EXIF tags (TIFF/EXIF 2.3 numbering)
@@ -96,7 +98,7 @@ def load_image(path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> LoadedIm
     head = _read_head(path)
     if head.startswith(EXR_MAGIC_BYTES):
         return _load_exr(path, max_megapixels)
-    if head.startswith(b"#?"):
+    if head.startswith(HDR_SIGNATURE):
         return _load_hdr(path, max_megapixels)
     return _load_with_pillow(path, head, max_megapixels)
 
@@ -230,6 +232,12 @@ def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedI
     rgb, alpha = _split_and_linearise(pixels, bit_depth)
     height, width = rgb.shape[:2]
     return LoadedImage(rgb, alpha, focal_35mm, bit_depth, path, (width, height))
+
+
+def has_image_signature(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a format `load_image` reads: PNG, JPEG, TIFF, WebP, EXR, HDR."""
+    signatures = (PNG_SIGNATURE, JPEG_SIGNATURE, *TIFF_SIGNATURES, EXR_MAGIC_BYTES, HDR_SIGNATURE)
+    return head.startswith(signatures) or is_webp(head)
 
 
 def is_webp(head: bytes) -> bool:

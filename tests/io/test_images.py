@@ -408,3 +408,22 @@ def test_exr_written_by_write_exr_loads_identically(tmp_path):
     rgb = np.random.default_rng(10).random((16, 16, 3)).astype(np.float32)
     write_exr(tmp_path / "a.exr", rgb)
     np.testing.assert_array_equal(load_image(tmp_path / "a.exr").rgb, read_exr(tmp_path / "a.exr"))
+
+
+def test_image_signatures_are_those_of_the_files_load_image_reads(tmp_path):
+    from invrender_core.io.images import has_image_signature
+
+    codes = _noise(20, 24)
+    paths = []
+    for name, options in [("a.png", {}), ("a.jpg", {}), ("little_endian.tif", {}), ("a.webp", {"lossless": True})]:
+        Image.fromarray(codes).save(tmp_path / name, **options)
+        paths.append(tmp_path / name)
+    Image.fromarray(codes[..., 0].astype(">u2")).save(tmp_path / "big_endian.tif")  # 16-bit big-endian: "MM"
+    write_exr(tmp_path / "a.exr", np.ones((4, 4, 3), np.float32))
+    cv2.imwrite(str(tmp_path / "a.hdr"), np.ones((4, 4, 3), np.float32))
+    paths += [tmp_path / "big_endian.tif", tmp_path / "a.exr", tmp_path / "a.hdr"]
+    heads = [p.read_bytes()[:64] for p in paths]
+    assert all(has_image_signature(h) for h in heads)
+    assert heads[2][:2] == b"II" and heads[4][:2] == b"MM"
+    not_images = [b"\x00\x00\x00\x18ftypmp42", b"RIFF\x00\x00\x00\x00AVI LIST", b"hello, world", b"GIF89a"]
+    assert not any(has_image_signature(h) for h in not_images)
