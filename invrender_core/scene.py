@@ -690,19 +690,23 @@ def _photo_colour_scale(image_w, model_w, ground_w) -> np.ndarray:
     return scale if (np.isfinite(scale) & (scale > 0)).all() else np.ones(3)
 
 
-def _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide) -> np.ndarray:
-    """The network's albedo (h, w, 3) with the photo's detail above the working resolution: (H, W, 3) in [0, 1].
-    guide: the photo's `filtering.Guide` for (w, h).
+def _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide, network_weight: float = 1.0
+                            ) -> np.ndarray:
+    """The network's albedo (h, w, 3), blended with the photo's ratio to the model and with the photo's detail
+    above the working resolution: (H, W, 3) in [0, 1]. guide: the photo's `filtering.Guide` for (w, h).
 
     The photo's ratio to the model, rgb / (shadow · shading), carries every texture detail at full resolution but
-    also whatever the model's shadow and shading miss (cast shadows, a wrong light), at every scale. So the
-    albedo is that ratio times a gain, exp(guided_upsample(log albedo_net - log ratio_w)): exactly the network's
-    albedo where the photo is at the working resolution, and the full-resolution ratio's detail above it.
+    also whatever the model's shadow and shading miss (cast shadows, a wrong light), at every scale; the
+    network's albedo misses texture and keeps some shading. At the working resolution the albedo is their
+    weighted geometric mean, exp(w log albedo_net + (1 - w) log ratio_w), w = network_weight (1: the network's
+    albedo as it is). So the albedo is the ratio times a gain, exp(guided_upsample(w (log albedo_net - log
+    ratio_w))): that mean where the photo is at the working resolution, and the full-resolution ratio's detail
+    above it.
     """
     floor = MIN_SHADING * MIN_SHADING  # keeps logs finite for black pixels; they stay black at any gain
     ratio = rgb / np.maximum(shadow[..., None] * shading, MIN_SHADING)  # (H, W, 3)
     ratio_w = image_w / np.maximum(net["shadow"][..., None] * shading_w, MIN_SHADING)  # (h, w, 3)
-    log_gain_w = np.log(np.maximum(net["albedo"], floor)) - np.log(np.maximum(ratio_w, floor))
+    log_gain_w = network_weight * (np.log(np.maximum(net["albedo"], floor)) - np.log(np.maximum(ratio_w, floor)))
     log_gain = filtering.guided_upsample(log_gain_w.astype(np.float32), guide)  # (H, W, 3)
     return np.clip(ratio * np.exp(log_gain), 0.0, 1.0).astype(np.float32)
 
@@ -757,9 +761,10 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     in the depth; "lighting": the IRN's SH lighting (solved in its forward pass, camera frame) reduced to order 1
     over the non-sky pixels (`sh.observed_lighting`, pulled towards the illumination prior's mean with weight
     LIGHTING_PRIOR_WEIGHT) and scaled per channel to the photo's colour (`_photo_colour_scale`),
-    shading = max(E(normals), 0) and the albedo: the IRN's at the working
-    resolution, with the detail of image / (shadow · shading) above it (`_full_resolution_albedo`), so image ≈
-    albedo · shadow · shading up to what the network leaves unexplained at the working resolution; "fusion" fuses
+    shading = max(E(normals), 0) and the albedo: at the working resolution the IRN's, blended (in log, with the
+    network's `albedo_weight`) with the photo's ratio image / (shadow · shading), with that ratio's detail above it
+    (`_full_resolution_albedo`), so image ≈ albedo · shadow · shading up to albedo_weight times (in log) what the
+    network's albedo leaves unexplained at the working resolution; "fusion" fuses
     the depth with the normals (`fuse_network_depth`, at most `fusion_max_side` pixels on the longer side, lam =
     fusion_lambda) weighted by `depth_confidence`; "done" at fraction 1. `cancel` (a threading.Event or a callable
     returning True) is checked between stages and raises `Cancelled`.
@@ -818,7 +823,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     scale = _photo_colour_scale(image_w, net["albedo"] * net["shadow"][..., None] * shading_w, ground_w)
     lighting, shading_w = lighting * scale, shading_w * scale
     shading = np.maximum(sh.shading_image(normals, lighting), 0.0)  # (H, W, 3)
-    albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide_up)
+    albedo_weight = getattr(irn_model, "albedo_weight", 1.0)  # the network's calibration (registry config)
+    albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide_up, albedo_weight)
 
     stages.enter("fusion")
     fw, fh = _fusion_size(W, H, fusion_max_side)
@@ -832,6 +838,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
         "source": source, "geometry_source": "networks", "depth_scale": "relative",
         "models": {"irn": irn_info, "depth": depth_info}, "device": str(dev),
         "working_size": [w, h], "fusion_size": [fw, fh], "fusion_lambda": fusion_lambda,
+        "albedo_network_weight": albedo_weight,
         "lighting_source": "network (least squares at the working resolution" + (
             ", reduced to order 1 as observed)" if observed else "; its order-1 reduction left a channel dark)"),
         "sky_fraction": round(float(sky.mean()), 6),

@@ -546,10 +546,12 @@ def test_averaged_depth_of_a_pointwise_network_is_its_output_at_the_working_size
     np.testing.assert_allclose(averaged[inner].numpy(), x[:, :1][inner].numpy(), atol=0.006)
 
 
-def test_decompose_takes_the_networks_albedo_where_shadow_and_shading_miss_a_shadow():
+@pytest.mark.parametrize("albedo_weight", [1.0, 0.5])
+def test_decompose_takes_the_networks_albedo_where_shadow_and_shading_miss_a_shadow(albedo_weight):
     """A cast shadow the network's shadow map misses (all lit) but its albedo does not contain: the albedo is the
     network's inside the shadow (not the photo's darkening) and keeps the texture finer than the working
-    resolution; photo / (shadow * shading) alone would halve it there."""
+    resolution; photo / (shadow * shading) alone would halve it there. A network trusted with weight w < 1 gives
+    the geometric blend with that ratio: albedo * (cast * true shading / fitted shading)^(1 - w), texture kept."""
     camera = Camera.from_fov(128, 96, 60.0)
     depth, normals, _ = geometry.synthetic_sphere_plane(camera)
     u, v = camera.pixel_grid()
@@ -557,15 +559,18 @@ def test_decompose_takes_the_networks_albedo_where_shadow_and_shading_miss_a_sha
     albedo = (0.3 + 0.15 * checker) * np.array([1.0, 0.9, 0.8])
     cast = np.where((u >= 16) & (u < 64) & (v >= 48), 0.5, 1.0)[..., None]
     image = (albedo * cast * sh.shading(normals, LIGHT)).astype(np.float32)
-    est = scene.decompose(image, fov_deg=60.0, irn=OracleIRN(albedo, normals, LIGHT), depth=OracleDepth(depth),
-                          mirror_average=False,
+    irn = OracleIRN(albedo, normals, LIGHT)
+    irn.albedo_weight = albedo_weight
+    est = scene.decompose(image, fov_deg=60.0, irn=irn, depth=OracleDepth(depth), mirror_average=False,
                           device="cpu", max_side=64)
+    assert est.metadata["albedo_network_weight"] == albedo_weight
     inside = np.zeros(cast.shape[:2], bool)
     inside[56:-4, 24:56] = True  # the shadow, away from its edges
     lit = np.zeros_like(inside)
     lit[8:40, 80:120] = True
+    ratio_to_truth = (cast * sh.shading(normals, LIGHT) / est.shading) ** (1.0 - albedo_weight)  # 1 for w = 1
     for region in inside, lit:
-        assert np.median(np.abs(est.albedo / albedo - 1)[region]) < 0.03
+        assert np.median(np.abs(est.albedo / (albedo * ratio_to_truth) - 1)[region]) < 0.03
         dark, bright = est.albedo[region & (checker[..., 0] == 0)], est.albedo[region & (checker[..., 0] == 1)]
         assert np.median(bright) / np.median(dark) == pytest.approx(1.5, rel=0.05)  # the texture survives
 

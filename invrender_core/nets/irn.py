@@ -107,10 +107,14 @@ class InverseRenderNet(nn.Module):
             gain (`train/colour_gauge.py`). Not a learned weight: not in the state dict.
         prior_pixel_noise: assumed pixel noise (linear image units) weighing the prior against the data,
             default `sh.PRIOR_PIXEL_NOISE` as in `sh.fit_lighting`.
+        albedo_weight: in (0, 1], how far `scene.decompose` trusts this network's albedo against the photo's
+            ratio to the model, image / (shadow · shading): its albedo is exp(w log albedo + (1 - w) log ratio).
+            1 takes the network's albedo as it is. A calibration of trained weights, set in their registry config
+            (irn-small.md, "Albedo"); not in the state dict.
     """
 
     def __init__(self, width: float = 1.0, groups: int = 8, prior: IlluminationPrior | None = None,
-                 prior_pixel_noise: float = sh.PRIOR_PIXEL_NOISE, albedo_gain=None):
+                 prior_pixel_noise: float = sh.PRIOR_PIXEL_NOISE, albedo_gain=None, albedo_weight: float = 1.0):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
@@ -139,6 +143,9 @@ class InverseRenderNet(nn.Module):
             raise ValueError(f"albedo_gain must be 3 positive numbers, got {albedo_gain!r}")
         self.register_buffer("albedo_gain", torch.as_tensor(gain, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
+        if isinstance(albedo_weight, bool) or not 0.0 < albedo_weight <= 1.0:
+            raise ValueError(f"albedo_weight must be in (0, 1], got {albedo_weight!r}")
+        self.albedo_weight = float(albedo_weight)
 
         self.prior_pixel_noise = float(prior_pixel_noise)
         self.has_prior = prior is not None

@@ -81,7 +81,8 @@ def _number(value, key: str, arch: str) -> float:
     return float(value)
 
 
-def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True, albedo_gain=None) -> nn.Module:
+def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True, albedo_gain=None,
+               albedo_weight=1.0) -> nn.Module:
     from ..illumination_prior import IlluminationPrior
     from .irn import InverseRenderNet
 
@@ -96,7 +97,8 @@ def _build_irn(width: float = 1.0, groups: int = 8, prior: bool = True, albedo_g
     # The prior's buffers are not in the state dict: the training task (train/irn_task.py) always uses the
     # packaged prior, hence the default.
     return InverseRenderNet(width=_number(width, "width", "irn"), groups=groups,
-                            prior=IlluminationPrior.load() if prior else None, albedo_gain=albedo_gain)
+                            prior=IlluminationPrior.load() if prior else None, albedo_gain=albedo_gain,
+                            albedo_weight=_number(albedo_weight, "albedo_weight", "irn"))
 
 
 def _build_megadepth(width: float = 1.0) -> nn.Module:
@@ -127,7 +129,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megade
 LEGACY_ARCHITECTURES = {
     "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)": ("megadepth", {"width": 1.0}),
 }
-_CONFIG_KEYS = {"irn": {"width", "groups", "prior", "albedo_gain"}, "megadepth": {"width"},
+_CONFIG_KEYS = {"irn": {"width", "groups", "prior", "albedo_gain", "albedo_weight"}, "megadepth": {"width"},
                 "relight_refine": {"width", "max_side"},
                 "face_corr": {"width", "size"}}
 

@@ -158,16 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", help="depth network weights: registry name or .safetensors path")
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--max-views", type=int)
+    parser.add_argument("--albedo-weight", type=float,
+                        help="how far decompose trusts the IRN's albedo against the photo's ratio to the model, in "
+                             "(0, 1] (default: the weights' registry config; 1 for a .safetensors path)")
     parser.add_argument("--out", type=Path, help="write the metrics here as JSON")
     args = parser.parse_args(argv)
+    if args.albedo_weight is not None and not 0.0 < args.albedo_weight <= 1.0:
+        parser.error(f"--albedo-weight must be in (0, 1], got {args.albedo_weight}")
     torch.set_grad_enabled(False)
     irn = weights.load_named(args.irn)
+    if args.albedo_weight is not None:
+        irn.albedo_weight = args.albedo_weight
     depth = weights.load_named(args.depth) if args.depth else None
     start = time.perf_counter()
     result = evaluate(args.data, irn, depth, args.split, args.max_views,
                       progress=lambda n: print(f"\r{n} views", end="", file=sys.stderr, flush=True))
     print(file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - start, 1)
+    result["albedo_weight"] = irn.albedo_weight
     print(json.dumps(result["mean"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

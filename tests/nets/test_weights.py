@@ -188,6 +188,11 @@ def test_build_model_from_the_table():
     assert not weights.build_model("irn", {"width": 0.0625, "prior": False}).has_prior
     gained = weights.build_model("irn", {"width": 0.0625, "albedo_gain": [0.5, 1, 0.75]})
     assert gained.albedo_gain.flatten().tolist() == [0.5, 1.0, 0.75]
+    assert gained.albedo_weight == 1.0  # by default the network's albedo is taken as it is
+    assert weights.build_model("irn", {"width": 0.0625, "albedo_weight": 0.7}).albedo_weight == 0.7
+    for bad in (0, 1.5, True, "0.7"):
+        with pytest.raises(ValueError, match="albedo_weight"):
+            weights.build_model("irn", {"width": 0.0625, "albedo_weight": bad})
     for bad in ([0.5, 1], "0.5,1,1", [0.5, -1, 1]):
         with pytest.raises(ValueError, match="albedo_gain"):
             weights.build_model("irn", {"width": 0.0625, "albedo_gain": bad})
