@@ -159,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--max-views", type=int)
     parser.add_argument("--albedo-weight", type=float,
-                        help="how far decompose trusts the IRN's albedo against the photo's ratio to the model, in "
-                             "(0, 1] (default: the weights' registry config; 1 for a .safetensors path)")
+                        help="with --depth: how far decompose trusts the IRN's albedo against the photo's ratio to "
+                             "the model, in (0, 1] (default: the weights' registry config; 1 for a .safetensors path)")
     parser.add_argument("--out", type=Path, help="write the metrics here as JSON")
     args = parser.parse_args(argv)
     if args.albedo_weight is not None and not 0.0 < args.albedo_weight <= 1.0:
         parser.error(f"--albedo-weight must be in (0, 1], got {args.albedo_weight}")
+    if args.albedo_weight is not None and not args.depth:
+        parser.error("--albedo-weight needs --depth: without it the IRN's raw outputs are scored, not decompose's")
     torch.set_grad_enabled(False)
     irn = weights.load_named(args.irn)
     if args.albedo_weight is not None:

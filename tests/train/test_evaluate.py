@@ -48,3 +48,26 @@ def test_pipeline_evaluation_over_a_split(world, tmp_path):
         assert np.isfinite(result["mean"][key]), key
     only_irn = evaluate(world, irn, max_views=1)
     assert only_irn["views"] == 1 and "depth_silog" not in only_irn["mean"]
+
+
+def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path):
+    import json
+
+    from invrender_core.train.evaluate import main
+
+    torch.set_num_threads(1)
+    folder = register_untrained_networks(tmp_path / "weights")
+    irn, depth = str(folder / "irn-test.safetensors"), str(folder / "depth-test.safetensors")
+    scores = {}
+    for w in (1.0, 0.5):
+        out = tmp_path / f"w{w}.json"
+        assert main(["--data", str(world), "--irn", irn, "--depth", depth, "--max-views", "1",
+                     "--albedo-weight", str(w), "--out", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["albedo_weight"] == w
+        scores[w] = result["mean"]
+    assert scores[0.5]["albedo_simse"] != scores[1.0]["albedo_simse"]
+    assert scores[0.5]["normal_deg"] == scores[1.0]["normal_deg"]
+    for bad in (["--depth", depth, "--albedo-weight", "0"], ["--albedo-weight", "0.5"]):  # out of range; no --depth
+        with pytest.raises(SystemExit):
+            main(["--data", str(world), "--irn", irn, *bad])
