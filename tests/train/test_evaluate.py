@@ -50,7 +50,15 @@ def test_pipeline_evaluation_over_a_split(world, tmp_path):
     assert only_irn["views"] == 1 and "depth_silog" not in only_irn["mean"]
 
 
-def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path):
+@pytest.fixture
+def grad_mode_restored():
+    """The command line turns autograd off for its process; later tests in this one need it back."""
+    before = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(before)
+
+
+def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path, grad_mode_restored):
     import json
 
     from invrender_core.train.evaluate import main
