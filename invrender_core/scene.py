@@ -822,7 +822,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     shading_w = np.maximum(sh.shading(net["normals"], lighting), 0.0)  # (h, w, 3)
     scale = _photo_colour_scale(image_w, net["albedo"] * net["shadow"][..., None] * shading_w, ground_w)
     lighting, shading_w = lighting * scale, shading_w * scale
-    shading = np.maximum(sh.shading_image(normals, lighting), 0.0)  # (H, W, 3)
+    shading = sh.shading_image(normals, lighting)  # (H, W, 3) float32
+    np.maximum(shading, 0.0, out=shading)  # in place: a 24-megapixel map is 288 MB
     albedo_weight = getattr(irn_model, "albedo_weight", 1.0)  # the network's calibration (registry config)
     albedo = _full_resolution_albedo(rgb, shadow, shading, image_w, net, shading_w, guide_up, albedo_weight)
 
