@@ -100,7 +100,7 @@ def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tup
     as prepared for each size, for the next call with the same estimate and own_render."""
     from ..io import resize_linear
 
-    def prepared(m, scale, offset):
+    def prepared(m, scale=1.0, offset=0.0):
         m = np.asarray(m, np.float32)
         if size is not None:
             m = resize_linear(m, *size).reshape(size[1], size[0], -1)
@@ -118,8 +118,8 @@ def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tup
     # Each input is scale * map + offset, applied after resizing (an area average commutes with it), so no
     # full-resolution temporaries are made for the scaled maps.
     parts = [of_photo("albedo", estimate.albedo), of_photo("normals", estimate.normals, 0.5, 0.5),
-             prepared(relit.sun_shading, exposure, 0.0), prepared(relit.sky_shading, exposure, 0.0),
-             prepared(relit.visibility[..., None], 1.0, 0.0), of_photo("photo", estimate.image),
+             prepared(relit.sun_shading, exposure), prepared(relit.sky_shading, exposure),
+             prepared(relit.visibility[..., None]), of_photo("photo", estimate.image),
              of_photo("own_render", own_render), of_photo("shadow", shadow[..., None])]
     out = np.concatenate(parts, axis=-1)
     if out.shape[-1] != INPUT_CHANNELS:
