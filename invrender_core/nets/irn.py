@@ -143,9 +143,7 @@ class InverseRenderNet(nn.Module):
             raise ValueError(f"albedo_gain must be 3 positive numbers, got {albedo_gain!r}")
         self.register_buffer("albedo_gain", torch.as_tensor(gain, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
-        if isinstance(albedo_weight, bool) or not 0.0 < albedo_weight <= 1.0:
-            raise ValueError(f"albedo_weight must be in (0, 1], got {albedo_weight!r}")
-        self.albedo_weight = float(albedo_weight)
+        self.albedo_weight = albedo_weight  # checked by its setter
 
         self.prior_pixel_noise = float(prior_pixel_noise)
         self.has_prior = prior is not None
@@ -156,6 +154,17 @@ class InverseRenderNet(nn.Module):
                                  persistent=False)
             self.register_buffer("prior_precision1", torch.as_tensor(np.asarray(precision1), dtype=torch.float32),
                                  persistent=False)
+
+    @property
+    def albedo_weight(self) -> float:
+        """See the class docstring; set it to recalibrate loaded weights (e.g. `evaluate --albedo-weight`)."""
+        return self._albedo_weight
+
+    @albedo_weight.setter
+    def albedo_weight(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+            raise ValueError(f"albedo_weight must be in (0, 1], got {value!r}")
+        self._albedo_weight = float(value)
 
     # ------------------------------------------------------------------------------------- lighting
 

@@ -163,14 +163,15 @@ def main(argv: list[str] | None = None) -> int:
                              "the model, in (0, 1] (default: the weights' registry config; 1 for a .safetensors path)")
     parser.add_argument("--out", type=Path, help="write the metrics here as JSON")
     args = parser.parse_args(argv)
-    if args.albedo_weight is not None and not 0.0 < args.albedo_weight <= 1.0:
-        parser.error(f"--albedo-weight must be in (0, 1], got {args.albedo_weight}")
     if args.albedo_weight is not None and not args.depth:
         parser.error("--albedo-weight needs --depth: without it the IRN's raw outputs are scored, not decompose's")
     torch.set_grad_enabled(False)
     irn = weights.load_named(args.irn)
     if args.albedo_weight is not None:
-        irn.albedo_weight = args.albedo_weight
+        try:
+            irn.albedo_weight = args.albedo_weight
+        except ValueError as e:
+            parser.error(f"--albedo-weight: {e}")
     depth = weights.load_named(args.depth) if args.depth else None
     start = time.perf_counter()
     result = evaluate(args.data, irn, depth, args.split, args.max_views,
