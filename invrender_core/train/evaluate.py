@@ -149,6 +149,7 @@ def evaluate(root, irn, depth=None, split: str = "heldout", max_views: int | Non
     return {"split": split, "views": len(rows), "mean": _summary(rows), "per_view": rows}
 
 
+@torch.no_grad()  # for this call only: callers in the same process keep their autograd mode
 def main(argv: list[str] | None = None) -> int:
     from ..nets import weights
 
@@ -165,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.albedo_weight is not None and not args.depth:
         parser.error("--albedo-weight needs --depth: without it the IRN's raw outputs are scored, not decompose's")
-    torch.set_grad_enabled(False)
     irn = weights.load_named(args.irn)
     if args.albedo_weight is not None:
         try:

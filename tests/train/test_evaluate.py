@@ -50,15 +50,7 @@ def test_pipeline_evaluation_over_a_split(world, tmp_path):
     assert only_irn["views"] == 1 and "depth_silog" not in only_irn["mean"]
 
 
-@pytest.fixture
-def grad_mode_restored():
-    """The command line turns autograd off for its process; later tests in this one need it back."""
-    before = torch.is_grad_enabled()
-    yield
-    torch.set_grad_enabled(before)
-
-
-def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path, grad_mode_restored):
+def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path):
     import json
 
     from invrender_core.train.evaluate import main
@@ -79,3 +71,4 @@ def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path, gr
     for bad in (["--depth", depth, "--albedo-weight", "0"], ["--albedo-weight", "0.5"]):  # out of range; no --depth
         with pytest.raises(SystemExit):
             main(["--data", str(world), "--irn", irn, *bad])
+    assert torch.is_grad_enabled()  # the command line turned autograd off for its own calls only
