@@ -114,13 +114,17 @@ def features(estimate, relit, exposure: float, own_render: np.ndarray, size: tup
             photo_inputs[key] = prepared(m, scale, offset)
         return photo_inputs[key]
 
-    shadow = estimate.shadow if estimate.shadow is not None else np.ones(relit.visibility.shape, np.float32)
+    if estimate.shadow is not None:
+        shadow = of_photo("shadow", estimate.shadow[..., None])
+    else:  # no shadow map (an RGB-D scene): all lit, made at the inputs' size rather than resized
+        height, width = relit.visibility.shape if size is None else size[::-1]
+        shadow = np.ones((height, width, 1), np.float32)
     # Each input is scale * map + offset, applied after resizing (an area average commutes with it), so no
     # full-resolution temporaries are made for the scaled maps.
     parts = [of_photo("albedo", estimate.albedo), of_photo("normals", estimate.normals, 0.5, 0.5),
              prepared(relit.sun_shading, exposure), prepared(relit.sky_shading, exposure),
              prepared(relit.visibility[..., None]), of_photo("photo", estimate.image),
-             of_photo("own_render", own_render), of_photo("shadow", shadow[..., None])]
+             of_photo("own_render", own_render), shadow]
     out = np.concatenate(parts, axis=-1)
     if out.shape[-1] != INPUT_CHANNELS:
         raise ValueError(f"features have {out.shape[-1]} channels, expected {INPUT_CHANNELS}")

@@ -1,5 +1,7 @@
 """nets/relight_refine.py: the relighting refiner's shapes, identity at start, learning, and registry layout."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,19 @@ def test_features_resized_one_map_at_a_time_are_the_full_features_resized():
     np.testing.assert_allclose(full[..., 6:9], 1.7 * relit.sun_shading, rtol=1e-6)  # the exposure applied
     small = relight_refine.features(estimate, relit, 1.7, r.own_render, size=(16, 12))
     np.testing.assert_allclose(small, resize_linear(full, 16, 12), rtol=1e-5, atol=1e-6)
+
+
+def test_features_without_a_shadow_map_are_those_of_an_all_lit_map():
+    estimate = small_estimate()
+    estimate.shadow[:, :10] = 0.25  # a shadowed stripe: the maps differ where it is
+    r = relight.Relighter(estimate)
+    relit = r.render(r.sun_at(40.0, 120.0), refine=False)
+    lit = replace(estimate, shadow=np.ones_like(estimate.shadow))
+    without = replace(estimate, shadow=None)
+    for size in (None, (16, 12)):
+        expected = relight_refine.features(lit, relit, 1.7, r.own_render, size=size)
+        np.testing.assert_array_equal(relight_refine.features(without, relit, 1.7, r.own_render, size=size), expected)
+        assert not np.array_equal(relight_refine.features(estimate, relit, 1.7, r.own_render, size=size), expected)
 
 
 def test_inputs_kept_per_photo_are_the_inputs_prepared_again():
