@@ -579,7 +579,7 @@ def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS, 
     order-0/1 part of `toward` scaled per channel to the unshrunk fit's mean level: a ridge of `weight` times the
     mean diagonal of the normal equations. Estimated normals can mislead the fit about the light's direction.
     """
-    normals = np.asarray(normals, dtype=np.float64)
+    normals = np.asarray(normals)  # converted to float64 after subsampling: at 24 MP a copy is 576 MB
     L = np.asarray(L, dtype=np.float64)
     if normals.ndim != 3 or normals.shape[2] != 3 or L.shape != (9, 3):
         raise ValueError(f"normals must be (H, W, 3) and L (9, 3), got {normals.shape} and {L.shape}")
@@ -590,7 +590,7 @@ def observed_lighting(normals, L, mask=None, max_pixels: int = OBSERVED_PIXELS, 
     if index.size < 4:
         raise ValueError("too few pixels with normals to fit lighting to")
     index = index[:: max(1, index.size // max_pixels)]
-    n = normals.reshape(-1, 3)[index]  # (N, 3)
+    n = normals.reshape(-1, 3)[index].astype(np.float64)  # (N, 3)
     photo_shading = np.maximum(shading(n, L), 0.0)  # (N, 3) as the photo's model shades them
     A = basis(n)[:, :4]  # (N, 4): order 0 and 1
     G, rhs = A.T @ A, A.T @ photo_shading  # (4, 4), (4, 3)
