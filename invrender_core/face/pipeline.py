@@ -51,6 +51,10 @@ FACE_FILL = 0.61
 FACE_FILL_RANGE = (0.47, 0.80)
 MAX_CENTRE_OFFSET = 0.13
 MIN_MASK_FRACTION = 0.01  # a mask smaller than this part of the crop is not a face
+# When the detector found no face anywhere (the whole frame is tried), the network's own evidence must show one:
+# the mean confidence over its face mask. Measured with face-corr-small (mean over frames): photos without a face
+# (the sample street, MegaDepth and OpenSfM photos) 0.17-0.23; faces 0.35-0.59 (the small stage faces lowest).
+MIN_UNDETECTED_CONFIDENCE = 0.3
 
 
 class Cancelled(RuntimeError):
@@ -170,6 +174,12 @@ def correspondences_from_prediction(template: np.ndarray, mask: np.ndarray, conf
                                colors=colors)
 
 
+def mask_confidence(mask: np.ndarray, confidence: np.ndarray) -> float:
+    """Mean network confidence (S, S) over the face mask (S, S) face probability > 0.5; 0 for an empty mask."""
+    face = mask > 0.5
+    return float(confidence[face].mean()) if face.any() else 0.0
+
+
 def box_from_mask(mask: np.ndarray, box: video.FaceBox, only_if_misframed: bool = False) -> video.FaceBox | None:
     """The head box framing the face the network found in a crop of `box` as in its training crops (the mask's
     larger side FACE_FILL of the box; in box's track): mask (S, S) face probability. None when the mask holds no
@@ -270,6 +280,8 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     boxes = video.track_faces((rgb for _, rgb in frames_with_progress("tracking the face", 0.0, 0.15)),
                               detect_every=settings.detect_every, source_name=str(input_path), first_box=first_box)
 
+    # No detection anywhere and no box given: the boxes are the whole frame, which may hold no face at all.
+    undetected = settings.face_box is None and not any(b.detected for b in boxes)
     lookup = SurfaceLookup(model.mean, model.triangles)
     symmetry = fit.mirror_vertices(model.mean)  # also the albedo's symmetry prior
     mirror_x = mirror_plane(lookup.frame, symmetry) if settings.mirror_average else None
@@ -299,6 +311,8 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
             for key, value in predict([batch[j] for j in again]).items():
                 pred[key][again] = value
         for j, (position, index, rgb) in enumerate(batch):
+            if undetected and mask_confidence(pred["mask"][j], pred["confidence"][j]) < MIN_UNDETECTED_CONFIDENCE:
+                continue
             linear = video.frame_to_linear(rgb)
             corr = correspondences_from_prediction(pred["template"][j], pred["mask"][j], pred["confidence"][j],
                                                    boxes[position], linear, lookup, settings, rng)

@@ -177,6 +177,32 @@ def test_shipped_network_fits_a_synthetic_clip_end_to_end(sfm, tmp_path):
 
 @needs_eos
 @shipped
+def test_without_any_detection_a_face_is_fitted_and_a_street_is_not(sfm, tmp_path, monkeypatch):
+    """When the detector finds nothing the whole frame is tried; the network's confidence on its face mask then
+    decides whether a face is there (a face filling the frame: yes; the sample street photo: no)."""
+    clip = synthetic_video(sfm, num_frames=2, size=192, seed=3)
+    for k, frame in enumerate(clip.frames):
+        cv2.imwrite(str(tmp_path / f"frame_{k:02d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    monkeypatch.setattr(video, "_detect_full", lambda *args, **kwargs: [])
+    monkeypatch.setattr(video, "_detect_near", lambda *args, **kwargs: [])
+    rig = pipeline.fit_face(tmp_path, sfm, pipeline.FaceSettings(texture_size=32))
+    assert rig.num_frames == 2
+    street = Path(__file__).resolve().parents[2] / "samples" / "sample_photo.png"
+    with pytest.raises(ValueError, match="no face found in .*sample_photo"):
+        pipeline.fit_face(street, sfm, pipeline.FaceSettings(texture_size=32))
+
+
+def test_mask_confidence_is_the_mean_over_the_face_mask():
+    mask = np.zeros((4, 4))
+    mask[:2] = 0.9
+    confidence = np.full((4, 4), 0.1)
+    confidence[:2, :2] = 0.5
+    assert pipeline.mask_confidence(mask, confidence) == pytest.approx((4 * 0.5 + 4 * 0.1) / 8)
+    assert pipeline.mask_confidence(np.zeros((4, 4)), confidence) == 0.0
+
+
+@needs_eos
+@shipped
 def test_boxes_twice_too_large_are_cut_again_around_the_face(sfm, tmp_path, monkeypatch):
     """A detector box around head and shoulders shows the network a face half the size it was trained on; the
     pipeline crops again around the face its mask shows. Measured: 3-11 degrees of rotation error per frame
