@@ -7,6 +7,7 @@ traceback); outputs are written to a temporary name and renamed at the end, so n
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from .scene import (  # scene imports torch only when it runs
     DEFAULT_IRN,
     DEFAULT_MAX_SIDE,
     NETWORK_FUSION_LAMBDA,
+    missing_folders,
+    remove_empty_folders,
 )
 
 EXIT_FAILURE = 2
@@ -33,19 +36,57 @@ class CLIError(Exception):
     """A failure whose message is already the one line the user should read."""
 
 
+def _cannot_write(path: Path, error: OSError) -> CLIError:
+    """The one line for a failed write, naming the output (not a temporary name) and the system's reason."""
+    cause = error
+    while cause is not None and not getattr(cause, "strerror", None):
+        cause = cause.__cause__
+    reason = cause.strerror if cause is not None else str(error)
+    return CLIError(f"cannot write {path}: {reason}; choose a place with room that you can write to")
+
+
 @contextmanager
 def atomic_output(path: Path):
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds. Folders it had to
+    create for `path` are removed again when the block fails."""
+    from .io.errors import ImageWriteError
+
+    if path.is_dir():
+        raise CLIError(f"{path} is a folder: give a file name")
+    created = missing_folders(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        remove_empty_folders(created)
+        raise _cannot_write(path, e) from e
     os.close(fd)
     tmp = Path(tmp)
     tmp.unlink()  # only the unique name is wanted: an existing file makes Blender keep a .blend1 backup
+    done = False
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except ImageWriteError as e:  # names the temporary file: say which output failed instead
+            raise _cannot_write(path, e) from e
+        except OSError as e:
+            if e.filename is not None and str(tmp) in (str(e.filename), str(e.filename2)):
+                raise _cannot_write(path, e) from e
+            raise
+        done = True
     finally:
         tmp.unlink(missing_ok=True)
+        if not done:
+            remove_empty_folders(created)
+
+
+def check_distinct(outputs, inputs) -> None:
+    """CLIError unless no output (paths or None) is one of the inputs: a command never overwrites what it reads."""
+    inputs = [Path(p).resolve() for p in inputs if p is not None]
+    for output in outputs:
+        if output is not None and Path(output).resolve() in inputs:
+            raise CLIError(f"the output {output} is also an input: give another output path")
 
 
 def _progress(message: str) -> None:
@@ -60,6 +101,7 @@ def cmd_fuse(args) -> None:
     from .io import read_exr, write_exr
     from .scene import read_json
 
+    check_distinct([args.output, args.mesh], [args.depth, args.normal, args.camera, args.confidence])
     depth = read_exr(args.depth)
     normals = read_exr(args.normal)
     camera = Camera.from_dict(read_json(args.camera))
@@ -92,11 +134,15 @@ def _decompose(args, image, irn: str, depth: str, camera=None):
 
 
 def cmd_decompose(args) -> None:
-    from .scene import write_estimate
+    from .scene import check_replaceable, write_estimate
 
+    check_replaceable(args.output)  # before the networks run, not after
     _progress(f"decomposing {args.image}")
     estimate = _decompose(args, args.image, args.irn, args.depth)
-    write_estimate(estimate, args.output)  # atomic: the folder appears complete or not at all
+    try:
+        write_estimate(estimate, args.output)  # atomic: the folder appears complete or not at all
+    except OSError as e:
+        raise _cannot_write(args.output, e) from e
     timings = estimate.metadata["timings_s"]
     w, h = estimate.metadata["working_size"]
     _progress(f"wrote {args.output} ({estimate.camera.width}x{estimate.camera.height}, networks at {w}x{h} on "
@@ -106,6 +152,12 @@ def cmd_decompose(args) -> None:
 def cmd_scene(args) -> None:
     if (args.depth is None) != (args.normal is None):
         raise CLIError("give both --depth and --normal for the photo, or neither to estimate them with the networks")
+    if args.output.suffix.lower() != ".blend":
+        raise CLIError(f"-o must name a .blend file, got {args.output}")
+    if args.render is not None and args.render.suffix.lower() != ".png":
+        raise CLIError(f"--render must name a .png file, got {args.render}")
+    check_distinct([args.output, args.render], [args.photo, args.depth, args.normal, args.camera])
+    _check_sun(args.relight_sun, "--relight-sun")
     try:  # the Blender side lives in the add-on package; the core itself never imports bpy
         from invrender_addon.build import headless
     except ImportError as e:
@@ -122,6 +174,7 @@ def cmd_face(args) -> None:
         raise CLIError("give -o RIG.blend, --export-npz PARAMS.npz or both")
     if args.output is not None and args.output.suffix.lower() != ".blend":
         raise CLIError(f"-o must name a .blend file, got {args.output}")
+    check_distinct([args.output, args.export_npz], [args.input, args.model, args.expressions])
     build_rig_file = None
     if args.output is not None:
         try:  # the Blender side lives in the add-on package; the core itself never imports bpy
@@ -171,7 +224,41 @@ def _face_box(text: str) -> tuple[float, float, float, float]:
 
 
 def _vector3(text: str) -> tuple[float, float, float]:
-    return _numbers(text, 3, "X,Y,Z")
+    values = _numbers(text, 3, "X,Y,Z")
+    if not all(math.isfinite(v) for v in values) or not any(values):
+        raise argparse.ArgumentTypeError(f"expected a finite, non-zero direction X,Y,Z, got {text!r}")
+    return values
+
+
+def _number_type(kind, minimum, inclusive: bool):
+    """An argparse type: a finite `kind` (int or float) >= minimum (or > minimum when not inclusive)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum}" if inclusive else f"> {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bound}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _number_type(int, 0, inclusive=False)
+_non_negative_int = _number_type(int, 0, inclusive=True)
+_positive_float = _number_type(float, 0.0, inclusive=False)
+_non_negative_float = _number_type(float, 0.0, inclusive=True)
+
+
+def _check_sun(values, flag: str) -> None:
+    """CLIError unless (elevation, azimuth) in degrees are finite and the elevation is within [-90, 90]."""
+    if values is None:
+        return
+    elevation, azimuth = values
+    if not (math.isfinite(elevation) and math.isfinite(azimuth) and -90.0 <= elevation <= 90.0):
+        raise CLIError(f"{flag} takes the elevation in [-90, 90] degrees and a finite azimuth, got "
+                       f"{elevation:g} {azimuth:g}")
 
 
 def _sky_lighting(relighter, args):
@@ -224,6 +311,10 @@ def cmd_relight(args) -> None:
         raise CLIError("an .mp4 output needs --frames N; give a .png for one frame")
     if not video and args.output.suffix.lower() != ".png":
         raise CLIError(f"write a .png (or an .mp4 with --frames), not {args.output.name}")
+    _check_sun(args.sun, "--sun")
+    _check_sun(args.to, "--to")
+    outputs = [args.output] if args.frames is None or video else _frame_paths(args.output, args.frames)
+    check_distinct(outputs, [args.image, args.camera, args.sky])
     image = load_image(args.image)
     camera = Camera.from_dict(read_json(args.camera)) if args.camera else None
     refine = _refiner(args, resolve_device(args.device))  # before the networks run: missing weights fail fast
@@ -260,10 +351,11 @@ def _write_sequence(output: Path, frames, count: int, fps: float) -> str:
         _progress(f"frame {k + 1}/{count}: sun at elevation {sun[0]:.1f}, azimuth {sun[1]:.1f}")
 
     if output.suffix.lower() == ".png":
-        for k, (sun, relit) in enumerate(frames):
-            announce(k, sun)
-            with atomic_output(output.with_name(f"{output.stem}_{k + 1:04d}.png")) as tmp:
-                write_png(tmp, relit.image)
+        # All frames appear together or none: each is renamed into place only after the last was written.
+        with ExitStack() as outputs:
+            for k, ((sun, relit), path) in enumerate(zip(frames, _frame_paths(output, count), strict=True)):
+                announce(k, sun)
+                write_png(outputs.enter_context(atomic_output(path)), relit.image)
         return f"{output.stem}_0001.png ... {output.stem}_{count:04d}.png in {output.parent}"
     writer = None
     with atomic_output(output) as tmp:
@@ -281,7 +373,21 @@ def _write_sequence(output: Path, frames, count: int, fps: float) -> str:
         finally:
             if writer is not None:
                 writer.release()
+        # OpenCV's writer reports no failed write (a full disk leaves an unplayable file): read the video back.
+        reader = cv2.VideoCapture(str(tmp))
+        try:
+            written = int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) if reader.isOpened() else 0
+        finally:
+            reader.release()
+        if written != count:
+            raise CLIError(f"the MP4 video written to {output} holds {written} of {count} frames (a full disk?): "
+                           "make room, or write PNG frames instead (-o relit.png)")
     return str(output)
+
+
+def _frame_paths(output: Path, count: int) -> list[Path]:
+    """OUTPUT_0001.png ... for a sequence written as PNG frames beside `output`."""
+    return [output.with_name(f"{output.stem}_{k + 1:04d}.png") for k in range(count)]
 
 
 def cmd_weights_import(args) -> None:
@@ -296,12 +402,14 @@ def cmd_weights_list(args) -> None:
     from .nets import weights
 
     folder = args.weights_dir if args.weights_dir is not None else weights.user_weights_dir()
-    entries = weights.read_registry(folder / weights.REGISTRY_FILE)
-    if not entries:
-        print(f"no weights registered in {folder}")
-    for entry in entries.values():
-        present = "" if (folder / entry.file).is_file() else "  (file missing)"
-        print(f"{entry.name}\t{folder / entry.file}\tsha256 {entry.sha256[:12]}\t{entry.licence}{present}")
+    # The user's folder first, as loading searches it first; then the weights shipped with the package.
+    for where, label in [(folder, ""), (weights.shipped_weights_dir(), "  (shipped)")]:
+        entries = weights.read_registry(where / weights.REGISTRY_FILE)
+        if not entries:
+            print(f"no weights registered in {where}")
+        for entry in entries.values():
+            present = "" if (where / entry.file).is_file() else "  (file missing)"
+            print(f"{entry.name}\t{where / entry.file}\tsha256 {entry.sha256[:12]}\t{entry.licence}{label}{present}")
 
 
 def _add_weights_options(parser: argparse.ArgumentParser, depth_flag: str, when: str = "") -> None:
@@ -364,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--camera", type=Path, help="camera.json with the photo's intrinsics")
     scene.add_argument("-o", "--output", type=Path, required=True, help=".blend file to write")
     scene.add_argument("--render", type=Path, help="render the scene with Cycles to this PNG")
-    scene.add_argument("--samples", type=int, default=32, help="Cycles samples for --render (default 32)")
+    scene.add_argument("--samples", type=_positive_int, default=32, help="Cycles samples for --render (default 32)")
     scene.add_argument("--relight-sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
                        help="move the sun to this elevation and azimuth (0 = behind the camera, 90 = right)")
     scene.add_argument("--lambda", dest="lam", type=float,
@@ -403,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     sky.add_argument("--sky", type=Path, metavar="LIGHTING_JSON",
                      help="take sky and sun colour from this lighting.json (default: the photo's own, turned with "
                      "the sun)")
-    sky.add_argument("--sky-sample", type=int, metavar="SEED",
+    sky.add_argument("--sky-sample", type=_non_negative_int, metavar="SEED",
                      help="take sky and sun colour from a sample of the natural-illumination prior")
     relight.add_argument("--sun-to-sky", type=float, metavar="RATIO",
                          help="sun irradiance as a multiple of the sky's mean (clear day: 3 to 8; default: as "
@@ -411,8 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     relight.add_argument("--frames", type=int, metavar="N",
                          help="a time-of-day sequence of N frames from --sun to --to")
     relight.add_argument("--to", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"), help="the last frame's sun")
-    relight.add_argument("--fps", type=float, default=12.0, help="frame rate of an MP4 output (default 12)")
-    relight.add_argument("--shadow-samples", type=int, default=DEFAULT_SHADOW_SAMPLES,
+    relight.add_argument("--fps", type=_positive_float, default=12.0, help="frame rate of an MP4 output (default 12)")
+    relight.add_argument("--shadow-samples", type=_positive_int, default=DEFAULT_SHADOW_SAMPLES,
                          help="sun directions per pixel for soft shadows (default "
                          f"{DEFAULT_SHADOW_SAMPLES})")
     relight.add_argument("--refine", default=DEFAULT_REFINER, metavar="NAME|PATH",
@@ -435,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     face.add_argument("--start", type=int, default=0, help="first frame (default 0)")
     face.add_argument("--end", type=int, help="frame to stop before (default: the last frame)")
     face.add_argument("--step", type=int, default=1, help="use every N-th frame (default 1)")
-    face.add_argument("--smoothing", type=float, default=FaceSettings().smoothing,
+    face.add_argument("--smoothing", type=_non_negative_float, default=FaceSettings().smoothing,
                       help="temporal smoothing, Gaussian sigma in frames (0 = none; default %(default)s)")
     face.add_argument("--fov", type=float, help="horizontal field of view of the camera in degrees (default: "
                       "estimated from the fit)")

@@ -121,7 +121,7 @@ CONTRACT_FILES = ("albedo.exr", "shading.exr", "shadow.exr", "normal.exr", "dept
                   "confidence.exr", "lighting.json", "camera.json", "preview.png")
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
     """An existing out_dir may be replaced only when it is empty or a previous output (contract files only)."""
     if not out_dir.exists():
         return
@@ -146,10 +146,15 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
     holds nothing but a previous output (anything else raises ValueError before writing).
     """
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     shadow = _shadow_map(estimate)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    created = missing_folders(out_dir.parent)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     try:
         maps = {"albedo": estimate.albedo, "shading": estimate.shading, "shadow": shadow, "normal": estimate.normals,
                 "depth": estimate.depth, "depth_fused": estimate.depth_fused, "confidence": estimate.confidence}
@@ -167,8 +172,24 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
         publish_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty_folders(created)
         raise
     return out_dir
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist yet, deepest first: what writing into `folder` would create."""
+    folder = Path(folder)
+    return [p for p in [folder, *folder.parents] if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove those of `folders` (deepest first) that are empty, after a failed write made them; keep the rest."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def publish_folder(tmp: Path, out_dir: Path) -> None:
@@ -332,8 +353,11 @@ def read_json(path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:
         raise ValueError(f"{path} does not exist: check the path") from e
+    except IsADirectoryError as e:
+        raise ValueError(f"{path} is a folder: give the JSON file") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): give a camera.json written by invrender") from e
+        raise ValueError(f"{path} is not valid JSON ({e}): give a file written by invrender "
+                         "(camera.json, lighting.json)") from e
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -208,29 +208,47 @@ def test_relight_sequence_as_pngs_and_mp4(photo_file, nets):
     assert frames == 4
 
 
-@pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "bad-sun-dir", "missing-refiner",
-                                  "sky-not-lighting"])
+ARGPARSE_CASES = {"bad-sun-dir": "3 comma-separated numbers", "zero-sun-dir": "non-zero direction",
+                  "zero-fps": "a number > 0", "no-shadow-samples": "an integer > 0"}
+
+
+@pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "missing-refiner", "sky-not-lighting",
+                                  "output-is-input", "sun-below-nadir", "nan-azimuth", *ARGPARSE_CASES])
 def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, case, capsys, no_shipped_weights):
     folder = photo_file.parent
+    photo_bytes = photo_file.read_bytes()
     args = _relight_args(photo_file, nets, "-o", str(folder / "relit.png"), "--sun", "30", "100")
     expected = {"frames-without-to": "--frames N needs", "mp4-single": "needs --frames", "jpeg": "write a .png",
-                "bad-sun-dir": "3 comma-separated numbers", "missing-refiner": "no weights named",
-                "sky-not-lighting": "9x3"}[case]
-    if case == "frames-without-to":
+                "missing-refiner": "no weights named", "sky-not-lighting": "9x3", "output-is-input": "also an input",
+                "sun-below-nadir": "elevation in [-90, 90]", "nan-azimuth": "finite azimuth", **ARGPARSE_CASES}[case]
+    if case == "bad-sun-dir":
+        args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "1,2"]
+    elif case == "zero-sun-dir":
+        args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "0,0,0"]
+    elif case == "zero-fps":
+        args[args.index("-o") + 1] = str(folder / "relit.mp4")
+        args += ["--frames", "2", "--to", "40", "100", "--fps", "0"]
+    elif case == "no-shadow-samples":
+        args += ["--shadow-samples", "0"]
+    elif case == "output-is-input":
+        args[args.index("-o") + 1] = str(photo_file)
+    elif case == "sun-below-nadir":
+        args[args.index("--sun") + 1] = "-100"
+    elif case == "nan-azimuth":
+        args[args.index("--sun") + 2] = "nan"
+    elif case == "frames-without-to":
         args += ["--frames", "3"]
     elif case == "mp4-single":
         args[args.index("-o") + 1] = str(folder / "relit.mp4")
     elif case == "jpeg":
         args[args.index("-o") + 1] = str(folder / "relit.jpg")
-    elif case == "bad-sun-dir":
-        args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "1,2"]
     elif case == "missing-refiner":
         args.remove("--no-refine")
     else:
         (folder / "lighting.json").write_text(json.dumps({"sh": [[1.0, 1.0, 1.0]] * 4, "frame": "camera"}))
         args += ["--sky", str(folder / "lighting.json")]
     before = sorted(p.name for p in folder.iterdir())
-    if case == "bad-sun-dir":  # argparse refuses it: usage line and exit 2
+    if case in ARGPARSE_CASES:  # argparse refuses it: usage line and exit 2
         with pytest.raises(SystemExit) as exit_info:
             cli.main(args)
         assert exit_info.value.code == 2 and expected in capsys.readouterr().err
@@ -238,6 +256,95 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
         assert cli.main(args) == cli.EXIT_FAILURE
         assert expected in _one_error_line(capsys, "relight")
     assert sorted(p.name for p in folder.iterdir()) == before
+    assert photo_file.read_bytes() == photo_bytes
+
+
+def test_relight_sequence_appears_whole_or_not_at_all(photo_file, nets, capsys, monkeypatch):
+    """A frame that fails to write leaves no frame of the sequence, and the files it would replace unchanged."""
+    import invrender_core.io as io
+
+    folder = photo_file.parent
+    (folder / "seq_0001.png").write_bytes(b"the user's file")
+    write_png_before, written = io.write_png, []
+
+    def fail_on_second_frame(path, image):
+        written.append(path)
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        write_png_before(path, image)
+
+    monkeypatch.setattr(io, "write_png", fail_on_second_frame)
+    args = _relight_args(photo_file, nets, "-o", str(folder / "seq.png"), "--sun", "10", "60", "--to", "50", "200",
+                         "--frames", "3")
+    assert cli.main(args) == cli.EXIT_FAILURE
+    assert "No space left on device" in _one_error_line(capsys, "relight")
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.png", "seq_0001.png"]
+    assert (folder / "seq_0001.png").read_bytes() == b"the user's file"
+
+
+def test_relight_video_missing_frames_is_an_error(photo_file, nets, capsys, monkeypatch):
+    """OpenCV's writer reports no failed write (a full disk): the written video is read back and counted."""
+    from invrender_core.io._cv import cv2
+
+    real_writer = cv2.VideoWriter
+
+    class DroppingWriter:  # writes every other frame, as a writer that silently fails would lose them
+        def __init__(self, *args):
+            self.writer, self.calls = real_writer(*args), 0
+
+        def isOpened(self):  # noqa: N802 - OpenCV's name
+            return self.writer.isOpened()
+
+        def write(self, frame):
+            self.calls += 1
+            if self.calls % 2:
+                self.writer.write(frame)
+
+        def release(self):
+            self.writer.release()
+
+    monkeypatch.setattr(cv2, "VideoWriter", DroppingWriter)
+    folder = photo_file.parent
+    args = _relight_args(photo_file, nets, "-o", str(folder / "seq.mp4"), "--sun", "10", "60", "--to", "50", "200",
+                         "--frames", "4")
+    assert cli.main(args) == cli.EXIT_FAILURE
+    assert "holds 2 of 4 frames" in _one_error_line(capsys, "relight")
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.png"]
+
+
+def test_atomic_output_leaves_nothing_when_the_block_fails(tmp_path):
+    target = tmp_path / "new" / "deeper" / "out.png"
+    with pytest.raises(RuntimeError), cli.atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("failed half way")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor the folders made for it
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(cli.CLIError, match="is a folder"), cli.atomic_output(tmp_path / "kept"):
+        pass
+    with cli.atomic_output(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+
+
+def test_fuse_and_scene_never_overwrite_their_inputs(plane_maps, capsys):
+    folder, _ = plane_maps
+    depth_bytes = (folder / "d.exr").read_bytes()
+    code = cli.main(["fuse", "--depth", str(folder / "d.exr"), "--normal", str(folder / "n.exr"),
+                     "--camera", str(folder / "camera.json"), "-o", str(folder / "d.exr")])
+    assert code == cli.EXIT_FAILURE and "also an input" in _one_error_line(capsys, "fuse")
+    assert (folder / "d.exr").read_bytes() == depth_bytes
+    for output, expected in [("photo.png", "must name a .blend"), ("scene.blend", "must name a .png")]:
+        code = cli.main(["scene", str(folder / "photo.png"), "-o", str(folder / output),
+                         "--render", str(folder / "render.exr")])
+        assert code == cli.EXIT_FAILURE and expected in _one_error_line(capsys, "scene")
+
+
+def test_weights_list_shows_the_users_and_the_shipped_weights(tmp_path, capsys):
+    assert cli.main(["weights", "list", "--weights-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"no weights registered in {tmp_path}" in out
+    for name in weights.read_registry(weights.shipped_weights_dir() / weights.REGISTRY_FILE):
+        assert any(line.startswith(f"{name}\t") and line.endswith("(shipped)") for line in out.splitlines())
 
 
 @pytest.mark.parametrize(("box", "expected"), [("1,2,3", "4 comma-separated numbers X,Y,WIDTH,HEIGHT"),

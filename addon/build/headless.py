@@ -92,9 +92,6 @@ def build_and_render(args, atomic_output, progress) -> None:
             progress(f"{stage} ({fraction:.0%})")
 
     result = estimate(settings, progress=stage_progress)
-    if args.maps_dir:
-        write_estimate(result, args.maps_dir)
-        progress(f"wrote maps to {args.maps_dir}")
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
@@ -123,6 +120,9 @@ def build_and_render(args, atomic_output, progress) -> None:
             progress(f"rendering {views.frames} novel views with Cycles ({args.samples} samples)")
             render_views(scene, novel_camera, views, args.views_dir, progress)
             progress(f"wrote {views.frames} views to {args.views_dir}")
+        if args.maps_dir:
+            write_estimate(result, args.maps_dir)
+            progress(f"wrote maps to {args.maps_dir}")
     progress(f"saved {args.output}")
 
 

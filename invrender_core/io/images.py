@@ -10,6 +10,7 @@ import functools
 import math
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,7 @@ def _check_size(path: Path, width: int, height: int, max_megapixels: float) -> N
     if megapixels > max_megapixels:
         raise ImageTooLargeError(
             f"{path} is {width}x{height} = {_megapixels_text(megapixels)} megapixels, above the "
-            f"{_megapixels_text(max_megapixels)}-megapixel limit: downscale it or raise max_megapixels")
+            f"{_megapixels_text(max_megapixels)}-megapixel limit: downscale it")
     if min(width, height) < MIN_SIDE:
         raise ImageTooSmallError(f"{path} is {width}x{height} pixels, below the {MIN_SIDE}-pixel minimum "
                                  f"side: use a larger image")
@@ -188,7 +189,9 @@ def _load_hdr(path: Path, max_megapixels: float) -> LoadedImage:
 
 def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedImage:
     try:
-        im = Image.open(path)  # lazy: reads the header only
+        with warnings.catch_warnings():  # a huge image gets `_check_size`'s one line below, not Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # lazy: reads the header only
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{path} is too large for Pillow's decompression-bomb guard "
                                  f"({one_line(e)}): downscale it") from e

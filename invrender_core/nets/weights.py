@@ -431,6 +431,8 @@ def import_megadepth_checkpoint(pth_path: Path, weights_dir: Path | None = None)
 
     pth_path = Path(pth_path)
     weights_dir = Path(weights_dir) if weights_dir is not None else user_weights_dir()
+    if pth_path.is_dir():
+        raise ValueError(f"{pth_path} is a folder: give the checkpoint file (.pth)")
     if not pth_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {pth_path}")
     read_registry(weights_dir / REGISTRY_FILE)  # a broken registry fails now, before anything is written
@@ -439,11 +441,19 @@ def import_megadepth_checkpoint(pth_path: Path, weights_dir: Path | None = None)
     state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
     check_layout(state, MegaDepthHourglass().state_dict(), str(pth_path))
 
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().to(torch.float32) for k, v in state.items()}
     out = weights_dir / MEGADEPTH_FILE
-    _write_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata={"source": pth_path.name}))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata={"source": pth_path.name})
+        except SafetensorError as e:  # e.g. a full disk, which safetensors does not raise as an OSError
+            raise OSError(f"could not write {out} ({e}): make room or give another --weights-dir") from e
+
+    _write_atomic(out, write)
     register(WeightsEntry(name=MEGADEPTH_NAME, file=MEGADEPTH_FILE, sha256=sha256_of(out),
                           licence=MEGADEPTH_LICENCE, card=MEGADEPTH_CARD, architecture="megadepth",
                           config={"width": 1.0}),
