@@ -266,6 +266,21 @@ def test_movie_clip_lines_up_with_the_keys(clean_scene):
     assert clean_scene.active_clip == clip and built.collection[RIG_KEY]["clip"] == clip.name
 
 
+@pytest.mark.skipif(not VIDEO.is_file(), reason="needs ../shared/data/videos/liveportrait_d3.mp4")
+def test_fitting_a_video_again_reuses_its_clip_and_excludes_the_earlier_rig(clean_scene):
+    first = build_face_rig(grid_rig(source=str(VIDEO), frames=(3, 5, 7)))
+    again = build_face_rig(grid_rig(source=str(VIDEO), frames=(3, 5, 7)))
+    later_start = build_face_rig(grid_rig(source=str(VIDEO), frames=(4, 6, 8)))
+    assert again.clip == first.clip and later_start.clip != first.clip  # a clip's offset is its first frame
+    assert len(bpy.data.movieclips) == 2 and clean_scene.active_clip == later_start.clip
+    layers = clean_scene.view_layers[0].layer_collection.children
+    assert again.replaced == (first.collection.name,)
+    assert set(later_start.replaced) == {first.collection.name, again.collection.name}
+    assert layers[first.collection.name].exclude and layers[again.collection.name].exclude
+    assert not layers[later_start.collection.name].exclude and first.mesh.name in bpy.data.objects
+    assert build_face_rig(grid_rig(name="no video")).replaced == ()
+
+
 def test_unreadable_video_builds_without_clip_and_warns(clean_scene, tmp_path):
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\0" * 1024)

@@ -108,6 +108,22 @@ def test_operator_equals_api(photo_with_maps, registered_addon, clean_scene):
     np.testing.assert_array_equal(ops_co, api_co)
 
 
+def test_importing_a_photo_again_excludes_the_earlier_import_from_the_view(photo_with_maps, clean_scene):
+    """Re-importing the same file (say with other settings) leaves one import rendered and lit, and deletes
+    nothing: the earlier one is excluded from the view layer. Another photo's import stays as it was."""
+    d = photo_with_maps
+    (d / "other.png").write_bytes((d / "photo.png").read_bytes())
+    maps = {"depth": d / "photo_depth.exr", "normals": d / "photo_normal.exr", "fov_deg": 60.0}
+    first = import_photo(ImportSettings(photo=d / "photo.png", **maps))
+    other = import_photo(ImportSettings(photo=d / "other.png", **maps))
+    again = import_photo(ImportSettings(photo=d / "photo.png", mesh_step=2, **maps))
+    layers = clean_scene.view_layers[0].layer_collection.children
+    assert layers[first.collection.name].exclude and first.mesh.name in bpy.data.objects
+    assert not layers[again.collection.name].exclude and not layers[other.collection.name].exclude
+    assert again.replaced == (first.collection.name,) and other.replaced == ()
+    assert clean_scene.world == again.world and clean_scene.camera == again.camera
+
+
 def test_operator_failure_reports_and_changes_nothing(photo_with_maps, registered_addon, clean_scene):
     d = photo_with_maps
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")

@@ -77,5 +77,6 @@ def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
                                      background_band=settings.background_band)
     # The fused depth, sky and camera-frame lighting are kept so the 2D relight preview works from the .blend.
     return build_scene(SceneAssets(**assets, depth_fused=result.depth_fused, sky=result.sky,
-                                   lighting_camera=result.lighting, sun_fraction=settings.sun_fraction),
+                                   lighting_camera=result.lighting, sun_fraction=settings.sun_fraction,
+                                   source=str(Path(settings.photo).resolve())),
                        scene or bpy.context.scene)

@@ -39,7 +39,7 @@ import bpy
 import numpy as np
 
 from .bpy_io import enable_nodes, ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
-from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera
+from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera, exclude_earlier_builds
 
 RIG_KEY = "invrender_face_rig"  # collection ID property: names of what the build made, units, first frame
 EXPRESSION_SCALE_KEY = "invrender_expression_scale"  # Key ID property: (E,) model weight = key value × scale
@@ -66,6 +66,7 @@ class BuiltRig:
     clip: bpy.types.MovieClip | None
     material: bpy.types.Material
     warnings: list[str] = field(default_factory=list)
+    replaced: tuple[str, ...] = ()  # earlier rigs from the same source, now excluded from the view layers
 
 
 def expression_key_name(index: int, name: str = "") -> str:
@@ -186,11 +187,14 @@ def _build(rig, scene: bpy.types.Scene, metres_per_unit: float) -> BuiltRig:
     _head_pose(mesh, camera, rig, metres_per_unit, frames, name)
     _hide_in_gaps(mesh, hidden_stretches(rig.frames, rig.fps), name)
 
+    source = str(Path(rig.source).resolve()) if rig.source else ""
     collection[RIG_KEY] = {"mesh": mesh.name, "camera": camera.name, "clip": clip.name if clip else "",
                            "metres_per_unit": metres_per_unit, "first_source_frame": int(rig.frames[0]),
-                           "expression_names": [str(n) for n in np.asarray(rig.expression_names).reshape(-1)]}
+                           "expression_names": [str(n) for n in np.asarray(rig.expression_names).reshape(-1)],
+                           "source": source}
+    replaced = exclude_earlier_builds(scene, collection, RIG_KEY, source)
     scene.frame_set(1)  # show the first fitted frame
-    return BuiltRig(collection, mesh, camera, clip, material, warnings)
+    return BuiltRig(collection, mesh, camera, clip, material, warnings, replaced)
 
 
 def _camera(name: str, rig, scene: bpy.types.Scene, frames: np.ndarray) -> bpy.types.Object:
@@ -212,13 +216,18 @@ def _movie_clip(rig, camera: bpy.types.Object, scene: bpy.types.Scene, warnings:
     path = Path(rig.source) if rig.source else None
     if path is None or path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
         return None
-    clip = bpy.data.movieclips.load(str(path.resolve()))
-    if clip.frame_duration <= 0:  # Blender loads unreadable files as an empty clip rather than failing
-        bpy.data.movieclips.remove(clip)
-        warnings.append(f"Blender cannot read the video {path}: the rig has no background clip")
-        return None
-    clip.frame_start = 1
-    clip.frame_offset = int(rig.frames[0])  # scene frame k shows source frame frames[0] + k - 1
+    offset = int(rig.frames[0])  # scene frame k shows source frame frames[0] + k - 1
+    # A rig fitted again from the same video (and first frame) shares the clip loaded for the earlier one.
+    clip = next((c for c in bpy.data.movieclips if Path(bpy.path.abspath(c.filepath)) == path.resolve()
+                 and c.frame_start == 1 and c.frame_offset == offset), None)
+    if clip is None:
+        clip = bpy.data.movieclips.load(str(path.resolve()))
+        if clip.frame_duration <= 0:  # Blender loads unreadable files as an empty clip rather than failing
+            bpy.data.movieclips.remove(clip)
+            warnings.append(f"Blender cannot read the video {path}: the rig has no background clip")
+            return None
+        clip.frame_start = 1
+        clip.frame_offset = offset
     background = camera.data.background_images.new()
     background.source = "MOVIE_CLIP"
     background.clip = clip

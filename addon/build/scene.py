@@ -59,6 +59,7 @@ class SceneAssets:
     depth_fused: np.ndarray | None = None
     sky: np.ndarray | None = None
     lighting_camera: np.ndarray | None = None
+    source: str = ""  # the photo's file, resolved: a later import of the same file replaces this one in the view
     sun_fraction: float | None = None
     background: dict | None = None
 
@@ -71,6 +72,7 @@ class BuiltScene:
     world: bpy.types.World
     sun: bpy.types.Object | None
     background: bpy.types.Object | None = None
+    replaced: tuple[str, ...] = ()  # earlier imports of the same photo, now excluded from the view layers
 
 
 def build_camera(name: str, cam: dict, scene: bpy.types.Scene) -> bpy.types.Object:
@@ -250,8 +252,28 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         record["lighting_camera"] = np.asarray(assets.lighting_camera, np.float64).tolist()  # (9, 3) doubles
     if assets.sun_fraction is not None:
         record["sun_fraction"] = float(assets.sun_fraction)
+    if assets.source:
+        record["source"] = assets.source
     collection[IMPORT_KEY] = record
-    return BuiltScene(collection, camera, mesh, world, sun, background)
+    replaced = exclude_earlier_builds(scene, collection, IMPORT_KEY, assets.source)
+    return BuiltScene(collection, camera, mesh, world, sun, background, replaced)
+
+
+def exclude_earlier_builds(scene: bpy.types.Scene, built: bpy.types.Collection, key: str,
+                           source: str) -> tuple[str, ...]:
+    """Exclude from the view layers the scene's other collections built from the same file (their ID property
+    `key` records it as "source"); their names. Building again (say with other settings) then replaces what is
+    rendered and lit (two suns, two overlapping meshes otherwise) without deleting anything the artist may have
+    changed there; ticking a collection back on brings it back."""
+    if not source:
+        return ()
+    earlier = tuple(c.name for c in scene.collection.children
+                    if c != built and key in c and c[key].get("source") == source)
+    for view_layer in scene.view_layers:
+        for layer_collection in view_layer.layer_collection.children:
+            if layer_collection.name in earlier:
+                layer_collection.exclude = True
+    return earlier
 
 
 def _build_surface(name: str, vertices, faces, uvs, albedo, normals, shadow, collection):

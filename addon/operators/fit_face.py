@@ -75,7 +75,9 @@ def _build(operator, context, face_rig) -> set[str]:
         return {"CANCELLED"}
     for warning in built.warnings:
         operator.report({"WARNING"}, warning)
-    operator.report({"INFO"}, f"Fitted {face_rig.num_frames} frames: {built.collection.name}")
+    replaced = f"; the earlier rig {', '.join(built.replaced)} is excluded from the view layer" \
+        if built.replaced else ""
+    operator.report({"INFO"}, f"Fitted {face_rig.num_frames} frames: {built.collection.name}{replaced}")
     return {"FINISHED"}
 
 

@@ -259,7 +259,8 @@ def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
         raise ValueError(f"{path} is not a .safetensors file: only safetensors weights are loaded; convert a "
                          f"released checkpoint with `invrender weights import`")
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {path}: check the path, or copy, import or train the "
+                                f"weights again (`invrender weights list` shows what is registered where)")
     if expected_sha256 is not None:
         actual = sha256_of(path)
         if actual != expected_sha256.lower():
@@ -268,7 +269,8 @@ def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str,
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from e
+        raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}): it is damaged or "
+                         f"not weights; copy, import or train it again") from e
 
 
 def find_entry(name: str, weights_dir: Path | None = None) -> tuple[WeightsEntry, Path]:
