@@ -261,26 +261,30 @@ def _check_sun(values, flag: str) -> None:
                        f"{elevation:g} {azimuth:g}")
 
 
-def _sky_lighting(relighter, args):
-    """The Lighting whose sky (and sun colour) the relit photo gets: --sky file, --sky-sample, or the photo's."""
+def _read_sky(path: Path):
+    """The SH lighting (9, 3) in the camera frame of a lighting.json (`--sky`)."""
     import numpy as np
 
     from . import sh
-    from .illumination_prior import IlluminationPrior
     from .scene import read_json
 
-    if args.sky is not None:
-        data = read_json(args.sky)
-        try:
-            L = np.asarray(data["sh"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CLIError(f"{args.sky} has no 9x3 \"sh\" list: give a lighting.json written by "
-                           f"`invrender decompose`") from e
-        if L.shape != (9, 3):
-            raise CLIError(f"{args.sky}: \"sh\" must be 9x3, got {L.shape}")
-        if data.get("frame", "camera") == "world":
-            L = sh.rotation(sh.CAMERA_TO_WORLD.T) @ L
-        return relighter.lighting_like_photo(L)
+    data = read_json(path)
+    try:
+        L = np.asarray(data["sh"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CLIError(f"{path} has no 9x3 \"sh\" list: give a lighting.json written by `invrender decompose`") from e
+    if L.shape != (9, 3):
+        raise CLIError(f"{path}: \"sh\" must be 9x3, got {L.shape}")
+    return sh.rotation(sh.CAMERA_TO_WORLD.T) @ L if data.get("frame", "camera") == "world" else L
+
+
+def _sky_lighting(relighter, args, sky_sh=None):
+    """The Lighting whose sky (and sun colour) the relit photo gets: sky_sh (9, 3) read from --sky, --sky-sample,
+    or the photo's."""
+    from .illumination_prior import IlluminationPrior
+
+    if sky_sh is not None:
+        return relighter.lighting_like_photo(sky_sh)
     if args.sky_sample is not None:
         return relighter.lighting_like_photo(IlluminationPrior.load().sample(1, args.sky_sample)[0])
     return relighter.original
@@ -317,13 +321,14 @@ def cmd_relight(args) -> None:
     check_distinct(outputs, [args.image, args.camera, args.sky])
     image = load_image(args.image)
     camera = Camera.from_dict(read_json(args.camera)) if args.camera else None
-    refine = _refiner(args, resolve_device(args.device))  # before the networks run: missing weights fail fast
+    sky_sh = _read_sky(args.sky) if args.sky is not None else None  # files and weights fail before the networks run
+    refine = _refiner(args, resolve_device(args.device))
     _progress(f"decomposing {args.image}")
     estimate = _decompose(args, image, args.irn, args.depth_net, camera=camera)
     start = time.perf_counter()
     relighter = relight.Relighter(estimate, shadow_samples=args.shadow_samples, sun_to_sky=args.sun_to_sky,
                                   refine=refine)
-    base = _sky_lighting(relighter, args)
+    base = _sky_lighting(relighter, args, sky_sh)
     if args.frames is not None:
         frames = relighter.time_of_day(tuple(args.sun), tuple(args.to), args.frames, up=args.up, base=base)
         written = _write_sequence(args.output, frames, args.frames, args.fps)
