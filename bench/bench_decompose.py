@@ -3,11 +3,11 @@
     .venv/bin/python bench/bench_decompose.py [--quick] [--devices cpu cuda] [--photo-size W H --output FILE]
 
 Photo: samples/sample_photo.png (384x256) upscaled bilinearly to 1224x816 (1.0 megapixels; --photo-size 6000 4000
-for a 24-megapixel camera's), written as a PNG so that decoding is part of the run. Networks: randomly initialised
-InverseRenderNet and MegaDepth hourglass at the widths of the planned shipped models (irn-small: width 0.125 or
-0.25; depth-small: width 0.25), registered in a temporary weights folder and loaded by name (sha256 check
-included), as in real use. Random weights cost the same time as trained ones; only fusion's iteration count
-depends on the values.
+for a 24-megapixel camera's), written as a PNG so that decoding is part of the run. Networks: the shipped irn-small
+and depth-small (with their registry configs, as `invrender decompose` runs them) where a configuration has their
+widths; other widths (the width-0.25 InverseRenderNet a GPU would train) are randomly initialised, registered in a
+temporary weights folder and loaded by name (sha256 check included), as in real use. Random weights cost the same
+network time as trained ones; fusion's iteration count depends on the values.
 
 Every configuration runs in a fresh child process: a warm-up decompose of a tiny image first (imports and
 first-call costs), then the peak resident set size (VmHWM) is reset (/proc/self/clear_refs) and the timed
@@ -36,7 +36,7 @@ from common import reset_peak, status_mb  # noqa: E402
 PHOTO_SIZE = (1224, 816)
 # (IRN width, depth width, max_side)
 CONFIGS = ((0.125, 0.25, 256), (0.125, 0.25, 320), (0.25, 0.25, 320), (0.125, 0.25, 512))
-QUICK_CONFIGS = ((0.125, 0.25, 256),)
+QUICK_CONFIGS = ((0.125, 0.25, 320),)  # decompose's default working size
 STAGES = ("models", "irn", "depth", "upsample", "lighting", "fusion")
 
 
@@ -59,15 +59,18 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
     from invrender_core.nets.irn import InverseRenderNet
 
     torch.manual_seed(0)
+    shipped = shipped_widths() == (irn_width, depth_width)
     with tempfile.TemporaryDirectory(prefix="bench-weights-") as tmp:  # the registered weights go with it
-        folder = Path(tmp)
-        for name, arch, model in (("irn-bench", "irn", InverseRenderNet(width=irn_width)),
-                                  ("depth-bench", "megadepth", MegaDepthHourglass(width=depth_width))):
-            source = folder / f"{name}-source.safetensors"
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(source))
-            weights.register_shipped(source, name, arch, {"width": irn_width if arch == "irn" else depth_width},
-                                     licence="bench", card_markdown="random init", folder=folder)
-        kwargs = dict(irn="irn-bench", depth="depth-bench", weights_dir=folder, device=device, max_side=max_side)
+        folder = Path(tmp)  # searched before the shipped weights: empty unless random ones are registered
+        if not shipped:
+            for name, arch, model in (("irn-bench", "irn", InverseRenderNet(width=irn_width)),
+                                      ("depth-bench", "megadepth", MegaDepthHourglass(width=depth_width))):
+                source = folder / f"{name}-source.safetensors"
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(source))
+                weights.register_shipped(source, name, arch, {"width": irn_width if arch == "irn" else depth_width},
+                                         licence="bench", card_markdown="random init", folder=folder)
+        names = (scene.DEFAULT_IRN, scene.DEFAULT_DEPTH) if shipped else ("irn-bench", "depth-bench")
+        kwargs = dict(irn=names[0], depth=names[1], weights_dir=folder, device=device, max_side=max_side)
         scene.decompose(np.random.default_rng(0).random((48, 64, 3)).astype(np.float32), **kwargs)  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
@@ -82,7 +85,8 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
         write_s = time.perf_counter() - t
         total = time.perf_counter() - start
     meta = estimate.metadata
-    return {"device": device, "irn_width": irn_width, "depth_width": depth_width, "max_side": max_side,
+    return {"device": device, "networks": "shipped" if shipped else "random init", "irn_width": irn_width,
+            "depth_width": depth_width, "max_side": max_side,
             "working_size": meta["working_size"], "fusion_size": meta["fusion_size"],
             "stages_s": {k: meta["timings_s"][k] for k in STAGES}, "decompose_s": meta["timings_s"]["total"],
             "write_s": write_s, "total_s": total, "rss_before_mb": rss_before, "peak_rss_mb": status_mb("VmHWM"),
@@ -90,6 +94,15 @@ def child(photo: str, irn_width: float, depth_width: float, max_side: int, devic
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
             "torch_threads": torch.get_num_threads(), "warnings": meta.get("warnings", [])}
+
+
+def shipped_widths() -> tuple[float, float]:
+    """(IRN width, depth width) of the shipped default networks."""
+    from invrender_core import scene
+    from invrender_core.nets import weights
+
+    entries = weights.read_registry(weights.shipped_weights_dir() / weights.REGISTRY_FILE)
+    return entries[scene.DEFAULT_IRN].config["width"], entries[scene.DEFAULT_DEPTH].config["width"]
 
 
 def machine() -> dict:
@@ -132,13 +145,13 @@ def main(argv=None) -> None:
                 print(f"  {device} irn {irn_width} depth {depth_width} max_side {max_side}: "
                       f"{row['total_s']:.2f} s", flush=True)
 
-    header = ("| device | irn w | depth w | working | fusion grid | " + " | ".join(f"{s} s" for s in STAGES)
+    header = ("| device | networks | irn w | depth w | working | fusion grid | " + " | ".join(f"{s} s" for s in STAGES)
               + " | decompose s | write s | peak RSS MB | CUDA peak MB |")
-    print(f"\nPhoto {width}x{height}:\n\n" + header + "\n" + "|---" * (len(STAGES) + 9) + "|")
+    print(f"\nPhoto {width}x{height}:\n\n" + header + "\n" + "|---" * (len(STAGES) + 10) + "|")
     for r in rows:
         cuda = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] is not None else "-"
         (ww, wh), (fw, fh) = r["working_size"], r["fusion_size"]
-        print(f"| {r['device']} | {r['irn_width']} | {r['depth_width']} | {ww}x{wh} | {fw}x{fh} | "
+        print(f"| {r['device']} | {r['networks']} | {r['irn_width']} | {r['depth_width']} | {ww}x{wh} | {fw}x{fh} | "
               + " | ".join(f"{r['stages_s'][s]:.2f}" for s in STAGES)
               + f" | {r['decompose_s']:.2f} | {r['write_s']:.2f} | {r['peak_rss_mb']:.0f} | {cuda} |")
 

@@ -580,7 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --verbose is the top-level parser's, but is taken anywhere: users add it at the end of a failed command.
+    verbose = "--verbose" in argv
+    args = build_parser().parse_args((["--verbose"] if verbose else []) + [a for a in argv if a != "--verbose"])
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -66,6 +66,16 @@ def test_errors_are_one_line_exit_2_and_write_nothing(plane_maps, capsys):
     assert not (folder / "fused.exr").exists()
 
 
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_verbose_shows_the_traceback_wherever_it_is_given(plane_maps, capsys, where):
+    folder, _ = plane_maps
+    args = ["fuse", "--depth", str(folder / "missing.exr"), "--normal", str(folder / "n.exr"),
+            "--camera", str(folder / "camera.json"), "-o", str(folder / "fused.exr")]
+    assert cli.main(["--verbose", *args] if where == "first" else [*args, "--verbose"]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("invrender fuse: error:")
+
+
 def test_scene_without_maps_and_a_missing_photo_writes_nothing(tmp_path, capsys):
     code = cli.main(["scene", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out.blend")])
     assert code == cli.EXIT_FAILURE
