@@ -587,10 +587,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("invrender: interrupted" + ("; the last checkpoint is kept (resume with --resume)"
-              if args.command == "train" else "; no output was written"), file=sys.stderr)
+        if args.command != "train":
+            note = "; no output was written"
+        elif (Path(args.out) / "checkpoint.pt").exists():
+            note = "; the last checkpoint is kept (resume with --resume)"
+        else:
+            note = "; before the first checkpoint, so there is nothing to resume"
+        print("invrender: interrupted" + note, file=sys.stderr)
         return EXIT_FAILURE
-    except (CLIError, ValueError, OSError, MemoryError) as e:
+    except (CLIError, ValueError, OSError, MemoryError, FloatingPointError) as e:
         if args.verbose:
             traceback.print_exc()
         message = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -145,10 +145,33 @@ def build_task(args):
     seed_everything(args.seed)  # the initial weights depend on the seed alone
     task = cls(**kwargs)
     if args.init is not None:  # fine-tuning or a warm restart: strictly the same architecture and width
-        from safetensors.torch import load_file
+        from ..nets import weights
 
-        task.model.load_state_dict(load_file(str(args.init)), strict=True)
+        if Path(args.init).is_dir():
+            raise ValueError(f"--init {args.init} is a folder: give a .safetensors weights file")
+        try:
+            task.model.load_state_dict(weights.load_state_dict(args.init), strict=True)
+        except RuntimeError as e:  # names or shapes differ: another architecture or width
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0]  # the first mismatch, after torch's header line
+            raise ValueError(f"--init {args.init} does not fit the {args.task} network ({first}): give weights of the "
+                             "same architecture and --width") from e
     return task
+
+
+def _check_run_folders(args) -> None:
+    """ValueError for folders that cannot work, before any data is read or any step runs."""
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be an integer in [0, 2^32), got {args.seed}")
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    if out == data or data in out.parents:
+        raise ValueError(f"--out {args.out} is inside the dataset --data {args.data}: give a run folder outside it")
+    if args.eval_data is not None:
+        from .data import list_scenes
+
+        if not list_scenes(args.eval_data, "heldout"):
+            raise ValueError(f"--eval-data {args.eval_data} has no held-out scenes to evaluate on: give a dataset "
+                             "rendered with held-out scenes, or leave --eval-data out")
 
 
 def run_train(args) -> dict:
@@ -157,6 +180,7 @@ def run_train(args) -> dict:
 
     if args.steps < 1 or args.batch_size < 1:
         raise ValueError("--steps and --batch-size must be positive")
+    _check_run_folders(args)
     task = build_task(args)
     lr = args.lr if args.lr is not None else float(getattr(task, "default_lr", DEFAULT_LR))
     workers = args.num_workers

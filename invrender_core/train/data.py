@@ -48,6 +48,7 @@ are the same, so the pair differs only by its light. Camera frame, times the vie
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -123,14 +124,19 @@ def read_view(path: str | Path, ground_truth: bool = False, second_light: bool =
     ones (RELIGHT_ARRAYS) when `ground_truth` (evaluation only). With `second_light`, also the photo under the
     second light when the file has it (`relight_image`: a photo, as a capture under two lights has, not ground
     truth)."""
-    with np.load(path, allow_pickle=False) as z:
-        names = _specs_of(z.files) if ground_truth else dict(INPUT_ARRAYS)
-        if second_light and SECOND_LIGHT_PHOTO in z.files:
-            names[SECOND_LIGHT_PHOTO] = RELIGHT_ARRAYS[SECOND_LIGHT_PHOTO]
-        missing = sorted(set(names) - set(z.files))
-        if missing:
-            raise ValueError(f"{path}: not an {FORMAT} view, missing {missing}")
-        return {name: z[name] for name in names}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = _specs_of(z.files) if ground_truth else dict(INPUT_ARRAYS)
+            if second_light and SECOND_LIGHT_PHOTO in z.files:
+                names[SECOND_LIGHT_PHOTO] = RELIGHT_ARRAYS[SECOND_LIGHT_PHOTO]
+            missing = sorted(set(names) - set(z.files))
+            arrays = {} if missing else {name: z[name] for name in names}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:  # truncated, not an .npz, pickled objects
+        raise ValueError(f"{path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                         "render the scene again or remove it") from e
+    if missing:
+        raise ValueError(f"{path}: not an {FORMAT} view, missing {missing}")
+    return arrays
 
 
 def write_scene_json(scene_dir: str | Path, meta: dict) -> None:
@@ -152,7 +158,10 @@ def list_scenes(root: str | Path, split: str | None = None) -> list[tuple[Path, 
         raise FileNotFoundError(f"no dataset folder at {root}")
     scenes = []
     for meta_path in sorted(root.glob("scene_*/scene.json")):
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_path} is not valid JSON ({e}): render the scene again or remove it") from e
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         if split is None or meta["split"] == split:

@@ -26,6 +26,7 @@ Files in out_dir:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import io
 import json
@@ -61,7 +62,11 @@ SCHEDULES = ("cosine", "step", "constant")
 STEP_MILESTONES = (0.6, 0.85)  # "step" schedule: lr x 0.1 after 60 % and again after 85 % of the steps
 # Settings that must not change when resuming, or the continuation would not be the same run.
 _RESUME_FIXED = ("batch_size", "lr", "seed", "world_size", "weight_decay", "schedule", "warmup_steps",
-                 "min_lr_ratio", "grad_clip", "dataset_len")
+                 "min_lr_ratio", "grad_clip", "dataset_len", "task", "task_settings")
+# What a run folder holds: a new run never starts in a folder that has any of them (they would be overwritten).
+RUN_FILES = ("checkpoint.pt", "model.safetensors", "log.csv", "eval.csv", "summary.json")
+# Task attributes that may change between a run and its resumption (where the data is, what is scored).
+_RESUME_FREE = ("data", "eval_data", "eval_views", "eval_views_count", "eval_count", "real_frames")
 
 
 class Task(Protocol):
@@ -331,8 +336,12 @@ class Trainer:
                             ("checkpoint_every", checkpoint_every)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr!r}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        if grad_clip is not None and not (grad_clip >= 0 and math.isfinite(grad_clip)):
+            raise ValueError(f"grad_clip must be a number >= 0 (0: no clipping), got {grad_clip!r}")
+        if eval_every is not None and (int(eval_every) != eval_every or eval_every < 1):
+            raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if amp_dtype not in ("auto", "bf16", "fp16"):
@@ -381,7 +390,7 @@ class Trainer:
                 "world_size": world, "weight_decay": self.weight_decay, "schedule": self.schedule,
                 "warmup_steps": self.warmup_steps, "min_lr_ratio": self.min_lr_ratio,
                 "grad_clip": self.grad_clip if self.grad_clip is not None else 0.0, "dataset_len": dataset_len,
-                "task": type(self.task).__name__}
+                "task": type(self.task).__name__, "task_settings": _task_settings(self.task)}
 
     # ----- the loop -----
 
@@ -410,14 +419,12 @@ class Trainer:
         end = self.steps if stop_at is None else min(int(stop_at), self.steps)
         if self.batch_size % world:
             raise ValueError(f"--batch-size {self.batch_size} must be divisible by the {world} processes")
-        if not resume and self.checkpoint_path.exists():
-            raise ValueError(f"{self.out_dir} already holds a run (checkpoint.pt): pass --resume to continue it or "
-                             f"choose another --out")
+        held = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if not resume and held:
+            raise ValueError(f"{self.out_dir} already holds a run's files ({', '.join(held)}): pass --resume to "
+                             f"continue it, or choose another --out")
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:  # logs of an attempt that died before its first checkpoint describe nothing kept
-                for name in ("log.csv", "eval.csv", "summary.json"):
-                    (self.out_dir / name).unlink(missing_ok=True)
 
         use_amp = self.amp and device.type == "cuda"
         if self.amp and not use_amp:
@@ -448,8 +455,7 @@ class Trainer:
         log, eval_log = _CsvLog(self.out_dir / "log.csv"), _CsvLog(self.out_dir / "eval.csv")
         if resume:
             ckpt = load_checkpoint(self.checkpoint_path)
-            changed = [f"{k} {ckpt['config'].get(k)!r} -> {config[k]!r}" for k in _RESUME_FIXED
-                       if ckpt["config"].get(k) != config[k]]
+            changed = _changed_settings(ckpt["config"], config)
             if changed:
                 raise ValueError(f"cannot resume {self.checkpoint_path} with different settings ({'; '.join(changed)})"
                                  "; use the original ones or start a new run in another --out")
@@ -524,8 +530,12 @@ class Trainer:
                 for batch in loader:
                     batch = _to_device(batch, device)
                     autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
-                    with autocast:
-                        losses = self.task.compute_losses(train_model, batch)
+                    try:
+                        with autocast:
+                            losses = self.task.compute_losses(train_model, batch)
+                    except torch.linalg.LinAlgError as e:  # e.g. the lighting's least squares, once weights blow up
+                        raise FloatingPointError(f"training diverged at step {step + 1} (a singular linear system: "
+                                                 f"{str(e).splitlines()[0]}): lower --lr, or check the data") from e
                     total = _check_losses(losses)
                     values = torch.stack([v.detach().float() for v in losses.values()])
                     if world > 1:
@@ -588,6 +598,36 @@ class Trainer:
             text = json.dumps(summary, indent=1) + "\n"
             _write_atomic(self.out_dir / "summary.json", lambda tmp: tmp.write_text(text))
         return summary
+
+
+def _changed_settings(before: dict, now: dict) -> list[str]:
+    """'name old -> new' for each `_RESUME_FIXED` setting (and task setting) that differs; settings a checkpoint
+    predates are not compared."""
+    changed = []
+    for key in _RESUME_FIXED:
+        if key not in before or before[key] == now[key]:
+            continue
+        if isinstance(now[key], dict):
+            changed += [f"{name} {before[key].get(name)} -> {now[key].get(name)}"
+                        for name in sorted(set(before[key]) | set(now[key]))
+                        if before[key].get(name) != now[key].get(name)]
+        else:
+            changed.append(f"{key} {before[key]!r} -> {now[key]!r}")
+    return changed
+
+
+def _task_settings(task) -> dict:
+    """A task's settings that must not change on resumption, as text: its plain attributes (crop, loss weights,
+    ...) and its model's class and size (the width)."""
+    settings = {}
+    for name, value in sorted(vars(task).items()):
+        if name.startswith("_") or name in _RESUME_FREE:
+            continue
+        if value is None or isinstance(value, bool | int | float | str | tuple) or dataclasses.is_dataclass(value):
+            settings[name] = repr(value)
+    model = task.model
+    settings["model"] = f"{type(model).__name__}, {sum(p.numel() for p in model.parameters())} parameters"
+    return settings
 
 
 def _check_losses(losses) -> torch.Tensor:

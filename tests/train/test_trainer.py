@@ -151,28 +151,26 @@ def test_worker_processes_do_not_change_the_result(depth_root, tmp_path, capsys)
         assert torch.equal(a[k], b[k]), k  # augmentation depends on (seed, epoch, index) only
 
 
-class Interrupting:
-    """Wraps a task; raises KeyboardInterrupt in the `at`-th compute_losses call, as Ctrl-C would."""
+def interrupting(task, at):
+    """`task`, its compute_losses raising KeyboardInterrupt in the `at`-th call, as Ctrl-C would (the same task
+    otherwise: resuming checks that the task is)."""
+    compute_losses, calls = task.compute_losses, []
 
-    def __init__(self, task, at):
-        self.task, self.at, self.calls = task, at, 0
-        self.model = task.model
-
-    def make_dataset(self):
-        return self.task.make_dataset()
-
-    def compute_losses(self, model, batch):
-        self.calls += 1
-        if self.calls == self.at:
+    def interrupted(model, batch):
+        calls.append(1)
+        if len(calls) == at:
             raise KeyboardInterrupt
-        return self.task.compute_losses(model, batch)
+        return compute_losses(model, batch)
+
+    task.compute_losses = interrupted
+    return task
 
 
 def test_interrupt_saves_a_checkpoint_that_resumes_exactly(depth_root, tmp_path):
     kw = dict(device="cpu", batch_size=4, steps=4, seed=2, checkpoint_every=100, progress=False)
     Trainer(depth_task(depth_root), tmp_path / "a", **kw).fit()
     with pytest.raises(KeyboardInterrupt):
-        Trainer(Interrupting(depth_task(depth_root), at=3), tmp_path / "b", **kw).fit()
+        Trainer(interrupting(depth_task(depth_root), at=3), tmp_path / "b", **kw).fit()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
     Trainer(depth_task(depth_root), tmp_path / "b", **kw).fit(resume=True)
     from safetensors.torch import load_file
@@ -420,8 +418,11 @@ def test_init_starts_any_task_from_given_weights(depth_root, tmp_path):
     for key, value in load_file(weights).items():
         assert torch.equal(started.model.state_dict()[key], value)
     wider = make_parser().parse_args(common[:-1] + ["0.125", "--init", weights])
-    with pytest.raises(RuntimeError, match="size mismatch"):  # strict: another width is refused
+    with pytest.raises(ValueError, match="does not fit the depth network .size mismatch"):  # strict: other widths
         build_task(wider)
+    for bad, message in ((tmp_path, "is a folder"), (depth_root / "scene_0000" / "scene.json", "not a .safetensors")):
+        with pytest.raises(ValueError, match=message):
+            build_task(make_parser().parse_args(common + ["--init", str(bad)]))
 
 
 def test_train_parser_errors(depth_root, tmp_path, capsys):
@@ -436,6 +437,49 @@ def test_train_parser_errors(depth_root, tmp_path, capsys):
     if importlib.util.find_spec("invrender_core.train.irn_task") is None:
         with pytest.raises(ValueError, match="irn training task is not available"):
             args.func(args)
+
+
+def test_run_folders_and_settings_that_cannot_work_are_refused_before_training(depth_root, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("the user's own log\n")
+    common = ["train", "depth", "--data", str(depth_root), "--steps", "2", "--batch-size", "2", "--device", "cpu",
+              "--width", "0.0625", "--crop", "32", "32"]
+    cases = [(["--out", str(run)], "already holds a run's files .log.csv."),
+             (["--out", str(depth_root / "runs")], "inside the dataset"),
+             (["--out", str(tmp_path / "a"), "--eval-data", str(tmp_path)], "no held-out scenes"),
+             (["--out", str(tmp_path / "b"), "--seed", "-1"], "--seed must be"),
+             (["--out", str(tmp_path / "c"), "--grad-clip", "-1"], "grad_clip must be a number >= 0"),
+             (["--out", str(tmp_path / "d"), "--lr", "inf"], "lr must be a positive number")]
+    for extra, message in cases:
+        args = make_parser().parse_args(common + extra)
+        with pytest.raises(ValueError, match=message):
+            args.func(args)
+    assert (run / "log.csv").read_text() == "the user's own log\n" and not (depth_root / "runs").exists()
+
+    # A damaged view is named, with what to do.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(depth_root, damaged)
+    view = sorted(damaged.glob("scene_00000/view_*.npz"))[0]
+    view.write_bytes(view.read_bytes()[: view.stat().st_size // 2])
+    args = make_parser().parse_args(common[:2] + ["--data", str(damaged), *common[4:], "--out", str(tmp_path / "e"),
+                                                  "--batch-size", "8"])
+    with pytest.raises(ValueError, match=f"{view.name} cannot be read .*render the scene again"):
+        args.func(args)
+
+
+def test_resuming_with_another_crop_or_width_is_refused(depth_root, tmp_path):
+    kw = dict(device="cpu", batch_size=4, steps=2, seed=2, checkpoint_every=1, progress=False)
+    Trainer(depth_task(depth_root, crop=(32, 32)), tmp_path / "run", **kw).fit(stop_at=1)
+    with pytest.raises(ValueError, match=r"crop \(32, 32\) -> \(16, 16\)"):
+        Trainer(depth_task(depth_root, crop=(16, 16)), tmp_path / "run", **kw).fit(resume=True)
+    seed_everything(0)
+    wider = DepthTask(depth_root, width=1 / 8, eval_views=3, num_pairs=64, crop=(32, 32))
+    with pytest.raises(ValueError, match="model MegaDepthHourglass, [0-9]+ parameters -> MegaDepthHourglass"):
+        Trainer(wider, tmp_path / "run", **kw).fit(resume=True)
+    Trainer(depth_task(depth_root, crop=(32, 32)), tmp_path / "run", **kw).fit(resume=True)  # the same: resumes
 
 
 def test_irn_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_path):
