@@ -398,7 +398,7 @@ class Trainer:
         """Train until `steps` (or until step `stop_at`, e.g. to split a run into time slices); return the summary.
 
         resume=True continues from out_dir/checkpoint.pt (FileNotFoundError without one); resume=False refuses
-        an out_dir that already holds a checkpoint, so a finished run is never overwritten by accident.
+        an out_dir that already holds any of RUN_FILES, so no run (nor a user's file of those names) is overwritten.
         """
         rank, world, local_rank, created_group = self._setup_distributed()
         try:
