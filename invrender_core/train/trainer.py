@@ -470,6 +470,10 @@ class Trainer:
                 log.truncate_after(step)
                 eval_log.truncate_after(step)
             progress.message(f"resumed {self.checkpoint_path} at step {step}")
+            summary_file = self.out_dir / "summary.json"
+            if step >= end and summary_file.exists():  # nothing to train: keep the run's summary as it is
+                progress.message(f"the run is already at step {step}: nothing to do (a larger --steps trains on)")
+                return json.loads(summary_file.read_text())
 
         train_model = model
         if world > 1:

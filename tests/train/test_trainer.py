@@ -209,6 +209,9 @@ def test_checkpoint_is_plain_data_and_logs_are_written(depth_root, tmp_path):
 def test_run_folder_protection_and_resume_checks(depth_root, tmp_path):
     out = tmp_path / "run"
     Trainer(depth_task(depth_root), out, device="cpu", batch_size=4, steps=2, progress=False).fit()
+    summary = (out / "summary.json").read_text()
+    again = Trainer(depth_task(depth_root), out, device="cpu", batch_size=4, steps=2, progress=False).fit(resume=True)
+    assert (out / "summary.json").read_text() == summary and again["last_losses"]  # a finished run is kept as it was
     with pytest.raises(ValueError, match="already holds a run"):
         Trainer(depth_task(depth_root), out, device="cpu", batch_size=4, steps=2, progress=False).fit()
     with pytest.raises(ValueError, match="batch_size 4 -> 2"):
