@@ -147,7 +147,7 @@ class FaceTask:
     def __init__(self, data, width: float = DEFAULT_WIDTH, seed: int = 0, size: int = DEFAULT_SIZE,
                  eval_count: int = 32, real_frames=None, real_weight: float = 1.0):
         self.face_model = load_model(data)
-        self.model = FaceCorrespondenceNet(width=int(width), size=int(size))
+        self.model = FaceCorrespondenceNet(width=width, size=int(size))  # the net checks width
         self.faces = SyntheticFaces(self.face_model, size=int(size), seed=int(seed))
         self.heldout = SyntheticFaces(self.face_model, size=int(size), seed=HELDOUT_SEED)
         self.eval_count = int(eval_count)

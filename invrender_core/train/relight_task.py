@@ -219,7 +219,7 @@ class RelightTask:
 
     def __init__(self, data, width: float = 24, seed: int = 0, eval_data=None, eval_views: int = 16):
         self.data, self.seed = data, int(seed)
-        self.model = RelightRefiner(width=int(width))
+        self.model = RelightRefiner(width=width)  # the net checks it counts channels (a multiple of 4)
         self.eval_data = data if eval_data is None else eval_data
         self.eval_views = int(eval_views)
         self._eval = None

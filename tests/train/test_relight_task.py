@@ -43,3 +43,10 @@ def test_shadow_counts_compare_sun_facing_ground_only():
     view["sky_mask"][:, 3:] = True  # sky is not scored
     view["gt_normal"][0] = (0.0, -1.0, 0.0)  # nor are surfaces facing away from the sun
     assert relight_task.shadow_counts(visibility, view) == (3, 9)
+
+
+def test_a_fractional_width_is_refused_not_truncated(tmp_path):
+    """--width 0.5 counts channels for the refiner: refused as such (it was cast to 0 and reported as 0)."""
+    with pytest.raises(ValueError, match="multiple of 4, got 0.5"):
+        relight_task.RelightTask(tmp_path, width=0.5)
+    assert relight_task.RelightTask(tmp_path, width=24.0).model.enc1[0].out_channels == 24
