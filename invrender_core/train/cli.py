@@ -103,10 +103,14 @@ def _data_source(args):
     if args.colmap_size is not None and any(s < 1 or s % 16 for s in args.colmap_size):
         raise ValueError(f"--colmap-size must be two multiples of 16 (the networks pool 4 times), "
                          f"got {args.colmap_size}")
-    if args.colmap_size is not None and (colmap.is_workspace(data) or any(colmap.is_workspace(p)
-                                                                          for p in data.iterdir() if p.is_dir())):
-        return colmap.ColmapScenes(data, size=tuple(args.colmap_size))
-    return data
+    if not (colmap.is_workspace(data) or any(colmap.is_workspace(p) for p in data.iterdir() if p.is_dir())):
+        return data
+    scenes = colmap.ColmapScenes(data, size=tuple(args.colmap_size) if args.colmap_size is not None else None)
+    if scenes.skipped:
+        folder, name = scenes.skipped[0]
+        print(f"note: {len(scenes.skipped)} registered images have no depth map and are not used (e.g. "
+              f"{Path(folder) / 'images' / name})", file=sys.stderr)
+    return scenes
 
 
 def _loss_weights(pairs: list[str] | None) -> dict[str, float] | None:

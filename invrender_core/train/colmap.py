@@ -159,7 +159,11 @@ def cam_to_world_from_colmap(qvec, tvec) -> np.ndarray:
 
 def _data_lines(path: Path):
     """Stripped lines of a COLMAP text file, with comments and blank lines removed, as (line number, text)."""
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")  # COLMAP writes UTF-8 whatever the locale
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): export the model again") from e
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             yield number, line
@@ -227,7 +231,11 @@ class _Reader:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
             raise ValueError(f"{self.source}: truncated COLMAP binary file")
-        text = self.data[self.pos:end].decode("utf-8")
+        try:
+            text = self.data[self.pos:end].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.source}: an image name is not UTF-8 ({e.reason}): rename the image and "
+                             "export the model again") from e
         self.pos = end + 1
         return text
 
@@ -273,6 +281,15 @@ def read_model(sparse_dir: str | Path) -> tuple[dict[int, ColmapCamera], dict[in
                 if image.camera_id not in cameras:
                     raise ValueError(f"{imgs}: image {image.name!r} refers to camera {image.camera_id}, "
                                      f"which {cams} does not define")
+                try:
+                    image.cam_to_world  # noqa: B018 - a pose that cannot be used fails here, naming its file
+                except ValueError as e:
+                    raise ValueError(f"{imgs}: image {image.name!r}: {e}") from e
+            for camera in cameras.values():
+                try:
+                    camera.K  # noqa: B018 - an unsupported camera model fails here, naming its file
+                except ValueError as e:
+                    raise ValueError(f"{cams}: {e}") from e
             return cameras, images
     raise FileNotFoundError(f"no COLMAP model (cameras and images, .bin or .txt) in {sparse_dir}")
 
@@ -375,8 +392,6 @@ class ColmapWorkspace:
             else:
                 self._depth_files[name] = depth_file
         self.views = sorted(self._depth_files)
-        for name in self.views:
-            _ = self.cameras[self._images[name].camera_id].K  # refuse unsupported models now, not mid-training
 
     def _find_depth(self, name: str) -> Path | None:
         kinds = ("geometric", "photometric") if self.depth_type == "auto" else (self.depth_type,)
@@ -413,6 +428,10 @@ class ColmapWorkspace:
         depth = read_array(self._depth_files[name])
         if depth.ndim != 2:
             raise ValueError(f"{self._depth_files[name]} has shape {depth.shape}, expected a one-channel depth map")
+        if abs(depth.shape[1] * cam.height - depth.shape[0] * cam.width) > 0.02 * depth.shape[0] * cam.width:
+            raise ValueError(f"{self._depth_files[name]} is {depth.shape[1]}x{depth.shape[0]}, not of its "
+                             f"{cam.width}x{cam.height} image's shape: the depth map belongs to another image or "
+                             "workspace; run colmap patch_match_stereo again")
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
         K, cam_to_world, (height, width) = self.camera(name, size)
         if (height, width) != photo.shape[:2]:
@@ -455,6 +474,19 @@ class ColmapScenes:
         self.skipped = [(ws.path, name) for ws in self.workspaces for name in ws.skipped]
         self.workspaces = [ws for ws in self.workspaces if ws.views]
         self.scenes = [(str(ws.path), list(ws.views)) for ws in self.workspaces]
+        self._where = ", ".join(str(p) for p in paths)
+        if not self.workspaces:
+            raise ValueError(f"no registered image in {self._where} has a depth map (stereo/depth_maps/"
+                             "NAME.geometric.bin): give COLMAP's dense workspace (e.g. dense/0), after "
+                             "`colmap patch_match_stereo`")
+        sizes = sorted({(cam.width, cam.height) for ws in self.workspaces for cam in ws.cameras.values()})
+        if size is None and len(sizes) > 1:
+            raise ValueError(f"the COLMAP cameras in {self._where} have different sizes "
+                             f"({', '.join(f'{w}x{h}' for w, h in sizes)}): give --colmap-size W H (multiples of "
+                             "16) to resample every view to one")
+
+    def __str__(self) -> str:
+        return self._where
 
     def camera(self, scene: int, view: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """(K (3, 3) float64, cam_to_world (4, 4) float64, (H, W)) without reading the photo."""

@@ -18,6 +18,7 @@ Only inputs a real multiview capture has are used (photos, MVS depth, cameras); 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import torch
 
@@ -109,7 +110,8 @@ class IRNTask:
         from .data import list_scenes
         from .evaluate import evaluate
 
-        if not self.eval_views or not list_scenes(self.data, "heldout"):  # e.g. a COLMAP capture: no ground truth
+        if not self.eval_views or not isinstance(self.data, str | Path) or not list_scenes(self.data, "heldout"):
+            # a COLMAP capture (a folder or ColmapScenes): no ground truth to score against
             return {}
         mean = evaluate(self.data, irn=model, max_views=self.eval_views)["mean"]
         return {k: v for k, v in mean.items() if k in ("normal_deg", "albedo_simse", "albedo_simse_photo",

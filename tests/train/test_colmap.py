@@ -3,6 +3,7 @@ resampling, and the workspace as a training source. The fixture is written here 
 (a tilted plane seen by two cameras), independently of the loader."""
 
 import math
+import shutil
 import struct
 
 import numpy as np
@@ -235,8 +236,16 @@ def test_unsupported_camera_model_is_refused_with_the_fix(workspace):
     text = (workspace / "sparse" / "cameras.txt").read_text()
     (workspace / "sparse" / "cameras.txt").write_text(
         text.replace("SIMPLE_RADIAL 64 48 45.0 32.0 24.0 0.01", "OPENCV 64 48 45.0 45.0 32.0 24.0 0.01 0 0 0"))
-    with pytest.raises(ValueError, match="image_undistorter"):
+    with pytest.raises(ValueError, match="cameras.txt: .*image_undistorter"):  # names the file
         ColmapWorkspace(workspace)
+
+
+def test_a_model_that_is_not_utf8_names_its_file(tmp_path):
+    ws = write_workspace(tmp_path / "b", binary=True)
+    data = (ws / "sparse" / "images.bin").read_bytes()
+    (ws / "sparse" / "images.bin").write_bytes(data.replace(b"left.png", b"l\xe9ft.png"))
+    with pytest.raises(ValueError, match="images.bin: an image name is not UTF-8"):
+        read_model(ws / "sparse")
 
 
 def test_truncated_binary_model(tmp_path):
@@ -350,6 +359,35 @@ def test_colmap_scenes_resample_and_feed_the_datasets(tmp_path):
     assert len(DepthDataset(scenes)) == 4
     with pytest.raises(ValueError, match="size must be"):
         ColmapScenes(root, size=(32,))
+
+
+def test_capture_problems_are_named_before_training(tmp_path):
+    """Cameras of different sizes need --colmap-size; a project root without depth maps points to the dense
+    workspace; a depth map of another image's shape is refused rather than stretched."""
+    mixed = write_workspace(tmp_path / "mixed")
+    text = (mixed / "sparse" / "cameras.txt").read_text()
+    (mixed / "sparse" / "cameras.txt").write_text(text.replace("PINHOLE 64 48", "PINHOLE 80 48"))
+    with pytest.raises(ValueError, match="different sizes .64x48, 80x48.: give --colmap-size"):
+        ColmapScenes(mixed)
+    assert len(ColmapScenes(mixed, size=(32, 16)).scenes) == 1
+
+    project = write_workspace(tmp_path / "project")
+    shutil.rmtree(project / "stereo")
+    with pytest.raises(ValueError, match="has a depth map .*dense workspace"):
+        ColmapScenes(project)
+
+    transposed = write_workspace(tmp_path / "transposed")
+    left = transposed / "stereo" / "depth_maps" / "left.png.geometric.bin"
+    write_colmap_array(left, np.ones((64, 48), np.float32))
+    with pytest.raises(ValueError, match="left.png.geometric.bin is 48x64, not of its 64x48 image's shape"):
+        ColmapWorkspace(transposed).load_view("left.png")
+
+
+def test_irn_training_on_a_capture_skips_the_held_out_evaluation(workspace):
+    from invrender_core.train.irn_task import IRNTask
+
+    task = IRNTask(data=ColmapScenes(workspace, size=(32, 16)), width=1 / 16)
+    assert task.evaluate(task.model) == {}  # no ground truth to score a capture against (it crashed before)
 
 
 def test_open_source_detects_workspaces(workspace):
