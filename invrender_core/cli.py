@@ -129,8 +129,16 @@ def _decompose(args, image, irn: str, depth: str, camera=None):
         if stage != "done":
             _progress(f"{stage} ({fraction:.0%})")
 
-    return decompose(image, fov_deg=args.fov, camera=camera, device=args.device, max_side=args.max_side, irn=irn,
-                     depth=depth, weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
+    estimate = decompose(image, fov_deg=args.fov, camera=camera, device=args.device, max_side=args.max_side,
+                         irn=irn, depth=depth, weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
+    _print_warnings(estimate.metadata)
+    return estimate
+
+
+def _print_warnings(metadata: dict) -> None:
+    """The estimate's warnings (unreliable input, fusion) on stderr: they are in camera.json too."""
+    for warning in metadata.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def cmd_decompose(args) -> None:
@@ -252,13 +260,14 @@ _non_negative_float = _number_type(float, 0.0, inclusive=True)
 
 
 def _check_sun(values, flag: str) -> None:
-    """CLIError unless (elevation, azimuth) in degrees are finite and the elevation is within [-90, 90]."""
+    """CLIError unless (elevation, azimuth) in degrees are finite and the sun is above the horizon (elevation in
+    [0, 90], as the add-on's sliders): neither relighting models night, a sun below it would still light."""
     if values is None:
         return
     elevation, azimuth = values
-    if not (math.isfinite(elevation) and math.isfinite(azimuth) and -90.0 <= elevation <= 90.0):
-        raise CLIError(f"{flag} takes the elevation in [-90, 90] degrees and a finite azimuth, got "
-                       f"{elevation:g} {azimuth:g}")
+    if not (math.isfinite(elevation) and math.isfinite(azimuth) and 0.0 <= elevation <= 90.0):
+        raise CLIError(f"{flag} takes the elevation in [0, 90] degrees (the sun above the horizon) and a finite "
+                       f"azimuth, got {elevation:g} {azimuth:g}")
 
 
 def _read_sky(path: Path):
@@ -329,22 +338,29 @@ def cmd_relight(args) -> None:
     relighter = relight.Relighter(estimate, shadow_samples=args.shadow_samples, sun_to_sky=args.sun_to_sky,
                                   refine=refine)
     base = _sky_lighting(relighter, args, sky_sh)
+    exposure = float(estimate.metadata.get("input_exposure", 1.0))
     if args.frames is not None:
         frames = relighter.time_of_day(tuple(args.sun), tuple(args.to), args.frames, up=args.up, base=base)
-        written = _write_sequence(args.output, frames, args.frames, args.fps)
+        written = _write_sequence(args.output, frames, args.frames, args.fps, exposure)
     else:
         if args.sun_dir is not None:
             lighting = relight.move_sun(base, np.asarray(args.sun_dir))
         else:
             lighting = relighter.sun_at(*args.sun, up=args.up, base=base)
         with atomic_output(args.output) as tmp:
-            write_png(tmp, relighter.render(lighting).image)
+            write_png(tmp, _exposed(relighter.render(lighting).image, exposure))
         written = str(args.output)
     _progress(f"wrote {written} ({time.perf_counter() - start:.1f} s relighting"
               + (", refined" if refine is not None else ", not refined") + ")")
 
 
-def _write_sequence(output: Path, frames, count: int, fps: float) -> str:
+def _exposed(image, exposure: float):
+    """The relit image as an 8-bit file shows it: an HDR photo's own exposure for the networks (`decompose`'s
+    input_exposure) brings it into [0, 1] (1 for ordinary photos: unchanged, no copy)."""
+    return image if exposure == 1.0 else image * exposure
+
+
+def _write_sequence(output: Path, frames, count: int, fps: float, exposure: float = 1.0) -> str:
     """Frames as OUTPUT_0001.png ... beside `output` (a .png) or as one MP4 (`output` .mp4); says what it wrote."""
     import numpy as np
 
@@ -360,14 +376,14 @@ def _write_sequence(output: Path, frames, count: int, fps: float) -> str:
         with ExitStack() as outputs:
             for k, ((sun, relit), path) in enumerate(zip(frames, _frame_paths(output, count), strict=True)):
                 announce(k, sun)
-                write_png(outputs.enter_context(atomic_output(path)), relit.image)
+                write_png(outputs.enter_context(atomic_output(path)), _exposed(relit.image, exposure))
         return f"{output.stem}_0001.png ... {output.stem}_{count:04d}.png in {output.parent}"
     writer = None
     with atomic_output(output) as tmp:
         try:
             for k, (sun, relit) in enumerate(frames):
                 announce(k, sun)
-                rgb = _to_srgb8(relit.image)  # (H, W, 3) uint8 sRGB
+                rgb = _to_srgb8(_exposed(relit.image, exposure))  # (H, W, 3) uint8 sRGB
                 if writer is None:
                     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                              (rgb.shape[1], rgb.shape[0]))

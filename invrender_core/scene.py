@@ -754,16 +754,41 @@ def _relative_depth(log_depth: np.ndarray, image_sky: np.ndarray) -> tuple[np.nd
     return d / scale, sky
 
 
-def _load_input(image, fov_deg) -> tuple[np.ndarray, Camera, str]:
+def _load_input(image, fov_deg) -> tuple[np.ndarray, Camera, str, list[str]]:
+    """(linear RGB, camera, source name, warnings about the input)."""
+    if isinstance(image, str | Path):
+        image = load_image(image)
     if isinstance(image, LoadedImage):
-        return image.rgb, image.camera(fov_deg), str(image.path)
+        notes = []
+        if image.alpha is not None and (image.alpha < 1.0).any():
+            notes.append(f"{100 * float((image.alpha < 1.0).mean()):.1f} % of the photo is transparent: the alpha is "
+                         "ignored and the colours stored there are decomposed as scene; flatten it onto a background")
+        return image.rgb, image.camera(fov_deg), str(image.path), notes
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
             raise ValueError(f"image must have shape (H, W, 3) (linear RGB), got {image.shape}")
         h, w = image.shape[:2]
-        return image, Camera.from_fov(w, h, fov_deg) if fov_deg is not None else Camera.from_fov(w, h), "array"
-    loaded = load_image(image)
-    return loaded.rgb, loaded.camera(fov_deg), str(loaded.path)
+        return image, Camera.from_fov(w, h, fov_deg) if fov_deg is not None else Camera.from_fov(w, h), "array", []
+    raise TypeError(f"image must be a LoadedImage, a path or an (H, W, 3) array, got {type(image).__name__}")
+
+
+def _input_exposure(rgb: np.ndarray) -> float:
+    """1 for a photo whose light is within [0, 1]; 1 / (99th percentile of its luminance) for an HDR one, whose
+    light the networks (trained on photos) would otherwise see clipped to white."""
+    lum = (rgb[::7, ::7] @ sh.LUMINANCE.astype(np.float32)).ravel()  # a subsample: a percentile, not every pixel
+    high = float(np.percentile(lum, 99)) if lum.size else 0.0
+    return 1.0 / high if high > 1.0 else 1.0
+
+
+def _input_warnings(rgb: np.ndarray, non_finite: int) -> list[str]:
+    """What makes a photo's estimate unreliable, in words (empty for an ordinary photo)."""
+    notes = []
+    if non_finite:
+        notes.append(f"{non_finite} pixel values were not finite (NaN or infinite) and were taken as black")
+    srgb = linear_to_srgb(np.clip(rgb[::7, ::7], 0.0, 1.0))
+    if float(srgb.std()) < 0.02 or float(np.median(srgb)) < 0.02:
+        notes.append("the photo is almost uniform or black: the estimate has nothing to go on and is unreliable")
+    return notes
 
 
 def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | None = None,
@@ -807,10 +832,17 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
         raise ValueError(f"fusion_max_side must be an integer >= {WORK_MULTIPLE}, got {fusion_max_side}")
     stages = _Stages(progress, cancel)
     stages.enter("models")
-    rgb, photo_camera, source = _load_input(image, fov_deg)
+    rgb, photo_camera, source, notes = _load_input(image, fov_deg)
     camera = photo_camera if camera is None else camera
     rgb = np.maximum(np.asarray(rgb, dtype=np.float32), 0.0)  # a new array: the caller's stays as it was
-    rgb[~np.isfinite(rgb)] = 0.0  # (np.nan_to_num takes ten times as long at 24 MP)
+    non_finite = ~np.isfinite(rgb)
+    rgb[non_finite] = 0.0  # (np.nan_to_num takes ten times as long at 24 MP)
+    # An HDR photo is brought into the range the networks know; lighting and shading return to its units at the end.
+    exposure = _input_exposure(rgb)
+    if exposure != 1.0:
+        rgb *= np.float32(exposure)
+    notes += _input_warnings(rgb, int(non_finite.sum()))
+    del non_finite
     H, W = rgb.shape[:2]
     if (camera.width, camera.height) != (W, H):
         raise ValueError(f"the camera is {camera.width}x{camera.height} but the photo is {W}x{H}: give intrinsics "
@@ -863,6 +895,10 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
         depth_fused, confidence = _fuse_at(fw, fh, camera, guide, normals, depth_w, log_depth_full, sky,
                                            fusion_lambda)
     stages.enter("done")
+    if exposure != 1.0:
+        rgb /= np.float32(exposure)
+        shading /= np.float32(exposure)
+        lighting = lighting / exposure
 
     metadata = {
         "source": source, "geometry_source": "networks", "depth_scale": "relative",
@@ -872,10 +908,12 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
         "lighting_source": "network (least squares at the working resolution" + (
             ", reduced to order 1 as observed)" if observed else "; its order-1 reduction left a channel dark)"),
         "sky_fraction": round(float(sky.mean()), 6),
+        "input_exposure": exposure,
         "timings_s": stages.timings,
     }
-    if caught:
-        metadata["warnings"] = [str(c.message) for c in caught]
+    notes += [str(c.message) for c in caught]
+    if notes:
+        metadata["warnings"] = notes
     return SceneEstimate(image=rgb, albedo=albedo, shading=shading, normals=normals, depth=depth_full,
                          depth_fused=depth_fused, confidence=confidence, lighting=lighting.astype(np.float32),
                          camera=camera, metadata=metadata, shadow=shadow.astype(np.float32), sky=sky)

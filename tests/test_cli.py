@@ -223,14 +223,14 @@ ARGPARSE_CASES = {"bad-sun-dir": "3 comma-separated numbers", "zero-sun-dir": "n
 
 
 @pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "missing-refiner", "sky-not-lighting",
-                                  "output-is-input", "sun-below-nadir", "nan-azimuth", *ARGPARSE_CASES])
+                                  "output-is-input", "sun-below-horizon", "nan-azimuth", *ARGPARSE_CASES])
 def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, case, capsys, no_shipped_weights):
     folder = photo_file.parent
     photo_bytes = photo_file.read_bytes()
     args = _relight_args(photo_file, nets, "-o", str(folder / "relit.png"), "--sun", "30", "100")
     expected = {"frames-without-to": "--frames N needs", "mp4-single": "needs --frames", "jpeg": "write a .png",
                 "missing-refiner": "no weights named", "sky-not-lighting": "9x3", "output-is-input": "also an input",
-                "sun-below-nadir": "elevation in [-90, 90]", "nan-azimuth": "finite azimuth", **ARGPARSE_CASES}[case]
+                "sun-below-horizon": "elevation in [0, 90]", "nan-azimuth": "finite azimuth", **ARGPARSE_CASES}[case]
     if case == "bad-sun-dir":
         args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "1,2"]
     elif case == "zero-sun-dir":
@@ -242,8 +242,8 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
         args += ["--shadow-samples", "0"]
     elif case == "output-is-input":
         args[args.index("-o") + 1] = str(photo_file)
-    elif case == "sun-below-nadir":
-        args[args.index("--sun") + 1] = "-100"
+    elif case == "sun-below-horizon":
+        args[args.index("--sun") + 1] = "-10"  # below the horizon: relighting would still light the scene
     elif case == "nan-azimuth":
         args[args.index("--sun") + 2] = "nan"
     elif case == "frames-without-to":
@@ -267,6 +267,17 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
         assert expected in _one_error_line(capsys, "relight")
     assert sorted(p.name for p in folder.iterdir()) == before
     assert photo_file.read_bytes() == photo_bytes
+
+
+def test_relight_of_an_hdr_photo_is_written_at_the_exposure_it_was_decomposed_at(photo_file, nets):
+    from invrender_core.io import load_image
+
+    hdr = photo_file.parent / "photo.exr"
+    write_exr(hdr, load_image(photo_file).rgb * 1000.0)  # light far above 1, as a render or a bracket merge holds
+    out = photo_file.parent / "relit.png"
+    assert cli.main(_relight_args(hdr, nets, "-o", str(out), "--sun", "30", "110")) == 0
+    relit = load_image(out).rgb
+    assert (relit >= 1.0).all(axis=-1).mean() < 0.2  # not white: written at the photo's own exposure
 
 
 def test_relight_sequence_appears_whole_or_not_at_all(photo_file, nets, capsys, monkeypatch):

@@ -202,6 +202,38 @@ def test_decompose_random_nets_end_to_end(nets, sky_rows):
     assert set(meta["timings_s"]) == {"models", "irn", "depth", "upsample", "lighting", "fusion", "total"}
 
 
+def test_an_hdr_photo_is_decomposed_at_an_exposure_the_networks_know(nets):
+    """Light far above 1 (an EXR) would reach the networks clipped to white: the photo is scaled so its 99th
+    percentile of luminance is 1, and lighting and shading return to its units. So two exposures of one HDR
+    photo give one albedo, and lighting, shading and image in proportion."""
+    image = photo(20)
+    bright, brighter = run(image * 50.0, nets), run(image * 100.0, nets)
+    assert bright.metadata["input_exposure"] == pytest.approx(2 * brighter.metadata["input_exposure"], rel=1e-5)
+    assert run(image, nets).metadata["input_exposure"] == 1.0  # a photo within [0, 1]: unchanged
+    np.testing.assert_allclose(brighter.albedo, bright.albedo, atol=1e-4)
+    np.testing.assert_allclose(brighter.normals, bright.normals, atol=1e-4)
+    np.testing.assert_allclose(brighter.lighting, 2 * bright.lighting, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(brighter.shading, 2 * bright.shading, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(brighter.image, image * 100.0, rtol=1e-5)
+    assert_valid_estimate(brighter)
+
+
+def test_unreliable_inputs_are_named_in_the_warnings(nets, tmp_path):
+    from invrender_core.io import write_png
+
+    assert "warnings" not in run(photo(20), nets).metadata
+    grey = np.full((*SIZE, 3), 0.2, np.float32)
+    assert any("almost uniform" in w for w in run(grey, nets).metadata["warnings"])
+    holes = photo(20)
+    holes[:2, :3] = np.nan
+    assert any("18 pixel values were not finite" in w for w in run(holes, nets).metadata["warnings"])
+    alpha = np.ones(SIZE, np.float32)
+    alpha[:, : SIZE[1] // 4] = 0.0
+    write_png(tmp_path / "cut_out.png", photo(20), alpha)
+    cut_out = run(tmp_path / "cut_out.png", nets).metadata["warnings"]
+    assert any("25.0 % of the photo is transparent" in w for w in cut_out)
+
+
 def test_decompose_sky_is_left_out_of_fusion(nets):
     image = photo(29)  # the stub puts rows 0..28 of 72 far away (40 % of the working rows)
     est = scene.decompose(image, irn="irn-test", depth=FarTopDepth(), weights_dir=nets, device="cpu", max_side=64)

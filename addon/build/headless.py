@@ -92,6 +92,8 @@ def build_and_render(args, atomic_output, progress) -> None:
             progress(f"{stage} ({fraction:.0%})")
 
     result = estimate(settings, progress=stage_progress)
+    for warning in result.metadata.get("warnings", []):
+        progress(f"warning: {warning}")
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene

@@ -199,6 +199,10 @@ def _load_with_pillow(path: Path, head: bytes, max_megapixels: float) -> LoadedI
         if head.startswith(PNG_SIGNATURE) or head.startswith(JPEG_SIGNATURE):
             raise UnreadableImageError(f"{path} starts like a PNG/JPEG but its header is damaged or cut "
                                        f"short: copy or export it again") from e
+        if head.startswith(TIFF_SIGNATURES):
+            raise UnsupportedImageError(f"{path} is a TIFF of a kind that cannot be read (floating-point colour, or "
+                                        f"an unusual layout): save HDR images as EXR, others as 8/16-bit TIFF or "
+                                        f"PNG") from e
         container = _iso_media_kind(head)
         if container == "HEIF":
             raise UnsupportedImageError(f"{path} is a HEIC/HEIF or AVIF image (as phones save them), which is not "

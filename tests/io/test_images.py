@@ -427,3 +427,10 @@ def test_image_signatures_are_those_of_the_files_load_image_reads(tmp_path):
     assert heads[2][:2] == b"II" and heads[4][:2] == b"MM"
     not_images = [b"\x00\x00\x00\x18ftypmp42", b"RIFF\x00\x00\x00\x00AVI LIST", b"hello, world", b"GIF89a"]
     assert not any(has_image_signature(h) for h in not_images)
+
+
+def test_a_floating_point_tiff_is_named_as_a_tiff_with_what_to_use(tmp_path):
+    path = tmp_path / "render.tif"
+    cv2.imwrite(str(path), np.full((16, 16, 3), 2.5, np.float32))  # OpenCV writes 32-bit float samples
+    with pytest.raises(UnsupportedImageError, match="render.tif is a TIFF of a kind that cannot be read.*EXR"):
+        load_image(path)
