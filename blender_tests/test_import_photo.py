@@ -172,6 +172,24 @@ def test_import_photo_operator_equals_api(photo_with_maps, test_nets, registered
     np.testing.assert_array_equal(ops_co, api_co)
 
 
+def test_import_reports_the_estimates_warnings(photo_with_maps, test_nets, registered_addon, clean_scene):
+    """A photo the networks can say little about (uniform grey) is built, with a WARNING saying why."""
+    from invrender_addon.build.import_photo import estimate
+    from invrender_addon.operators.import_photo import _build
+
+    grey = photo_with_maps / "grey.png"
+    write_png(grey, np.full((30, 40, 3), 0.2, np.float32))
+    settings = ImportSettings(photo=grey, fov_deg=60.0, max_side=32)
+    reports = []
+
+    class Operator:
+        def report(self, kind, message):
+            reports.append((set(kind), message))
+
+    assert _build(Operator(), bpy.context, settings, estimate(settings)) == {"FINISHED"}
+    assert any(kind == {"WARNING"} and "almost uniform" in message for kind, message in reports)
+
+
 def test_import_photo_without_weights_reports_and_changes_nothing(photo_with_maps, registered_addon, clean_scene,
                                                                   tmp_path, monkeypatch):
     from invrender_core.nets import weights
