@@ -217,8 +217,10 @@ def preview_tiles(estimate: SceneEstimate) -> list[tuple[str, np.ndarray]]:
     """The contact-sheet tiles of an estimate (`io.save_preview_sheet`): photo, albedo, shading, shadow, normals,
     fused depth, confidence and a sphere lit by the estimated lighting."""
     shadow = _shadow_map(estimate)
+    exposure = float(estimate.metadata.get("input_exposure", 1.0))  # an HDR photo shown as the networks saw it
     return [
-        ("photo", estimate.image), ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
+        ("photo", estimate.image * np.float32(exposure) if exposure != 1.0 else estimate.image),
+        ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
         ("shadow", shadow),
         ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
         ("depth (fused)", _depth_for_display(estimate)), ("confidence", estimate.confidence),

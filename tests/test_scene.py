@@ -216,6 +216,8 @@ def test_an_hdr_photo_is_decomposed_at_an_exposure_the_networks_know(nets):
     np.testing.assert_allclose(brighter.shading, 2 * bright.shading, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(brighter.image, image * 100.0, rtol=1e-5)
     assert_valid_estimate(brighter)
+    photo_tile = dict(scene.preview_tiles(brighter))["photo"]  # the preview shows it as the networks saw it
+    np.testing.assert_allclose(photo_tile, image * 100.0 * brighter.metadata["input_exposure"], rtol=1e-5)
 
 
 def test_unreliable_inputs_are_named_in_the_warnings(nets, tmp_path):
