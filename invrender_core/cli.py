@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .face.pipeline import FaceSettings
 from .fusion import DEFAULT_LAMBDA
+from .io.folders import missing_folders, remove_empty_folders
 from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES
 from .scene import (  # scene imports torch only when it runs
     DEFAULT_BACKGROUND_BAND,
@@ -25,8 +26,6 @@ from .scene import (  # scene imports torch only when it runs
     DEFAULT_IRN,
     DEFAULT_MAX_SIDE,
     NETWORK_FUSION_LAMBDA,
-    missing_folders,
-    remove_empty_folders,
 )
 
 EXIT_FAILURE = 2

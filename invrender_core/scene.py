@@ -31,6 +31,7 @@ from . import filtering, fusion, geometry, sh
 from .camera import Camera
 from .illumination_prior import IlluminationPrior
 from .io import LoadedImage, linear_to_srgb, load_image, resize_linear, save_preview_sheet, srgb_to_linear, write_exr
+from .io.folders import missing_folders, remove_empty_folders
 from .sky import detect_sky
 
 # Albedo and light intensity are only known up to a common scale; we fix it by giving the median
@@ -175,21 +176,6 @@ def write_estimate(estimate: SceneEstimate, out_dir: str | Path) -> Path:
         remove_empty_folders(created)
         raise
     return out_dir
-
-
-def missing_folders(folder: Path) -> list[Path]:
-    """`folder` and its parents that do not exist yet, deepest first: what writing into `folder` would create."""
-    folder = Path(folder)
-    return [p for p in [folder, *folder.parents] if not p.exists()]
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove those of `folders` (deepest first) that are empty, after a failed write made them; keep the rest."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
 
 
 def publish_folder(tmp: Path, out_dir: Path) -> None:

@@ -209,16 +209,24 @@ def sha256_of(path: Path) -> str:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename onto `path`; nothing is left at `path` or beside it on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    """Call `write(tmp_path)`, then rename onto `path`; nothing is left at `path` or beside it on failure, nor the
+    folders made for it."""
+    from ..io.folders import missing_folders, remove_empty_folders
+
+    created = missing_folders(path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
         write(tmp)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        raise
 
 
 def read_registry(registry_file: Path) -> dict[str, WeightsEntry]:

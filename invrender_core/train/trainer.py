@@ -400,9 +400,17 @@ class Trainer:
         resume=True continues from out_dir/checkpoint.pt (FileNotFoundError without one); resume=False refuses
         an out_dir that already holds any of RUN_FILES, so no run (nor a user's file of those names) is overwritten.
         """
+        from ..io.folders import missing_folders, remove_empty_folders
+
         rank, world, local_rank, created_group = self._setup_distributed()
+        created = missing_folders(self.out_dir)
         try:
-            summary = self._fit(rank, world, local_rank, resume, stop_at)
+            try:
+                summary = self._fit(rank, world, local_rank, resume, stop_at)
+            except BaseException:  # a run that failed before writing anything leaves no empty --out behind
+                if rank == 0:
+                    remove_empty_folders(created)
+                raise
             if created_group:  # every rank has finished its collectives before any rank tears the group down
                 dist.barrier()
             return summary

@@ -73,6 +73,21 @@ def test_import_via_cli_and_list(tmp_path, released_state, capsys):
     assert "megadepth" in capsys.readouterr().out
 
 
+def test_a_failed_import_leaves_no_file_and_no_folder(tmp_path, released_state, monkeypatch):
+    import safetensors.torch
+
+    pth = tmp_path / "best_generalization_net_G.pth"
+    torch.save(released_state, pth)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        weights.import_megadepth_checkpoint(pth, tmp_path / "new" / "models")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [pth.name]
+
+
 def test_default_weights_dir_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv("INVRENDER_WEIGHTS_DIR", str(tmp_path / "w"))
     assert weights.user_weights_dir() == tmp_path / "w"

@@ -238,7 +238,8 @@ def test_trainer_argument_and_task_errors(depth_root, tmp_path):
     with pytest.raises(TypeError, match="lacks 'compute_losses'"):
         Trainer(NoLosses(), tmp_path)
     with pytest.raises(ValueError, match="fewer than one batch"):
-        Trainer(task, tmp_path / "big", device="cpu", batch_size=64, progress=False).fit()
+        Trainer(task, tmp_path / "new" / "big", device="cpu", batch_size=64, progress=False).fit()
+    assert not (tmp_path / "new").exists()  # a run that failed before writing leaves no empty folders
 
     class NoTotal:
         model = nn.Linear(2, 1)
