@@ -494,6 +494,8 @@ class Trainer:
         last_eval: dict = {}
         interval: dict[str, float] = {}
         interval_steps, last_losses = 0, {}
+        if resume and "log_interval" in ckpt:  # (checkpoints before stop 33 lack it: that row restarts)
+            interval, interval_steps = dict(ckpt["log_interval"]["sums"]), int(ckpt["log_interval"]["steps"])
         run_start, run_start_step = time.perf_counter(), step
 
         def save_checkpoint(at_step: int) -> None:
@@ -509,7 +511,9 @@ class Trainer:
                     "elapsed_s": elapsed_before + time.perf_counter() - run_start,
                     "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": states, "config": config}
+                    "scaler": scaler.state_dict(), "rng": states, "config": config,
+                    # the log row in progress, so a resumed run writes the row an uninterrupted one would
+                    "log_interval": {"sums": dict(interval), "steps": interval_steps}}
             _write_atomic(self.checkpoint_path, lambda tmp: torch.save(ckpt, tmp))
 
         def run_eval(at_step: int) -> None:

@@ -177,6 +177,10 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(depth_root, tmp_path)
 
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The log row the interruption split averages all its steps, as the uninterrupted run's does.
+    rows_a, rows_b = read_log(tmp_path / "a" / "log.csv"), read_log(tmp_path / "b" / "log.csv")
+    assert [{k: v for k, v in r.items() if k != "time"} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in rows_b]
 
 
 def test_checkpoint_is_plain_data_and_logs_are_written(depth_root, tmp_path):
