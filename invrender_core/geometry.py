@@ -210,7 +210,8 @@ class Mesh:
 
 
 def grid_mesh(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
-              discontinuity_threshold: float | None = DEFAULT_DISCONTINUITY_THRESHOLD, step: int = 1) -> Mesh:
+              discontinuity_threshold: float | None = DEFAULT_DISCONTINUITY_THRESHOLD, step: int = 1,
+              reach_edges: bool = False) -> Mesh:
     """Triangulate depth (H, W) into a Mesh with one vertex per used pixel centre.
 
     Vertices lie on the pixels (i, j) with i % step == 0 and j % step == 0 that are valid (finite,
@@ -220,6 +221,9 @@ def grid_mesh(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
     any. A triangle is possible when its three edges join valid vertices with a relative depth jump
     <= discontinuity_threshold (None: no cut), so no face bridges an occlusion ("rubber sheet").
     Vertices used by no face are dropped and indices compacted.
+    reach_edges: the grid's first and last rows and columns lie on the photo's edges (the rays and UVs of the edges,
+    at their pixels' depths), so that the photo's camera sees the mesh up to its frame, not only between the
+    outermost pixel centres (a line of background at the border).
     """
     d = _as_depth(depth, camera)
     if int(step) != step or step < 1:
@@ -264,12 +268,69 @@ def grid_mesh(depth: np.ndarray, camera: Camera, mask: np.ndarray | None = None,
     remap = np.cumsum(used) - 1
     faces = remap[faces].astype(np.int32)
 
+    return _grid_vertices(camera, (h, w), step, grid_ids, ds.ravel()[grid_ids], faces, reach_edges)
+
+
+def _grid_vertices(camera: Camera, grid_shape: tuple[int, int], step: int, grid_ids: np.ndarray,
+                   vertex_depth: np.ndarray, faces: np.ndarray, reach_edges: bool) -> Mesh:
+    """The Mesh of faces (F, 3) on vertices at grid_ids (V,) (flat indices into the (h, w) grid of every step-th
+    pixel), each at its vertex_depth (V,) on its pixel's ray, or on the photo's edge (`grid_mesh`'s reach_edges)."""
+    h, w = grid_shape
     i = (grid_ids // w) * step  # (V,) pixel rows
     j = (grid_ids % w) * step  # (V,) pixel columns
-    vertices = d[i, j][:, None] * camera.rays_at(i, j)
-    uvs = np.stack([(j + 0.5) / camera.width, 1.0 - (i + 0.5) / camera.height], axis=-1)
+    y, x = i.astype(np.float64), j.astype(np.float64)  # (V,) where the vertices are seen, in pixels
+    if reach_edges:
+        y[i == 0], y[i == (h - 1) * step] = -0.5, camera.height - 0.5
+        x[j == 0], x[j == (w - 1) * step] = -0.5, camera.width - 0.5
+    vertices = vertex_depth[:, None] * camera.rays_at(y, x)
+    uvs = np.stack([(x + 0.5) / camera.width, 1.0 - (y + 0.5) / camera.height], axis=-1)
     return Mesh(vertices=vertices.astype(np.float32), faces=faces, uvs=uvs.astype(np.float32),
                 pixel_index=(i * camera.width + j).astype(np.int64))
+
+
+def far_patches(depth: np.ndarray, camera: Camera, cells: np.ndarray, mask: np.ndarray | None = None, step: int = 1,
+                reach_edges: bool = False) -> Mesh:
+    """Two triangles on each chosen cell of `grid_mesh`'s grid (cells (h-1, w-1) bool), all four corners at the
+    depth of the cell's farthest corner (on their own rays, placed as `grid_mesh` places them): a cut cell's gap,
+    as the photo's camera sees it, filled with a piece of what lies behind, which other viewpoints see as a small
+    patch instead of a sheet stretched across the jump. Cells with a corner that is not valid are left out; the
+    patches share no vertices."""
+    d = _as_depth(depth, camera)
+    valid = valid_mask(d, mask)
+    ds, vs = d[::step, ::step], valid[::step, ::step]  # (h, w)
+    h, w = ds.shape
+    if np.shape(cells) != (h - 1, w - 1):
+        raise ValueError(f"cells has shape {np.shape(cells)}, expected {(h - 1, w - 1)} (one per grid cell)")
+    ids = np.arange(h * w).reshape(h, w)
+    corners = np.stack([ids[:-1, :-1], ids[1:, :-1], ids[1:, 1:], ids[:-1, 1:]], -1)  # (h-1, w-1, 4) tl bl br tr
+    chosen = np.asarray(cells, bool) & vs.ravel()[corners].all(-1)
+    grid_ids = corners[chosen].ravel()  # (4 N,) four vertices of their own per patch
+    far = ds.ravel()[corners[chosen]].max(-1).repeat(4)  # (4 N,)
+    quads = np.arange(len(grid_ids)).reshape(-1, 4)
+    faces = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]]).astype(np.int32)  # as grid_mesh's split
+    return _grid_vertices(camera, (h, w), step, grid_ids, far, faces, reach_edges)
+
+
+def join_meshes(first: Mesh, second: Mesh) -> Mesh:
+    """One Mesh holding the vertices and faces of both (no vertex merged)."""
+    return Mesh(vertices=np.concatenate([first.vertices, second.vertices]),
+                faces=np.concatenate([first.faces, second.faces + len(first.vertices)]).astype(np.int32),
+                uvs=np.concatenate([first.uvs, second.uvs]),
+                pixel_index=np.concatenate([first.pixel_index, second.pixel_index]))
+
+
+def covered_cells(mesh: Mesh, width: int, height: int, step: int = 1) -> np.ndarray:
+    """(height-1, width-1) bool: the cells between 2x2 neighbouring pixel centres that lie in a cell of the mesh's
+    grid (every step-th pixel, as `grid_mesh` made it) holding two of its triangles, i.e. that a camera at the
+    mesh's viewpoint sees no gap in (a cell with one triangle shows a gap over half of it)."""
+    h, w = (height - 1) // step + 1, (width - 1) // step + 1  # the grid's rows and columns
+    corners = mesh.pixel_index[mesh.faces]  # (F, 3): a face's top row and left column are its cell's
+    cell = (corners // width).min(axis=1) // step * (w - 1) + (corners % width).min(axis=1) // step
+    full = (np.bincount(cell, minlength=(h - 1) * (w - 1)) >= 2).reshape(h - 1, w - 1)
+    unit = np.repeat(np.repeat(full, step, axis=0), step, axis=1)[:height - 1, :width - 1]
+    out = np.zeros((height - 1, width - 1), bool)
+    out[:unit.shape[0], :unit.shape[1]] = unit
+    return out
 
 
 def keep_faces(mesh: Mesh, keep: np.ndarray) -> Mesh:

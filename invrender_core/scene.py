@@ -246,10 +246,18 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     The SH lighting is moved to the world frame and split into a sun lamp (a share `sun_fraction` of
     its directional part, for sharp cast shadows) and an environment image holding the rest. With
     `relight_sun=(elevation_deg, azimuth_deg)` the sun is moved there and the environment rotated with it.
-    "background" is `background_assets` with `background_band` (0: none).
+    "background" is `background_assets` with `background_band` (0: none). Where the main mesh is cut at a
+    discontinuity and the layer does not fill the gap (it is not continued where it would come out in front of the
+    occluder), a patch at the far side's depth fills it (`geometry.far_patches`), so that the photo's camera sees a
+    surface at every pixel but the sky.
     """
+    background = None
+    if background_band != 0:
+        background = background_assets(estimate, background_band, mesh_step, discontinuity_threshold)
     mesh = geometry.grid_mesh(estimate.depth_fused, estimate.camera, mask=_ground(estimate),
-                              discontinuity_threshold=discontinuity_threshold, step=mesh_step)
+                              discontinuity_threshold=discontinuity_threshold, step=mesh_step, reach_edges=True)
+    if background is not None:
+        mesh = _fill_layer_gaps(estimate, mesh, background["covered"], mesh_step)
     lighting_world = sh.rotation(sh.CAMERA_TO_WORLD) @ estimate.lighting
     direction, irradiance, rest = sh.extract_sun(lighting_world, sun_fraction)
     if relight_sun is not None:
@@ -260,9 +268,6 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     # A Blender sun of strength S and colour c adds albedo / pi * S * c * cos to a diffuse surface,
     # while our image model adds albedo * irradiance * cos: hence S * c = pi * irradiance.
     sun = (direction, np.pi * peak, irradiance / peak) if peak > 0 else None
-    background = None
-    if background_band != 0:
-        background = background_assets(estimate, background_band, mesh_step, discontinuity_threshold)
     return {
         "name": name,
         "camera": estimate.camera.to_dict(),
@@ -279,6 +284,21 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     }
 
 
+def _fill_layer_gaps(estimate: SceneEstimate, mesh: geometry.Mesh, layer_covered: np.ndarray, mesh_step: int
+                     ) -> geometry.Mesh:
+    """The main mesh with `geometry.far_patches` on its grid's cells that neither it nor the layer covers
+    (layer_covered (H-1, W-1) bool as `geometry.covered_cells`); the same mesh when there are none."""
+    camera, m = estimate.camera, mesh_step
+    seen = geometry.covered_cells(mesh, camera.width, camera.height, m) | layer_covered  # (H-1, W-1)
+    rows, cols = (camera.height - 1) // m, (camera.width - 1) // m  # the main grid's cells
+    gaps = ~seen[:rows * m, :cols * m].reshape(rows, m, cols, m).all(axis=(1, 3))
+    if not gaps.any():
+        return mesh
+    patches = geometry.far_patches(estimate.depth_fused, camera, gaps, mask=_ground(estimate), step=m,
+                                   reach_edges=True)
+    return geometry.join_meshes(mesh, patches)
+
+
 def _ground(estimate: SceneEstimate) -> np.ndarray | None:
     """(H, W) bool pixels that may carry geometry: not the sky, which the world shows (and relights), and which
     neither casts nor receives shadows."""
@@ -291,7 +311,8 @@ def background_assets(estimate: SceneEstimate, band: float = DEFAULT_BACKGROUND_
     `band` x the photo's longer side in behind each, as mesh and maps; None where nothing is occluded.
 
     vertices (V, 3), faces (F, 3), uvs (V, 2) as `geometry.grid_mesh` (faces that lie only on the visible
-    background beside the occluder are left out: the main mesh has them); albedo (H, W, 3), normals (H, W, 3)
+    background beside the occluder are left out: the main mesh has them); covered (H-1, W-1) bool, the cells
+    between pixel centres its faces cover (`geometry.covered_cells`); albedo (H, W, 3), normals (H, W, 3)
     and shadow (H, W) or None: the photo's maps, continued over the hidden part from the background beside it.
     The layer is hidden from the photo's camera, so it is worked out on every s-th pixel, s = mesh_step or more,
     so that its grid has at most BACKGROUND_MAX_SIDE pixels a side.
@@ -329,6 +350,7 @@ def background_assets(estimate: SceneEstimate, band: float = DEFAULT_BACKGROUND_
         "vertices": mesh.vertices,
         "faces": mesh.faces,
         "uvs": mesh.uvs,
+        "covered": geometry.covered_cells(mesh, W, H, s),
         "albedo": continued(estimate.albedo),
         "normals": np.where(region[..., None], normals, estimate.normals),
         "shadow": None if estimate.shadow is None else continued(estimate.shadow),

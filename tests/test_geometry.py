@@ -231,6 +231,57 @@ def test_grid_mesh_never_bridges_a_depth_step():
     assert len(without_cut.faces) == 2 * 79 * 59 > len(mesh.faces)
 
 
+def test_far_patches_fill_cut_cells_at_their_farthest_depth():
+    depth = step_depth(2.0, 4.0, shape=(6, 8), column=4)  # the cells of column 3 are cut
+    camera = Camera.from_fov(8, 6)
+    cells = np.zeros((5, 7), bool)
+    cells[1:3, 3] = True
+    mask = np.ones((6, 8), bool)
+    mask[3, 3] = False  # a corner of the second chosen cell: no patch there
+    patches = geometry.far_patches(depth, camera, cells, mask=mask)
+    assert len(patches.faces) == 2 and len(patches.vertices) == 4
+    np.testing.assert_allclose(-patches.vertices[:, 2], 4.0)  # all at the far side's depth
+    i, j = np.divmod(patches.pixel_index, 8)
+    assert set(zip(i, j, strict=True)) == {(1, 3), (1, 4), (2, 3), (2, 4)}
+    uv, _ = camera.project(patches.vertices)
+    np.testing.assert_allclose(uv, np.stack([j + 0.5, i + 0.5], -1), atol=1e-5)  # on their pixels' rays
+    assert (face_normals(patches)[:, 2] > 0).all()  # facing the camera, as grid_mesh's faces
+    joined = geometry.join_meshes(geometry.grid_mesh(depth, camera), patches)
+    np.testing.assert_array_equal(geometry.covered_cells(joined, 8, 6)[:, 3], [False, True, False, False, False])
+    with pytest.raises(ValueError, match="cells"):
+        geometry.far_patches(depth, camera, np.zeros((6, 8), bool))
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_grid_mesh_reaching_the_edges_spans_the_whole_frame(step):
+    camera = Camera.from_fov(10, 8, 50.0)  # with step 3 the last row (6) and column (9) are not the photo's last
+    depth = plane_depth(camera, unit([0.2, 0.3, 1.0]), -3.0)
+    mesh = geometry.grid_mesh(depth, camera, discontinuity_threshold=None, step=step, reach_edges=True)
+    uv, planar = camera.project(mesh.vertices)
+    np.testing.assert_allclose([uv[:, 0].min(), uv[:, 0].max(), uv[:, 1].min(), uv[:, 1].max()], [0, 10, 0, 8],
+                               atol=1e-5)
+    np.testing.assert_allclose(planar, depth.ravel()[mesh.pixel_index], rtol=1e-6)  # each at its pixel's depth
+    np.testing.assert_allclose(mesh.uvs, np.stack([uv[:, 0] / 10, 1 - uv[:, 1] / 8], -1), atol=1e-6)
+    inner = (uv[:, 0] > 0.25) & (uv[:, 0] < 9.75) & (uv[:, 1] > 0.25) & (uv[:, 1] < 7.75)
+    i, j = np.divmod(mesh.pixel_index[inner], 10)
+    np.testing.assert_allclose(uv[inner], np.stack([j + 0.5, i + 0.5], -1), atol=1e-5)  # pixel centres inside
+
+
+def test_covered_cells_are_those_with_two_triangles():
+    depth = step_depth(2.0, 4.0, shape=(6, 8), column=4)
+    camera = Camera.from_fov(8, 6)
+    covered = geometry.covered_cells(geometry.grid_mesh(depth, camera), 8, 6)
+    expected = np.ones((5, 7), bool)
+    expected[:, 3] = False
+    np.testing.assert_array_equal(covered, expected)
+    half = geometry.keep_faces(geometry.grid_mesh(np.full((6, 8), 2.0), camera), np.arange(70) != 0)
+    assert geometry.covered_cells(half, 8, 6).sum() == 34  # one cell lost a triangle
+    coarse = geometry.covered_cells(geometry.grid_mesh(depth, camera, step=2), 8, 6, step=2)  # grid columns 0-6
+    expected = np.zeros((5, 7), bool)
+    expected[:4, [0, 1, 4, 5]] = True  # the cells of grid columns 0-2 and 4-6; columns 2-4 cross the step
+    np.testing.assert_array_equal(coarse, expected)
+
+
 def test_grid_mesh_checks_shapes():
     with pytest.raises(ValueError, match=r"\(29, 40\).*\(30, 40\)"):
         geometry.grid_mesh(np.ones((29, 40)), CAMERA)

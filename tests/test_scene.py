@@ -660,6 +660,26 @@ def test_background_assets_continue_the_plane_behind_the_sphere():
         scene.background_assets(est, band=0.0)
 
 
+def test_scene_mesh_fills_the_gaps_the_background_layer_leaves():
+    camera = Camera.from_fov(48, 40, 60.0)
+    depth = np.kron(np.random.default_rng(0).uniform(1.0, 3.0, (10, 12)), np.ones((4, 4)))  # blocks: many outlines
+    normals = np.broadcast_to(np.float32([0, 0, 1]), (40, 48, 3))
+    assets = scene.scene_assets(exact_estimate(camera, depth, normals, LIGHT), "blocks", background_band=0.1)
+    rows = np.clip(np.round((1 - assets["uvs"][:, 1]) * 40 - 0.5), 0, 39).astype(int)  # edge vertices: first / last
+    cols = np.clip(np.round(assets["uvs"][:, 0] * 48 - 0.5), 0, 47).astype(int)
+    mesh = geometry.Mesh(assets["vertices"], assets["faces"], assets["uvs"], rows * 48 + cols)
+    layer = assets["background"]["covered"]
+    cut = geometry.grid_mesh(depth, camera)
+    gaps = ~(geometry.covered_cells(cut, 48, 40) | layer)
+    assert gaps.sum() > 20  # where the layer would come out in front of its occluder, it is not continued
+    np.testing.assert_array_equal(geometry.covered_cells(mesh, 48, 40), geometry.covered_cells(cut, 48, 40) | gaps)
+    d = -mesh.vertices[mesh.faces, 2]  # (F, 3): no face spans a jump (no rubber sheet) ...
+    assert (d.max(1) <= d.min(1) * (1 + geometry.DEFAULT_DISCONTINUITY_THRESHOLD) + 1e-5).all()
+    assert (-mesh.vertices[:, 2] >= depth.ravel()[mesh.pixel_index] * (1 - 1e-6)).all()  # ... nor lies in front
+    without_layer = scene.scene_assets(exact_estimate(camera, depth, normals, LIGHT), "blocks", background_band=0)
+    assert len(without_layer["faces"]) == len(cut.faces)  # no layer asked for: the outlines stay open
+
+
 def test_background_assets_of_a_large_photo_work_on_a_coarser_grid():
     camera = Camera.from_fov(2 * scene.BACKGROUND_MAX_SIDE + 10, 300, 60.0)  # every 3rd pixel
     depth = np.full((300, camera.width), 4.0)

@@ -72,9 +72,9 @@ def test_decompose_leaves_the_sky_out_of_fusion_and_the_mesh(tmp_path):
     assert est.metadata["sky_fraction"] == pytest.approx(est.sky.mean(), abs=1e-6)
     assert (est.confidence[est.sky] == 0).all()
     np.testing.assert_array_equal(est.depth_fused[est.sky], est.depth[est.sky])  # kept, not fused
-    uvs = scene.scene_assets(est, name="street")["uvs"]  # u = (j + 0.5) / W, v = 1 - (i + 0.5) / H
-    rows = np.round((1.0 - uvs[:, 1]) * H - 0.5).astype(int)
-    cols = np.round(uvs[:, 0] * W - 0.5).astype(int)
+    uvs = scene.scene_assets(est, name="street")["uvs"]  # u = (j + 0.5) / W, v = 1 - (i + 0.5) / H ...
+    rows = np.clip(np.round((1.0 - uvs[:, 1]) * H - 0.5).astype(int), 0, H - 1)  # ... or 0 or 1 on the edges
+    cols = np.clip(np.round(uvs[:, 0] * W - 0.5).astype(int), 0, W - 1)
     assert len(uvs) > 0.5 * (~est.sky).sum() and not est.sky[rows, cols].any()  # no vertex on a sky pixel
 
 
