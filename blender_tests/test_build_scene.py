@@ -70,6 +70,23 @@ def test_mesh_material_world_links(clean_scene):
     assert clean_scene.world == built.world and clean_scene.camera == built.camera
 
 
+def test_a_long_photo_name_keeps_every_datablock_name_whole(clean_scene):
+    camera = Camera.from_fov(48, 32, 60.0)
+    name = "Straße am Fluss, Abendlicht, Blick nach Westen über die Brücke 2026"  # 71 bytes of UTF-8
+    assets = scene_assets(synthetic_estimate(camera, SKY), name, background_band=0.5)
+    built = build_scene(SceneAssets(**assets), clean_scene)
+    base = built.collection.name
+    assert name.startswith(base) and len(base.encode()) <= 39
+    names = {(kind, block.name) for kind in ("objects", "images", "materials", "worlds")
+             for block in getattr(bpy.data, kind) if block.name.startswith(base)}
+    images = ("photo", "albedo", "normals", "environment", "background albedo", "background normals")
+    objects = ("camera", "mesh", "background mesh", "sun")
+    expected = ({("images", f"{base} {suffix}") for suffix in images} | {("objects", f"{base} {s}") for s in objects}
+                | {("materials", f"{base} material"), ("materials", f"{base} background material"),
+                   ("worlds", f"{base} world")})
+    assert names == expected
+
+
 def test_image_and_mesh_round_trip(clean_scene):
     rng = np.random.default_rng(1)
     pixels = rng.uniform(0, 4, (7, 5, 3)).astype(np.float32)  # float values above 1 survive

@@ -191,6 +191,15 @@ def test_constant_focal_and_unknown_fps_leave_lens_and_rate_alone(clean_scene):
     assert (clean_scene.render.fps, clean_scene.render.fps_base) == (24, 1.0)  # factory default kept
 
 
+def test_a_long_video_name_keeps_every_datablock_name_whole(clean_scene):
+    name = "interview_2026-12-07_camera-B_take-14_graded_final_v3"  # 52 bytes
+    built = build_face_rig(grid_rig(name=name))
+    base = built.collection.name
+    assert name.startswith(base) and len(base.encode()) <= 39
+    assert (built.mesh.name, built.material.name) == (f"{base} mesh", f"{base} material")
+    assert built.material.node_tree.nodes[ALBEDO_NODE].image.name == f"{base} albedo"
+
+
 def test_albedo_packed_and_uv_round_trip(clean_scene):
     rig = grid_rig()
     built = build_face_rig(rig)

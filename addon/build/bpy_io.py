@@ -5,6 +5,16 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+# Blender cuts datablock names at 63 bytes (before 5.0): a build's names are its base name plus suffixes of up to 20
+# bytes (" background material"), and Blender may add ".001", so the base name keeps at most this many.
+MAX_BASE_NAME_BYTES = 39
+
+
+def base_name(name: str) -> str:
+    """name shortened to MAX_BASE_NAME_BYTES of UTF-8 (whole characters), so that every "<base> <suffix>" a build
+    makes stays whole and datablocks of one build stay apart ("<long name> albedo" and "<long name> normals")."""
+    return name.encode("utf-8")[:MAX_BASE_NAME_BYTES].decode("utf-8", errors="ignore").rstrip() or "InvRender"
+
 
 def enable_nodes(block) -> bpy.types.NodeTree:
     """The shader node tree of a new material or world (block). Blender before 5.0 creates them without one

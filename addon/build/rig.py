@@ -38,7 +38,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .bpy_io import enable_nodes, ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
+from .bpy_io import base_name, enable_nodes, ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
 from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera, exclude_earlier_builds
 
 RIG_KEY = "invrender_face_rig"  # collection ID property: names of what the build made, units, first frame
@@ -163,7 +163,7 @@ def _restore_scene_settings(scene: bpy.types.Scene, settings: dict) -> None:
 
 
 def _build(rig, scene: bpy.types.Scene, metres_per_unit: float) -> BuiltRig:
-    name = rig.name or "Face rig"
+    name = base_name(rig.name or "Face rig")
     frames = scene_frames(rig.frames)  # (F,) scene frames
     collection = bpy.data.collections.new(name)
     scene.collection.children.link(collection)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .bpy_io import enable_nodes, image_from_array, image_to_array, mesh_from_arrays
+from .bpy_io import base_name, enable_nodes, image_from_array, image_to_array, mesh_from_arrays
 
 SENSOR_WIDTH_MM = 36.0
 # Names of the nodes the relight and export tools look for (labels are what the artist sees).
@@ -207,32 +207,33 @@ def _check_preview_maps(assets: SceneAssets) -> None:
 
 def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
     _check_preview_maps(assets)
-    collection = bpy.data.collections.new(assets.name)
+    name = base_name(assets.name)
+    collection = bpy.data.collections.new(name)
     scene.collection.children.link(collection)
 
-    camera = build_camera(f"{assets.name} camera", assets.camera, scene)
-    photo = image_from_array(f"{assets.name} photo", assets.photo)
+    camera = build_camera(f"{name} camera", assets.camera, scene)
+    photo = image_from_array(f"{name} photo", assets.photo)
     camera.data.show_background_images = True
     camera.data.background_images.new().image = photo
     collection.objects.link(camera)
     scene.camera = camera
 
-    mesh, albedo, normals, shadow = _build_surface(assets.name, assets.vertices, assets.faces, assets.uvs,
+    mesh, albedo, normals, shadow = _build_surface(name, assets.vertices, assets.faces, assets.uvs,
                                                    assets.albedo, assets.normals, assets.shadow, collection)
     background = None
     if assets.background is not None:
         layer = assets.background
-        background = _build_surface(f"{assets.name} background", layer["vertices"], layer["faces"], layer["uvs"],
+        background = _build_surface(f"{name} background", layer["vertices"], layer["faces"], layer["uvs"],
                                     layer["albedo"], layer["normals"], layer["shadow"], collection)[0]
 
-    world = build_world(f"{assets.name} world",
-                        image_from_array(f"{assets.name} environment", assets.environment))
+    world = build_world(f"{name} world",
+                        image_from_array(f"{name} environment", assets.environment))
     scene.world = world
 
     sun = None
     if assets.sun is not None:
         direction, strength, colour = assets.sun
-        sun = build_sun(f"{assets.name} sun", direction, strength, colour)
+        sun = build_sun(f"{name} sun", direction, strength, colour)
         collection.objects.link(sun)
     if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
         aov = scene.view_layers[0].aovs.add()
@@ -246,7 +247,7 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
               "shadow": shadow.name if shadow is not None else "",
               "intrinsics": {k: assets.camera[k] for k in ("width", "height", "fx", "fy", "cx", "cy")}}
     if assets.depth_fused is not None:
-        record["depth"] = _depth_image(f"{assets.name} depth", assets.depth_fused, assets.sky).name
+        record["depth"] = _depth_image(f"{name} depth", assets.depth_fused, assets.sky).name
         record["sky"] = assets.sky is not None
     if assets.lighting_camera is not None:
         record["lighting_camera"] = np.asarray(assets.lighting_camera, np.float64).tolist()  # (9, 3) doubles
