@@ -361,6 +361,25 @@ def test_fuse_network_depth_gives_the_blurred_band_the_surfaces_on_either_side()
     assert np.abs(blurred / truth - 1)[band].max() > 0.3  # the ramp was far from both surfaces
 
 
+def test_fuse_network_depth_lets_the_band_follow_its_normals():
+    """A sphere before a plane, the depth blurred across the outline as depth networks draw it, noisy normals: the
+    band's pixels, each moved onto its nearest fused pixel's plane, would show streaks (14 degrees of normal error
+    within 3 pixels of the outline before the second fusion); fused again along their own normals they do not."""
+    from scipy import ndimage
+
+    camera = Camera.from_fov(96, 72, 60.0)
+    depth, normals, _ = geometry.synthetic_sphere_plane(camera)
+    rng = np.random.default_rng(0)
+    blurred = np.exp(ndimage.gaussian_filter(np.log(depth), 1.5)).astype(np.float32)
+    noisy = renormalise_normals(normals + rng.normal(0.0, 0.05, normals.shape)).astype(np.float32)
+    fused = scene.fuse_network_depth(blurred, noisy, camera)
+    fused_normals = geometry.normals_from_depth(fused, camera)
+    error = np.degrees(np.arccos(np.clip((fused_normals * normals).sum(-1), -1.0, 1.0)))  # (H, W), NaN: none
+    near_outline = ndimage.binary_dilation(geometry.depth_discontinuities(depth), iterations=3)
+    assert np.nanmean(error[near_outline]) < 7.0
+    assert np.nanmean(error[~near_outline]) < 2.5
+
+
 def test_extend_surfaces_keeps_band_pixels_within_the_depths_around_them():
     """A fronto-parallel wall at depth 2 whose band (columns 18-21) borders pixels with a wrong normal, tilted 60
     degrees: extended along it the band would leave the wall by more than 0.1, where no depth around it lies; clipped
