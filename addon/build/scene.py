@@ -19,6 +19,7 @@ from .bpy_io import base_name, enable_nodes, image_from_array, image_to_array, m
 SENSOR_WIDTH_MM = 36.0
 # Names of the nodes the relight and export tools look for (labels are what the artist sees).
 ALBEDO_NODE, NORMALS_NODE, SHADOW_NODE = "InvRender Albedo", "InvRender Normals", "InvRender Shadow"
+TURNED_AWAY_NODE = "InvRender Turned away"  # 0 where geometry and normal map agree, 1 where they oppose
 ENVIRONMENT_NODE, ENVIRONMENT_MAPPING_NODE = "InvRender Environment", "InvRender Mapping"
 SHADOW_AOV = "shadow"
 IMPORT_KEY = "invrender_import"  # collection ID property: names of what an import built
@@ -114,6 +115,40 @@ def build_material(name: str, albedo_image, normal_image, shadow_image=None, rou
     normal_map.space, normal_map.location = "OBJECT", (-300, -100)
     links.new(normal.outputs["Color"], normal_map.inputs["Color"])
     links.new(normal_map.outputs["Normal"], bsdf.inputs["Normal"])
+    # A single view's geometry has faces turned away from where their normal map says they face (a wall the
+    # networks call floor becomes a staircase with risers facing down): Cycles reflects no light that arrives
+    # behind a face's geometric normal, so those faces rendered black. Where the two disagree by more than 60
+    # degrees (fully from 90), a translucent BSDF on the reversed normal map adds light from behind. Elsewhere it is
+    # left out: Cycles bends a shading normal that faces away from the camera, and on faces that agree with their
+    # normal map it let a fifth more light through (blender_tests/test_build_scene.py).
+    geometry = nodes.new("ShaderNodeNewGeometry")
+    geometry.location = (-300, -500)
+    agreement = nodes.new("ShaderNodeVectorMath")
+    agreement.operation, agreement.location = "DOT_PRODUCT", (-100, -450)
+    links.new(normal_map.outputs["Normal"], agreement.inputs[0])
+    links.new(geometry.outputs["True Normal"], agreement.inputs[1])
+    turned = nodes.new("ShaderNodeMapRange")
+    turned.name, turned.location, turned.clamp = TURNED_AWAY_NODE, (100, -450), True
+    turned.inputs["From Min"].default_value, turned.inputs["From Max"].default_value = 0.5, 0.0
+    links.new(agreement.outputs["Value"], turned.inputs["Value"])
+    flip = nodes.new("ShaderNodeVectorMath")
+    flip.operation, flip.location = "SCALE", (-100, -250)
+    flip.inputs["Scale"].default_value = -1.0
+    links.new(normal_map.outputs["Normal"], flip.inputs["Vector"])
+    back = nodes.new("ShaderNodeBsdfTranslucent")
+    back.location = (100, -250)
+    links.new(albedo.outputs["Color"], back.inputs["Color"])
+    links.new(flip.outputs["Vector"], back.inputs["Normal"])
+    both = nodes.new("ShaderNodeAddShader")
+    both.location = (300, -150)
+    links.new(bsdf.outputs["BSDF"], both.inputs[0])
+    links.new(back.outputs["BSDF"], both.inputs[1])
+    surface = nodes.new("ShaderNodeMixShader")
+    surface.location = (500, 0)
+    links.new(turned.outputs["Result"], surface.inputs["Fac"])
+    links.new(bsdf.outputs["BSDF"], surface.inputs[1])
+    links.new(both.outputs["Shader"], surface.inputs[2])
+    links.new(surface.outputs["Shader"], nodes["Material Output"].inputs["Surface"])
     if shadow_image is not None:
         shadow = _image_node(nodes, SHADOW_NODE, "Shadow (photo)", shadow_image, (-600, -450))
         aov = nodes.new("ShaderNodeOutputAOV")
