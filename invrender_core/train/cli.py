@@ -24,9 +24,10 @@ DEFAULT_LR = 1e-3  # used when the task class has no `default_lr`
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add `train` to an argparse subparsers object; the parsed args run with `args.func(args)` (= run_train)."""
-    p = subparsers.add_parser("train", help="train the depth or inverse-rendering network on multiview data",
-                              description="Train a network on a rendered multiview dataset (or COLMAP workspaces); "
-                              "under torchrun, trains data-parallel.")
+    p = subparsers.add_parser("train", help="train the depth, inverse-rendering, relighting-refiner or face "
+                              "correspondence network",
+                              description="Train a network on rendered data (multiview or relighting pairs), COLMAP "
+                              "workspaces, or faces rendered from a morphable model; under torchrun, data-parallel.")
     p.add_argument("task", choices=TASKS, help="depth: MegaDepth-style depth net; irn: InverseRenderNet; relight: "
                    "the relighting refiner (needs pairs rendered with --second-light); face: the face correspondence "
                    "network (--data is the morphable model file, faces are rendered on the fly)")
