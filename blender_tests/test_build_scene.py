@@ -169,6 +169,18 @@ def _render_exr(scene) -> np.ndarray:
     return image_to_array(bpy.data.images.load(path))
 
 
+def test_denoised_renders_lose_their_grain(clean_scene):
+    camera = Camera.from_fov(48, 32, 50.0)
+    est = exact_estimate(camera, np.full((32, 48), 3.0), np.broadcast_to(np.float32([0, 0, 1]), (32, 48, 3)), SKY,
+                         np.full((32, 48, 3), 0.5, np.float32))  # a uniformly lit grey wall
+    build_scene(SceneAssets(**scene_assets(est, "grain", sun_fraction=0.0, environment_height=16)), clean_scene)
+    spread = {}
+    for denoise in (False, True):
+        set_cycles(clean_scene, samples=2, denoise=denoise)
+        spread[denoise] = float(np.std(_render_exr(clean_scene)[4:-4, 4:-4]))
+    assert spread[True] < 0.3 * spread[False]
+
+
 def test_faces_turned_away_from_their_normal_map_are_lit_as_the_normal_map_says(clean_scene):
     """A wall whose geometry faces down (as the risers of a staircase that the networks' normals build) under a
     normal map facing up, lit from above: Cycles reflects no light arriving behind a face's geometric normal, so

@@ -186,6 +186,7 @@ def test_cli_renders_novel_views(photo_files):
     bpy.ops.wm.open_mainfile(filepath=str(d / "out" / "scene.blend"))
     scene = bpy.context.scene
     assert scene.camera.name == "photo camera"  # the photo camera stays the active one
+    assert scene.cycles.use_denoising and scene.cycles.denoiser == "OPENIMAGEDENOISE"  # what --render used
     assert "photo orbit camera" in bpy.data.objects and (scene.frame_start, scene.frame_end) == (1, 3)
 
     # Running again replaces the views (the folder holds nothing else).

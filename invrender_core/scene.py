@@ -329,7 +329,8 @@ def background_assets(estimate: SceneEstimate, band: float = DEFAULT_BACKGROUND_
                                       discontinuity_threshold=discontinuity_threshold)
     layer_depth = np.full((H, W), np.nan)  # (H, W) known on the grid of every s-th pixel only
     layer_depth[::s, ::s] = layer.depth
-    mesh = geometry.grid_mesh(layer_depth, camera, discontinuity_threshold=discontinuity_threshold, step=s)
+    mesh = geometry.grid_mesh(layer_depth, camera, discontinuity_threshold=discontinuity_threshold, step=s,
+                              reach_edges=True)
     hidden = np.zeros((H, W), bool)
     hidden[::s, ::s] = layer.region
     mesh = geometry.keep_faces(mesh, hidden.ravel()[mesh.pixel_index][mesh.faces].any(axis=1))

@@ -695,6 +695,12 @@ def test_scene_mesh_fills_the_gaps_the_background_layer_leaves():
     d = -mesh.vertices[mesh.faces, 2]  # (F, 3): no face spans a jump (no rubber sheet) ...
     assert (d.max(1) <= d.min(1) * (1 + geometry.DEFAULT_DISCONTINUITY_THRESHOLD) + 1e-5).all()
     assert (-mesh.vertices[:, 2] >= depth.ravel()[mesh.pixel_index] * (1 - 1e-6)).all()  # ... nor lies in front
+    # Both meshes reach the photo's edges: no vertex on a border pixel's centre, where a line of world would show.
+    for vertices in (assets["vertices"], assets["background"]["vertices"]):
+        uv, _ = camera.project(vertices)
+        assert np.isin(np.round(uv[:, 0], 4), [0.0, 48.0]).any()  # some on the left or right edge ...
+        assert not np.isin(np.round(uv[:, 0], 4), [0.5, 47.5]).any()  # ... none where those pixels' centres are
+        assert not np.isin(np.round(uv[:, 1], 4), [0.5, 39.5]).any()
     without_layer = scene.scene_assets(exact_estimate(camera, depth, normals, LIGHT), "blocks", background_band=0)
     assert len(without_layer["faces"]) == len(cut.faces)  # no layer asked for: the outlines stay open
 

@@ -98,7 +98,7 @@ def build_and_render(args, atomic_output, progress) -> None:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     built = import_photo(settings, scene, estimate_result=result)
-    set_cycles(scene, samples=args.samples)
+    set_cycles(scene, samples=args.samples, denoise=True)
     progress(f"built {built.collection.name}: {len(built.mesh.data.vertices)} vertices, "
              f"{len(built.mesh.data.polygons)} faces")
     novel_camera = None

@@ -402,11 +402,14 @@ def stored_estimate(collection: bpy.types.Collection):
         sky=maps["depth"][..., 1] > 0.5 if record.get("sky") else None)
 
 
-def set_cycles(scene: bpy.types.Scene, samples: int = 32) -> None:
-    """Cycles on the CPU with the plain sRGB view transform, so renders compare with linear maps."""
+def set_cycles(scene: bpy.types.Scene, samples: int = 32, denoise: bool = False) -> None:
+    """Cycles on the CPU with the plain sRGB view transform, so renders compare with linear maps; denoise: with
+    OpenImageDenoise (a few tens of samples are grainy without it; tests compare undenoised renders)."""
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
-    scene.cycles.use_denoising = False
+    scene.cycles.use_denoising = denoise
+    if denoise:
+        scene.cycles.denoiser = "OPENIMAGEDENOISE"
     scene.view_settings.view_transform = "Standard"
     scene.view_settings.look = "None"
