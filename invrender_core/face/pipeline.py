@@ -321,7 +321,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
                 indices.append(index)
                 fitted_tracks.append(boxes[position].track)
                 if position in texture_picks:
-                    kept_frames[index] = linear
+                    kept_frames[index] = (linear, pred["mask"][j], video.crop_affine(boxes[position], net.size))
         batch.clear()
 
     for position, (index, rgb) in enumerate(frames_with_progress("finding correspondences", 0.15, 0.7)):
@@ -362,10 +362,11 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
     camera = Camera(source.width, source.height, focal, focal, source.width / 2.0, source.height / 2.0)
     picked = [k for k, index in enumerate(indices) if index in kept_frames]
     report("aggregating the albedo texture", 0.92)
-    texture = aggregate_albedo([kept_frames[indices[k]] for k in picked],
+    texture = aggregate_albedo([kept_frames[indices[k]][0] for k in picked],
                                [smoothed[k].camera_vertices(model) for k in picked], [camera] * len(picked),
                                [lighting[k] for k in picked], model.triangles, model.uvs,
-                               size=settings.texture_size, fallback=albedo_vertices)
+                               size=settings.texture_size, fallback=albedo_vertices,
+                               face_masks=[kept_frames[indices[k]][1:] for k in picked])
     report("done", 1.0)
     return FaceRig(
         name=name, neutral=model.vertices(identity), triangles=model.triangles.astype(np.int32),

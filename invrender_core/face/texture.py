@@ -48,19 +48,26 @@ def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 def aggregate_albedo(frames: list[np.ndarray], posed: list[np.ndarray], cameras: list[Camera],
                      lightings: list[np.ndarray], triangles: np.ndarray, uvs: np.ndarray, size: int = 512,
-                     fallback: np.ndarray | None = None) -> np.ndarray:
-    """Albedo texture (size, size, 3) float32 from frames (H, W, 3) linear RGB, each with its posed vertices
-    (V, 3) in the camera frame, camera and SH lighting (9, 3) (camera frame). `fallback` (V, 3) per-vertex
-    albedo fills texels no frame sees (else 0)."""
+                     fallback: np.ndarray | None = None,
+                     face_masks: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+    """Albedo texture (size, size, 3) float32 in [0, 1] from frames (H, W, 3) linear RGB, each with its posed
+    vertices (V, 3) in the camera frame, camera and SH lighting (9, 3) (camera frame). `fallback` (V, 3) per-vertex
+    albedo fills texels no frame sees (else 0). face_masks: per frame, the correspondence network's face probability
+    (S, S) on its crop and the crop's affine (2, 3) to frame pixels (`video.crop_affine`); a frame gives a texel only
+    where that probability is above one half, so the background beside a fitted outline that reaches past the face
+    (or hair over it) stays out of the texture."""
     if not len(frames) == len(posed) == len(cameras) == len(lightings):
         raise ValueError(f"frames, posed, cameras and lightings must have the same length, got {len(frames)}, "
                          f"{len(posed)}, {len(cameras)}, {len(lightings)}")
+    if face_masks is not None and len(face_masks) != len(frames):
+        raise ValueError(f"face_masks must have one (mask, affine) per frame, got {len(face_masks)} for "
+                         f"{len(frames)} frames")
     texels = uv_raster(uvs, triangles, size)
     covered = texels.mask  # (S, S)
     tri, bary = texels.triangle[covered], texels.barycentric[covered]  # (M,), (M, 3)
     total = np.zeros((len(tri), 3))
     weight = np.zeros(len(tri))
-    for image, vertices, camera, L in zip(frames, posed, cameras, lightings, strict=True):
+    for k, (image, vertices, camera, L) in enumerate(zip(frames, posed, cameras, lightings, strict=True)):
         if image.shape[:2] != (camera.height, camera.width):
             raise ValueError(f"frame of shape {image.shape} does not match its camera {camera.width}x{camera.height}")
         corners = vertices[triangles[tri]]  # (M, 3, 3)
@@ -77,6 +84,12 @@ def aggregate_albedo(frames: list[np.ndarray], posed: list[np.ndarray], cameras:
         visible = inside & (facing > 0.1) & (depth <= zbuffer[row, col] * (1 + DEPTH_TOLERANCE))
         shading = sh.shading(normals, L)  # (M, 3)
         usable = visible & np.all(shading > MIN_SHADING, axis=1)
+        if face_masks is not None:
+            mask, affine = face_masks[k]
+            scale, origin = affine[0, 0], affine[:, 2]  # frame = scale * crop + origin (pixel coordinates)
+            at = (uv[usable] - origin) / scale  # (N, 2) crop pixel coordinates
+            in_crop = np.all((at >= 0) & (at <= mask.shape[0]), axis=1)  # the network saw nothing outside
+            usable[usable] = in_crop & (sample_bilinear(mask[..., None].astype(np.float64), at)[:, 0] > 0.5)
         colour = sample_bilinear(image, uv[usable])
         w = facing[usable] ** 2
         total[usable] += w[:, None] * colour / shading[usable]
@@ -87,7 +100,7 @@ def aggregate_albedo(frames: list[np.ndarray], posed: list[np.ndarray], cameras:
     if fallback is not None:
         albedo[~seen] = np.einsum("mk,mkc->mc", bary[~seen], fallback[triangles[tri[~seen]]])
     texture = np.zeros((size, size, 3), np.float32)
-    texture[covered] = np.clip(albedo, 0.0, None)
+    texture[covered] = np.clip(albedo, 0.0, 1.0)  # above 1: highlights and grazing samples, not reflectance
     return grow_islands(texture, covered, SEAM_TEXELS)
 
 

@@ -156,3 +156,15 @@ def test_uv_raster_covers_the_layout_and_aggregation_recovers_the_albedo():
     assert np.median(np.abs(texture[inner] - truth[inner])) < 0.02
     with pytest.raises(ValueError, match="same length"):
         aggregate_albedo(frames, posed[:1], cams, lights, model.triangles, model.uvs)
+
+    # Background painted over the right half of each frame, where the network's face mask says "not face" (its crop:
+    # the whole 96x96 frame): that half comes from the fallback, not the paint; without the masks, it is green.
+    right = np.arange(96) >= 48
+    painted = [np.where(right[None, :, None], np.array([0.0, 5.0, 0.0]), f) for f in frames]
+    masks = [(np.broadcast_to(~right, (96, 96)).astype(np.float32), np.array([[1.0, 0, 0], [0, 1.0, 0]]))] * 2
+    masked = aggregate_albedo(painted, posed, cams, lights, model.triangles, model.uvs, size=size,
+                              fallback=albedo, face_masks=masks)
+    assert np.median(np.abs(masked[inner] - truth[inner])) < 0.02
+    unmasked = aggregate_albedo(painted, posed, cams, lights, model.triangles, model.uvs, size=size, fallback=albedo)
+    assert np.median(np.abs(unmasked[inner] - truth[inner])) > 0.1
+    assert unmasked.max() == 1.0  # the paint is far brighter than any albedo: clipped to reflectance's range
