@@ -182,6 +182,19 @@ def test_head_camera_and_timing(clean_scene):
     assert set(built.collection.objects) == {built.mesh, built.camera}
 
 
+def test_keys_hold_until_the_tracker_moves_to_another_face(clean_scene):
+    rig = grid_rig()
+    rig.tracks = np.array([0, 0, 1, 1, 1])  # source frames 10, 12 | 14, 15, 18: another face from 14
+    built = build_face_rig(rig)
+    for fcurve in action_fcurves(built.mesh) + action_fcurves(built.mesh.data.shape_keys):
+        assert [k.interpolation for k in fcurve.keyframe_points] == ["LINEAR", "CONSTANT", "LINEAR", "LINEAR",
+                                                                     "LINEAR"], fcurve.data_path
+    scene = clean_scene
+    scene.frame_set(4, subframe=0.5)  # between source frames 12 and 14: still the first face
+    np.testing.assert_allclose(world_vertices(built.mesh), expected_world(rig, 1, built.camera), atol=1e-4)
+    check_evaluated_vertices(rig, built, scene)
+
+
 def test_constant_focal_and_unknown_fps_leave_lens_and_rate_alone(clean_scene):
     rig = grid_rig(fps=0.0)
     rig.focal[:] = 400.0

@@ -143,11 +143,12 @@ def ensure_fcurves(id_data: bpy.types.ID, action_name: str):
 
 
 def keyframes_from_arrays(fcurves, data_path: str, frames: np.ndarray, values: np.ndarray,
-                          interpolation: str = "LINEAR") -> list[bpy.types.FCurve]:
+                          interpolation: str | list[str] = "LINEAR") -> list[bpy.types.FCurve]:
     """New F-curves keyed at `frames` (N,) with `values` (N,) or (N, C) (one F-curve per column, array index =
     column), all keys set at once (keyframe_points.add + foreach_set): hundreds of frames cost no Python loop.
 
     `fcurves`: from `ensure_fcurves`. The curves must not exist yet (F-curves are unique per path and index).
+    interpolation: one mode for every key, or one per key (a key's mode is that of the segment after it).
     """
     frames = np.asarray(frames, dtype=np.float32)
     values = np.asarray(values, dtype=np.float32)
@@ -155,7 +156,11 @@ def keyframes_from_arrays(fcurves, data_path: str, frames: np.ndarray, values: n
         raise ValueError(f"keyframes of {data_path!r}: frames must be (N,) and values (N,) or (N, C), "
                          f"got {frames.shape} and {values.shape}")
     columns = values.reshape(len(values), -1)  # (N, C)
-    mode = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items[interpolation].value
+    items = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items
+    modes = [interpolation] * len(frames) if isinstance(interpolation, str) else list(interpolation)
+    if len(modes) != len(frames):
+        raise ValueError(f"keyframes of {data_path!r}: {len(modes)} interpolation modes for {len(frames)} keys")
+    mode = np.array([items[m].value for m in modes], np.int32)  # (N,)
     created = []
     for index in range(columns.shape[1]):
         fcurve = fcurves.new(data_path, index=index)
@@ -163,7 +168,7 @@ def keyframes_from_arrays(fcurves, data_path: str, frames: np.ndarray, values: n
         points.add(len(frames))
         co = np.stack([frames, columns[:, index]], axis=-1).ravel()  # (2N,) frame, value pairs
         points.foreach_set("co", co)
-        points.foreach_set("interpolation", np.full(len(frames), mode, np.int32))
+        points.foreach_set("interpolation", mode)
         fcurve.update()  # sorts the keys and recomputes the handles
         created.append(fcurve)
     return created

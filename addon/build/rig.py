@@ -11,7 +11,8 @@ What `build_face_rig` adds, in a new collection named after the rig:
 - keyframes at every fitted frame: the shape-key values and the head pose. Where no face was fitted for longer
   than MIN_GAP_SECONDS (a cut, the person turned away or left), the mesh is hidden (hide_viewport and
   hide_render keyed, constant) from the frame after the last fitted one to the next fitted one: keys
-  interpolated across such a gap would slide the head between two unrelated poses.
+  interpolated across such a gap would slide the head between two unrelated poses. For the same reason a key
+  before a frame of another track (rig.tracks: the tracker moved to another face or shot) is constant.
 
 Units: the model's units (millimetres for the Surrey model) become metres in the mesh data: vertices and
 shape-key offsets are multiplied by `metres_per_unit` (0.001), so the face object keeps scale 1 and a rigid
@@ -183,8 +184,12 @@ def _build(rig, scene: bpy.types.Scene, metres_per_unit: float) -> BuiltRig:
     mesh = bpy.data.objects.new(f"{name} mesh", mesh_from_arrays(f"{name} mesh", vertices, rig.triangles, rig.uvs))
     mesh.data.materials.append(material)
     collection.objects.link(mesh)
-    _expressions(mesh, rig, metres_per_unit, frames, name)
-    _head_pose(mesh, camera, rig, metres_per_unit, frames, name)
+    # Keys hold their values up to the first frame of another track (the tracker moved to another face or shot):
+    # a head sliding across the frame between two people, at sub-frames (motion blur, retiming), means nothing.
+    tracks = np.asarray(rig.tracks)
+    interpolation = ["CONSTANT" if switch else "LINEAR" for switch in np.append(tracks[1:] != tracks[:-1], False)]
+    _expressions(mesh, rig, metres_per_unit, frames, name, interpolation)
+    _head_pose(mesh, camera, rig, metres_per_unit, frames, name, interpolation)
     _hide_in_gaps(mesh, hidden_stretches(rig.frames, rig.fps), name)
 
     source = str(Path(rig.source).resolve()) if rig.source else ""
@@ -250,7 +255,8 @@ def _material(name: str, albedo: np.ndarray | None) -> bpy.types.Material:
     return material
 
 
-def _expressions(obj: bpy.types.Object, rig, metres_per_unit: float, frames: np.ndarray, name: str) -> None:
+def _expressions(obj: bpy.types.Object, rig, metres_per_unit: float, frames: np.ndarray, name: str,
+                 interpolation: list[str]) -> None:
     """One shape key per expression component (module docstring: names, sliders, scale) and its value keys."""
     sigma = np.asarray(rig.expression_sigma, np.float64)  # (E,)
     if sigma.size == 0:
@@ -273,11 +279,11 @@ def _expressions(obj: bpy.types.Object, rig, metres_per_unit: float, frames: np.
     key[EXPRESSION_SCALE_KEY] = scale.tolist()
     fcurves = ensure_fcurves(key, f"{name} expressions")
     for e, block in enumerate(blocks):
-        keyframes_from_arrays(fcurves, block.path_from_id("value"), frames, weights[:, e] / scale[e])
+        keyframes_from_arrays(fcurves, block.path_from_id("value"), frames, weights[:, e] / scale[e], interpolation)
 
 
 def _head_pose(obj: bpy.types.Object, camera: bpy.types.Object, rig, metres_per_unit: float, frames: np.ndarray,
-               name: str) -> None:
+               name: str, interpolation: list[str]) -> None:
     """Key the object's world transform camera.matrix_world @ [R | t] per frame: quaternion + location."""
     from mathutils import Matrix
 
@@ -290,8 +296,8 @@ def _head_pose(obj: bpy.types.Object, camera: bpy.types.Object, rig, metres_per_
     quaternions[1:] *= flips[:, None]
     obj.rotation_mode = "QUATERNION"
     fcurves = ensure_fcurves(obj, f"{name} head")
-    keyframes_from_arrays(fcurves, "location", frames, location)
-    keyframes_from_arrays(fcurves, "rotation_quaternion", frames, quaternions)
+    keyframes_from_arrays(fcurves, "location", frames, location, interpolation)
+    keyframes_from_arrays(fcurves, "rotation_quaternion", frames, quaternions, interpolation)
 
 
 def _hide_in_gaps(obj: bpy.types.Object, stretches: list[tuple[int, int]], name: str) -> None:
