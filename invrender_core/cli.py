@@ -135,7 +135,8 @@ def _decompose(args, image, irn: str, depth: str, camera=None):
 
 
 def _print_warnings(metadata: dict) -> None:
-    """The estimate's warnings (unreliable input, fusion) on stderr: they are in camera.json too."""
+    """The warnings in metadata["warnings"] on stderr (an estimate's: unreliable input, fusion, also in camera.json;
+    a face fit's)."""
     for warning in metadata.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
@@ -203,6 +204,7 @@ def cmd_face(args) -> None:
     fitted = pipeline.fit_face_files(args.input, args.model, settings, args.expressions, args.fov, progress=progress)
     _progress(f"fitted {fitted.num_frames} frames in {time.perf_counter() - start:.1f} s "
               f"(focal {fitted.focal[0]:.0f} px)")
+    _print_warnings({"warnings": fitted.warnings})
     with ExitStack() as outputs:  # both files appear together, or neither
         if args.export_npz is not None:
             rig.save_npz(fitted, outputs.enter_context(atomic_output(args.export_npz)))

@@ -73,7 +73,7 @@ def _build(operator, context, face_rig) -> set[str]:
     except USER_ERRORS as e:
         operator.report({"ERROR"}, str(e))
         return {"CANCELLED"}
-    for warning in built.warnings:
+    for warning in face_rig.warnings + built.warnings:
         operator.report({"WARNING"}, warning)
     replaced = f"; the earlier rig {', '.join(built.replaced)} is excluded from the view layer" \
         if built.replaced else ""

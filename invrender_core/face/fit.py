@@ -196,7 +196,7 @@ def _update_translation(t: np.ndarray, f: float, dt: np.ndarray, dlogf: float, f
     return np.array([p_new * inv, q_new * inv, -f_new * inv])
 
 
-def _focal_bounds(width: int) -> tuple[float, float]:
+def focal_bounds(width: int) -> tuple[float, float]:
     """(smallest, largest) focal in pixels: horizontal fov 90 and 10 degrees."""
     return tuple(0.5 * width / math.tan(math.radians(fov) / 2.0) for fov in FOV_RANGE_DEG[::-1])
 
@@ -533,7 +533,7 @@ def fit_frames(model, corrs: list[Correspondences], image_size: tuple[int, int],
                                  identity_weight, expression_weight)
     width, height = int(image_size[0]), int(image_size[1])
     centre = (width / 2.0, height / 2.0)
-    bounds = _focal_bounds(width)
+    bounds = focal_bounds(width)
     estimate_focal = focal is None
     f = math.sqrt(bounds[0] * bounds[1]) if estimate_focal else float(focal)
 

@@ -378,7 +378,21 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
         frames=np.asarray(indices, np.int64), sh=np.asarray(lighting, np.float32), albedo=texture,
         image_size=image_size, fps=float(source.fps), source=str(Path(input_path).resolve()),
         tracks=np.asarray(fitted_tracks, np.int64),
+        warnings=[] if settings.focal is not None else [w for w in [focal_warning(focal, source.width)] if w],
     ).validate()
+
+
+def focal_warning(focal: float, width: int) -> str | None:
+    """A warning when the fitted focal (pixels) is within 1 % of a limit of `fit.FOV_RANGE_DEG` for frames `width`
+    wide: the fit could not determine it (a face far away or nearly still), so depth and perspective are guesses
+    (a talking-head video fitted 2731 px against the 10 degree limit's 2743)."""
+    low, high = fit.focal_bounds(width)
+    for bound, fov in ((high, fit.FOV_RANGE_DEG[0]), (low, fit.FOV_RANGE_DEG[1])):
+        if abs(focal / bound - 1.0) < 0.01:
+            return (f"the fitted field of view sits at the fit's {fov:g} degree limit: the frames do not determine "
+                    "the focal length (a far or nearly still face), so the head's distance and perspective are "
+                    "guesses; give the camera's field of view (--fov) if known")
+    return None
 
 
 def fit_face_files(input_path, model_path, settings: FaceSettings | None = None, expressions_path=None,

@@ -12,7 +12,7 @@ centre).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class FaceRig:
         source: path of the source video / image / folder ("" when unknown).
         tracks: (F,) int64 the face tracker's stretch per frame (`video.FaceBox.track`): a new id where it
             switched to another face, at a cut; None on construction: one stretch (zeros).
+        warnings: what the fit could not settle, for the user (not saved in the npz).
     """
 
     name: str
@@ -65,6 +66,7 @@ class FaceRig:
     fps: float
     source: str = ""
     tracks: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.tracks is None:

@@ -164,6 +164,7 @@ def test_shipped_network_fits_a_synthetic_clip_end_to_end(sfm, tmp_path):
     assert rig.num_frames == 4 and list(rig.frames) == [0, 1, 2, 3]
     assert rig.albedo.shape == (64, 64, 3) and rig.image_size == (192, 192)
     assert stages[-1] == ("done", 1.0) and all(0 <= f <= 1 for _, f in stages)
+    assert rig.warnings == [w for w in [pipeline.focal_warning(float(rig.focal[0]), 192)] if w]
     # The fitted head is where the rendered one is: projected mean-shape centres within a tenth of the face.
     frame = TemplateFrame.of(sfm.mean)
     for k in range(4):
@@ -190,6 +191,15 @@ def test_without_any_detection_a_face_is_fitted_and_a_street_is_not(sfm, tmp_pat
     street = Path(__file__).resolve().parents[2] / "samples" / "sample_photo.png"
     with pytest.raises(ValueError, match="no face found in .*sample_photo"):
         pipeline.fit_face(street, sfm, pipeline.FaceSettings(texture_size=32))
+
+
+def test_a_focal_on_the_fits_limit_is_warned_about():
+    narrow, wide = fit.focal_bounds(640)  # (90 degrees, 10 degrees)
+    assert narrow == pytest.approx(320.0) and wide == pytest.approx(320.0 / np.tan(np.radians(5.0)))
+    assert "10 degree limit" in pipeline.focal_warning(wide * 0.995, 640) and "--fov" in \
+        pipeline.focal_warning(wide, 640)
+    assert "90 degree limit" in pipeline.focal_warning(narrow, 640)
+    assert pipeline.focal_warning(0.98 * wide, 640) is None and pipeline.focal_warning(1000.0, 640) is None
 
 
 def test_mask_confidence_is_the_mean_over_the_face_mask():
