@@ -18,7 +18,7 @@ from invrender_addon.build.rig import (
     hidden_stretches,
     scene_frames,
 )
-from invrender_addon.build.scene import ALBEDO_NODE, SENSOR_WIDTH_MM
+from invrender_addon.build.scene import ALBEDO_NODE, ENVIRONMENT_NODE, SENSOR_WIDTH_MM
 from mathutils import Matrix
 
 from invrender_core.face.rig import FaceRig
@@ -27,7 +27,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SURREY = DATA / "eos" / "sfm_shape_3448.bin"
 VIDEO = DATA / "videos" / "liveportrait_d3.mp4"
 COUNTED = ("collections", "objects", "meshes", "materials", "images", "actions", "cameras", "movieclips",
-           "shape_keys", "textures")
+           "shape_keys", "textures", "worlds")
 
 
 def rotation(x_deg: float, y_deg: float, z_deg: float) -> np.ndarray:
@@ -211,6 +211,24 @@ def test_a_long_video_name_keeps_every_datablock_name_whole(clean_scene):
     assert name.startswith(base) and len(base.encode()) <= 39
     assert (built.mesh.name, built.material.name) == (f"{base} mesh", f"{base} material")
     assert built.material.node_tree.nodes[ALBEDO_NODE].image.name == f"{base} albedo"
+
+
+def test_an_empty_scene_gets_a_world_lit_as_the_video_a_users_world_stays(clean_scene):
+    rig = grid_rig()
+    rig.sh = np.zeros_like(rig.sh)
+    rig.sh[:, 0] = 0.5
+    rig.sh[:, 1] = [0.3, 0.3, 0.3]  # L1-1, along the camera's y: light from above the face
+    built = build_face_rig(rig)
+    world = clean_scene.world
+    assert world is not None and world.name == "grid face world"
+    environment = image_to_array(world.node_tree.nodes[ENVIRONMENT_NODE].image)  # (64, 128, 3), row 0 = world +z
+    assert environment[:8].mean() > 2 * environment[-8:].mean()  # camera up is world up: brighter at the top
+    assert environment.mean() == pytest.approx(np.pi * 0.5 * 0.2820948, rel=0.15)  # radiance = pi * L00 * Y00
+    assert built.collection.name == "grid face"
+    users_world = bpy.data.worlds.new("mine")
+    clean_scene.world = users_world
+    build_face_rig(grid_rig(name="second"))
+    assert clean_scene.world == users_world and "second world" not in bpy.data.worlds
 
 
 def test_albedo_packed_and_uv_round_trip(clean_scene):

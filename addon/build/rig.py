@@ -6,6 +6,8 @@ What `build_face_rig` adds, in a new collection named after the rig:
   camera frame (x right, y up, z towards the viewer). Focal, principal point (image centre) and render
   resolution match the source frames (`scene.build_camera`, 36 mm sensor, horizontal fit); a per-frame focal
   that changes is keyframed on the camera's lens.
+- when the scene has no world (a scene of its own, as the command line's): a world lit by the fitted SH lighting
+  averaged over the frames, so that the rig renders as lit in the video.
 - the face mesh: identity baked into the basis, UVs (FaceRig uvs are v up, as Blender's), the albedo texture
   (packed) -> Principled Base Color, one shape key per expression component.
 - keyframes at every fitted frame: the shape-key values and the head pose. Where no face was fitted for longer
@@ -40,7 +42,7 @@ import bpy
 import numpy as np
 
 from .bpy_io import base_name, enable_nodes, ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
-from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera, exclude_earlier_builds
+from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera, build_world, exclude_earlier_builds
 
 RIG_KEY = "invrender_face_rig"  # collection ID property: names of what the build made, units, first frame
 EXPRESSION_SCALE_KEY = "invrender_expression_scale"  # Key ID property: (E,) model weight = key value × scale
@@ -53,7 +55,8 @@ GAP_FPS = 25.0  # frame rate assumed for MIN_GAP_SECONDS when the rig has none (
 ROTATION_TOLERANCE = 1e-3  # |R^T R - I| allowed for float32 rotations
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ogv", ".wmv")
 # bpy.data collections whose new blocks a failed build removes (Key blocks go with their mesh).
-DATA_COLLECTIONS = ("collections", "objects", "meshes", "materials", "images", "actions", "cameras", "movieclips")
+DATA_COLLECTIONS = ("collections", "objects", "meshes", "materials", "images", "actions", "cameras", "movieclips",
+                    "worlds")
 
 
 @dataclass
@@ -99,7 +102,7 @@ def build_face_rig(rig, context=None, metres_per_unit: float = METRES_PER_MM) ->
 
     `metres_per_unit`: size of one model unit in metres (0.001: millimetres, the Surrey model).
     All or nothing: a bad rig raises ValueError before anything changes; if building fails later, every
-    datablock added so far is removed and the scene's camera, clip, resolution, fps and frame range are
+    datablock added so far is removed and the scene's camera, clip, world, resolution, fps and frame range are
     restored before the error propagates.
     """
     _check(rig, metres_per_unit)
@@ -150,14 +153,14 @@ def _check(rig, metres_per_unit: float) -> None:
 
 def _scene_settings(scene: bpy.types.Scene) -> dict:
     render = scene.render
-    return {"camera": scene.camera, "active_clip": scene.active_clip,
+    return {"camera": scene.camera, "active_clip": scene.active_clip, "world": scene.world,
             "render": {k: getattr(render, k) for k in ("resolution_x", "resolution_y", "resolution_percentage",
                                                         "pixel_aspect_x", "pixel_aspect_y", "fps", "fps_base")},
             "frames": (scene.frame_start, scene.frame_end, scene.frame_current)}
 
 
 def _restore_scene_settings(scene: bpy.types.Scene, settings: dict) -> None:
-    scene.camera, scene.active_clip = settings["camera"], settings["active_clip"]
+    scene.camera, scene.active_clip, scene.world = settings["camera"], settings["active_clip"], settings["world"]
     for key, value in settings["render"].items():
         setattr(scene.render, key, value)
     scene.frame_start, scene.frame_end, scene.frame_current = settings["frames"]
@@ -180,6 +183,8 @@ def _build(rig, scene: bpy.types.Scene, metres_per_unit: float) -> BuiltRig:
     clip = _movie_clip(rig, camera, scene, warnings)
 
     material = _material(name, rig.albedo)
+    if scene.world is None:  # a scene of its own (the command line's): lit as the video was; a user's world stays
+        scene.world = _world(name, rig, camera)
     vertices = rig.neutral * metres_per_unit  # (V, 3) metres
     mesh = bpy.data.objects.new(f"{name} mesh", mesh_from_arrays(f"{name} mesh", vertices, rig.triangles, rig.uvs))
     mesh.data.materials.append(material)
@@ -240,6 +245,16 @@ def _movie_clip(rig, camera: bpy.types.Object, scene: bpy.types.Scene, warnings:
     camera.data.show_background_images = True
     scene.active_clip = clip
     return clip
+
+
+def _world(name: str, rig, camera: bpy.types.Object) -> bpy.types.World:
+    """A world lit by the fitted SH lighting averaged over the frames, turned from the camera frame to the world
+    (`scene.build_world`): the rig renders as lit in the video, rather than black."""
+    from invrender_core import sh
+
+    to_world = np.array(camera.matrix_basis, np.float64)[:3, :3]  # the camera has no parent
+    lighting = sh.rotation(to_world) @ np.asarray(rig.sh, np.float64).mean(axis=0)  # (9, 3) world frame
+    return build_world(f"{name} world", image_from_array(f"{name} environment", sh.to_equirect(lighting, 128, 64)))
 
 
 def _material(name: str, albedo: np.ndarray | None) -> bpy.types.Material:
