@@ -130,14 +130,13 @@ def _decompose(args, image, irn: str, depth: str, camera=None):
 
     estimate = decompose(image, fov_deg=args.fov, camera=camera, device=args.device, max_side=args.max_side,
                          irn=irn, depth=depth, weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
-    _print_warnings(estimate.metadata)
+    _print_warnings(estimate.metadata.get("warnings", []))  # in camera.json too
     return estimate
 
 
-def _print_warnings(metadata: dict) -> None:
-    """The warnings in metadata["warnings"] on stderr (an estimate's: unreliable input, fusion, also in camera.json;
-    a face fit's)."""
-    for warning in metadata.get("warnings", []):
+def _print_warnings(warnings: list[str]) -> None:
+    """Warnings (an estimate's: unreliable input, fusion; a face fit's) on stderr."""
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
@@ -204,7 +203,7 @@ def cmd_face(args) -> None:
     fitted = pipeline.fit_face_files(args.input, args.model, settings, args.expressions, args.fov, progress=progress)
     _progress(f"fitted {fitted.num_frames} frames in {time.perf_counter() - start:.1f} s "
               f"(focal {fitted.focal[0]:.0f} px)")
-    _print_warnings({"warnings": fitted.warnings})
+    _print_warnings(fitted.warnings)
     with ExitStack() as outputs:  # both files appear together, or neither
         if args.export_npz is not None:
             rig.save_npz(fitted, outputs.enter_context(atomic_output(args.export_npz)))

@@ -368,6 +368,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
                                size=settings.texture_size, fallback=albedo_vertices,
                                face_masks=[kept_frames[indices[k]][1:] for k in picked])
     report("done", 1.0)
+    focal_unsettled = None if settings.focal is not None else focal_warning(focal, source.width)
     return FaceRig(
         name=name, neutral=model.vertices(identity), triangles=model.triangles.astype(np.int32),
         uvs=model.uvs.astype(np.float32), expression_basis=model.expression_basis.astype(np.float32),
@@ -378,7 +379,7 @@ def fit_face(input_path, model: MorphableModel, settings: FaceSettings | None = 
         frames=np.asarray(indices, np.int64), sh=np.asarray(lighting, np.float32), albedo=texture,
         image_size=image_size, fps=float(source.fps), source=str(Path(input_path).resolve()),
         tracks=np.asarray(fitted_tracks, np.int64),
-        warnings=[] if settings.focal is not None else [w for w in [focal_warning(focal, source.width)] if w],
+        warnings=[focal_unsettled] if focal_unsettled else [],
     ).validate()
 
 
