@@ -117,9 +117,9 @@ def build_material(name: str, albedo_image, normal_image, shadow_image=None, rou
     links.new(normal_map.outputs["Normal"], bsdf.inputs["Normal"])
     # A single view's geometry has faces turned away from where their normal map says they face (a wall the
     # networks call floor becomes a staircase with risers facing down): Cycles reflects no light that arrives
-    # behind a face's geometric normal, so those faces rendered black. Where the two disagree by more than 60
-    # degrees (fully from 90), a translucent BSDF on the reversed normal map adds light from behind. Elsewhere it is
-    # left out: Cycles bends a shading normal that faces away from the camera, and on faces that agree with their
+    # behind a face's geometric normal, so those faces rendered black. Where the two disagree, a translucent BSDF on
+    # the reversed normal map adds light from behind (faded in from 60 to 90 degrees of disagreement). Elsewhere it
+    # is left out: Cycles bends a shading normal that faces away from the camera, and on faces that agree with their
     # normal map it let a fifth more light through (blender_tests/test_build_scene.py).
     geometry = nodes.new("ShaderNodeNewGeometry")
     geometry.location = (-300, -500)
