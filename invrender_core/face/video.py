@@ -70,6 +70,9 @@ _JUMP_GATE = 1.0  # a detection further than this many head-box sides from the l
 _LOST_AFTER = 5  # detection frames without the main face before the largest face anywhere is taken instead
 _RESCAN_FRAMES = 5  # while the main face is missing, the (costly) whole-frame scan runs at most this often
 _DEFAULT_SMOOTHING = 1.5  # frames (Gaussian sigma) for box centre and size
+# A cut: consecutive frames whose hue-saturation histograms correlate less than this. The stage clip's three cuts
+# measured 0.44-0.66, its frames within a shot 0.92 and up, the three talking heads 0.956 and up.
+_CUT_CORRELATION = 0.8
 
 
 # --- frame input -------------------------------------------------------------------------------------
@@ -548,8 +551,9 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
 
     Main face: first_box, or else the largest face of the first detection; afterwards the face nearest to the
     last box, within one head size. It is searched first in a window around the last box (cheap), then in the
-    whole frame (at most once every 5 frames, the costly search). A face elsewhere is taken (a cut, or the main
-    face left) only after the main face was missed on 5 detection frames in a row.
+    whole frame (at most once every 5 frames, the costly search). A face elsewhere is taken (the main face left)
+    only after the main face was missed on 5 detection frames in a row; after a cut (the frame's colours change
+    at once, `_is_cut`) the largest face of the next detection is taken at once.
     Frames without a detection take the box interpolated between the detections around them, or the nearest
     one at the ends; interpolation and smoothing do not cross such a switch (the box jumps there).
     """
@@ -567,6 +571,7 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
     missed = 0  # detection frames in a row without the main face
     last_full_scan: int | None = None  # frame of the last whole-frame scan
     current = 0
+    histogram, after_cut = None, False  # the last frame's colours; a cut since the last detection
     for k, rgb in enumerate(frames):
         arr = np.asarray(rgb)
         if frame_shape is None:
@@ -574,6 +579,9 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
         elif arr.shape != frame_shape:
             raise ValueError(f"track_faces needs frames of one size: frame {k} is {arr.shape}, frame 0 was "
                              f"{frame_shape}")
+        previous, histogram = histogram, _colour_histogram(arr)
+        if previous is not None and _is_cut(previous, histogram):
+            last, missed, last_full_scan, after_cut = None, 0, None, True
         box = None
         if k == 0 and first_box is not None:
             box = last = first_box
@@ -591,6 +599,9 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
                     box, current = candidates[0], current + 1
             elif candidates:
                 box = candidates[0]
+                if after_cut and any(b is not None for b in found):  # a new shot: a new track from here
+                    current += 1
+                after_cut = False
             missed = 0 if box is not None else missed + 1
             last = box if box is not None else last
         found.append(box)
@@ -607,6 +618,18 @@ def track_faces(frames: Iterable[np.ndarray], detect_every: int = 1, smoothing_s
         fallback = FaceBox((width - side) / 2, (height - side) / 2, side, 0.0, False)
         return [fallback] * len(found)
     return _fill_and_smooth(found, runs, smoothing_sigma)
+
+
+def _colour_histogram(rgb: np.ndarray) -> np.ndarray:
+    """Hue-saturation histogram (16 x 8, normalised) of a uint8 RGB frame, on a 64x36 thumbnail."""
+    hsv = cv2.cvtColor(cv2.resize(rgb, (64, 36), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2HSV)
+    histogram = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
+    return cv2.normalize(histogram, histogram)
+
+
+def _is_cut(previous: np.ndarray, histogram: np.ndarray) -> bool:
+    """Whether two consecutive frames' `_colour_histogram`s differ as at a cut (_CUT_CORRELATION)."""
+    return cv2.compareHist(previous, histogram, cv2.HISTCMP_CORREL) < _CUT_CORRELATION
 
 
 def _fill_and_smooth(found: list[FaceBox | None], runs: list[int], sigma: float) -> list[FaceBox]:

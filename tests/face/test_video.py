@@ -372,6 +372,23 @@ def test_tracking_counts_a_switch_to_a_face_elsewhere_as_a_new_track():
     assert all(b.centre[0] < 240 for b in boxes[:11]) and all(b.centre[0] > 240 for b in boxes[11:])
 
 
+def test_tracking_starts_a_new_track_at_a_cut():
+    """As above, but the face moves at a cut (the background changes colour with it): the new track starts on the
+    cut's frame, not five detection frames later with the old box held over the new shot."""
+    face = _read_rgb(_need(DATA / "aflw2000_prnet" / "image00050.jpg"))[60:390, 60:390]
+    small = cv2.resize(face, (150, 150), interpolation=cv2.INTER_AREA)
+    frames = []
+    for k in range(16):
+        canvas = np.empty((240, 480, 3), np.uint8)
+        canvas[:] = (150, 120, 90) if k < 6 else (60, 90, 160)  # a brown wall, then a blue one
+        left = 20 if k < 6 else 310
+        canvas[45:195, left:left + 150] = small
+        frames.append(canvas)
+    boxes = track_faces(frames, smoothing_sigma=0.0)
+    assert [b.track for b in boxes] == [0] * 6 + [1] * 10
+    assert all(b.centre[0] < 240 for b in boxes[:6]) and all(b.centre[0] > 240 for b in boxes[6:])
+
+
 def test_head_box_from_rect_holds_the_landmarks_of_their_bounding_rectangle():
     """The rectangle drawn around a face (here the 68 landmarks' bounding box) becomes a head box like the
     detector's: a square 1.8 times its longer side, centred 0.08 of it higher."""
