@@ -356,35 +356,32 @@ def test_no_face_falls_back_to_the_centred_square_or_raises():
         track_faces([frames[0], frames[1][:, :150]])
 
 
-def test_tracking_counts_a_switch_to_a_face_elsewhere_as_a_new_track():
-    """The face jumps from the left of the frame to the right (a cut): the tracker keeps the old box for five
-    detection frames, then switches, and the boxes after the switch belong to track 1."""
-    face = _read_rgb(_need(DATA / "aflw2000_prnet" / "image00050.jpg"))[60:390, 60:390]
-    small = cv2.resize(face, (150, 150), interpolation=cv2.INTER_AREA)
-    frames = []
-    for k in range(16):
-        canvas = np.full((240, 480, 3), 128, np.uint8)
-        left = 20 if k < 6 else 310
-        canvas[45:195, left:left + 150] = small
-        frames.append(canvas)
-    boxes = track_faces(frames, smoothing_sigma=0.0)
-    assert [b.track for b in boxes] == [0] * 11 + [1] * 5
-    assert all(b.centre[0] < 240 for b in boxes[:11]) and all(b.centre[0] > 240 for b in boxes[11:])
-
-
-def test_tracking_starts_a_new_track_at_a_cut():
-    """As above, but the face moves at a cut (the background changes colour with it): the new track starts on the
-    cut's frame, not five detection frames later with the old box held over the new shot."""
+def _face_jumping_right(backgrounds) -> list[np.ndarray]:
+    """16 frames with a face on the left for 6, then on the right; backgrounds: the two shots' colours."""
     face = _read_rgb(_need(DATA / "aflw2000_prnet" / "image00050.jpg"))[60:390, 60:390]
     small = cv2.resize(face, (150, 150), interpolation=cv2.INTER_AREA)
     frames = []
     for k in range(16):
         canvas = np.empty((240, 480, 3), np.uint8)
-        canvas[:] = (150, 120, 90) if k < 6 else (60, 90, 160)  # a brown wall, then a blue one
+        canvas[:] = backgrounds[0] if k < 6 else backgrounds[1]
         left = 20 if k < 6 else 310
         canvas[45:195, left:left + 150] = small
         frames.append(canvas)
-    boxes = track_faces(frames, smoothing_sigma=0.0)
+    return frames
+
+
+def test_tracking_counts_a_switch_to_a_face_elsewhere_as_a_new_track():
+    """The face jumps from the left of the frame to the right (the same grey wall: no cut): the tracker keeps the
+    old box for five detection frames, then switches, and the boxes after the switch belong to track 1."""
+    boxes = track_faces(_face_jumping_right([(128, 128, 128)] * 2), smoothing_sigma=0.0)
+    assert [b.track for b in boxes] == [0] * 11 + [1] * 5
+    assert all(b.centre[0] < 240 for b in boxes[:11]) and all(b.centre[0] > 240 for b in boxes[11:])
+
+
+def test_tracking_starts_a_new_track_at_a_cut():
+    """As above, but the face moves at a cut (a brown wall, then a blue one): the new track starts on the cut's
+    frame, not five detection frames later with the old box held over the new shot."""
+    boxes = track_faces(_face_jumping_right([(150, 120, 90), (60, 90, 160)]), smoothing_sigma=0.0)
     assert [b.track for b in boxes] == [0] * 6 + [1] * 10
     assert all(b.centre[0] < 240 for b in boxes[:6]) and all(b.centre[0] > 240 for b in boxes[6:])
 
