@@ -26,6 +26,7 @@ from .scene import (  # scene imports torch only when it runs
     DEFAULT_IRN,
     DEFAULT_MAX_SIDE,
     NETWORK_FUSION_LAMBDA,
+    at_input_exposure,
 )
 
 EXIT_FAILURE = 2
@@ -338,30 +339,24 @@ def cmd_relight(args) -> None:
     relighter = relight.Relighter(estimate, shadow_samples=args.shadow_samples, sun_to_sky=args.sun_to_sky,
                                   refine=refine)
     base = _sky_lighting(relighter, args, sky_sh)
-    exposure = float(estimate.metadata.get("input_exposure", 1.0))
     if args.frames is not None:
         frames = relighter.time_of_day(tuple(args.sun), tuple(args.to), args.frames, up=args.up, base=base)
-        written = _write_sequence(args.output, frames, args.frames, args.fps, exposure)
+        written = _write_sequence(args.output, frames, args.frames, args.fps, estimate.metadata)
     else:
         if args.sun_dir is not None:
             lighting = relight.move_sun(base, np.asarray(args.sun_dir))
         else:
             lighting = relighter.sun_at(*args.sun, up=args.up, base=base)
         with atomic_output(args.output) as tmp:
-            write_png(tmp, _exposed(relighter.render(lighting).image, exposure))
+            write_png(tmp, at_input_exposure(relighter.render(lighting).image, estimate.metadata))
         written = str(args.output)
     _progress(f"wrote {written} ({time.perf_counter() - start:.1f} s relighting"
               + (", refined" if refine is not None else ", not refined") + ")")
 
 
-def _exposed(image, exposure: float):
-    """The relit image as an 8-bit file shows it: an HDR photo's own exposure for the networks (`decompose`'s
-    input_exposure) brings it into [0, 1] (1 for ordinary photos: unchanged, no copy)."""
-    return image if exposure == 1.0 else image * exposure
-
-
-def _write_sequence(output: Path, frames, count: int, fps: float, exposure: float = 1.0) -> str:
-    """Frames as OUTPUT_0001.png ... beside `output` (a .png) or as one MP4 (`output` .mp4); says what it wrote."""
+def _write_sequence(output: Path, frames, count: int, fps: float, metadata: dict) -> str:
+    """Frames as OUTPUT_0001.png ... beside `output` (a .png) or as one MP4 (`output` .mp4), each at the photo's
+    exposure for the networks (`scene.at_input_exposure` with the estimate's metadata); says what it wrote."""
     import numpy as np
 
     from .io import write_png
@@ -376,14 +371,14 @@ def _write_sequence(output: Path, frames, count: int, fps: float, exposure: floa
         with ExitStack() as outputs:
             for k, ((sun, relit), path) in enumerate(zip(frames, _frame_paths(output, count), strict=True)):
                 announce(k, sun)
-                write_png(outputs.enter_context(atomic_output(path)), _exposed(relit.image, exposure))
+                write_png(outputs.enter_context(atomic_output(path)), at_input_exposure(relit.image, metadata))
         return f"{output.stem}_0001.png ... {output.stem}_{count:04d}.png in {output.parent}"
     writer = None
     with atomic_output(output) as tmp:
         try:
             for k, (sun, relit) in enumerate(frames):
                 announce(k, sun)
-                rgb = _to_srgb8(_exposed(relit.image, exposure))  # (H, W, 3) uint8 sRGB
+                rgb = _to_srgb8(at_input_exposure(relit.image, metadata))  # (H, W, 3) uint8 sRGB
                 if writer is None:
                     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                              (rgb.shape[1], rgb.shape[0]))

@@ -199,13 +199,20 @@ def lit_sphere(lighting: np.ndarray, size: int = 128, albedo: float = 0.6) -> np
     return (rgb / max(float(rgb.max()), 1e-12)).astype(np.float32)
 
 
+def at_input_exposure(image: np.ndarray, metadata: dict) -> np.ndarray:
+    """`image` (linear, in the photo's units) at the exposure `decompose` gave the networks (metadata
+    "input_exposure": an HDR photo's 99th percentile of luminance at 1), as previews and 8-bit files show it; the
+    image itself, not a copy, for an ordinary photo (exposure 1)."""
+    exposure = float(metadata.get("input_exposure", 1.0))
+    return image if exposure == 1.0 else image * np.float32(exposure)
+
+
 def preview_tiles(estimate: SceneEstimate) -> list[tuple[str, np.ndarray]]:
     """The contact-sheet tiles of an estimate (`io.save_preview_sheet`): photo, albedo, shading, shadow, normals,
     fused depth, confidence and a sphere lit by the estimated lighting."""
     shadow = _shadow_map(estimate)
-    exposure = float(estimate.metadata.get("input_exposure", 1.0))  # an HDR photo shown as the networks saw it
     return [
-        ("photo", estimate.image * np.float32(exposure) if exposure != 1.0 else estimate.image),
+        ("photo", at_input_exposure(estimate.image, estimate.metadata)),  # an HDR photo as the networks saw it
         ("albedo", estimate.albedo), ("shading", _for_display(estimate.shading)),
         ("shadow", shadow),
         ("normals", srgb_to_linear(0.5 * (estimate.normals + 1.0))),  # shown as a normal map's colours
