@@ -104,7 +104,7 @@ def _data_source(args):
     if args.colmap_size is not None and any(s < 1 or s % 16 for s in args.colmap_size):
         raise ValueError(f"--colmap-size must be two multiples of 16 (the networks pool 4 times), "
                          f"got {args.colmap_size}")
-    if not (colmap.is_workspace(data) or any(colmap.is_workspace(p) for p in data.iterdir() if p.is_dir())):
+    if not colmap.find_workspaces(data):
         return data
     scenes = colmap.ColmapScenes(data, size=tuple(args.colmap_size) if args.colmap_size is not None else None)
     if scenes.skipped:

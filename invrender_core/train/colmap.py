@@ -42,6 +42,7 @@ __all__ = [
     "ColmapScenes",
     "ColmapWorkspace",
     "cam_to_world_from_colmap",
+    "find_workspaces",
     "is_workspace",
     "qvec_to_rotmat",
     "read_array",
@@ -347,6 +348,15 @@ def is_workspace(path: str | Path) -> bool:
                                               for e in (".bin", ".txt"))
 
 
+def find_workspaces(path: str | Path) -> list[Path]:
+    """[path] when it is a COLMAP dense workspace (`is_workspace`), else its subfolders that are, in name order
+    (none for a path that is not a folder)."""
+    path = Path(path)
+    if is_workspace(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if is_workspace(p)) if path.is_dir() else []
+
+
 def _read_photo(path: Path) -> np.ndarray:
     """8- or 16-bit photo -> float32 (H, W, 3) linear RGB. EXIF orientation is ignored on purpose: COLMAP's
     cameras and depth maps describe the stored pixel grid."""
@@ -464,8 +474,7 @@ class ColmapScenes:
         self.size = size
         if isinstance(workspaces, str | Path):
             root = Path(workspaces)
-            paths = [root] if is_workspace(root) else sorted(p for p in root.iterdir() if is_workspace(p)) \
-                if root.is_dir() else []
+            paths = find_workspaces(root)
             if not paths:
                 raise FileNotFoundError(f"no COLMAP dense workspace (images/ and sparse/) at or under {root}")
         else:

@@ -145,7 +145,7 @@ def open_source(data, split: str = "train") -> SceneSource:
         return MultiviewScenes(root, split)
     from . import colmap
 
-    if colmap.is_workspace(root) or any(colmap.is_workspace(p) for p in root.iterdir() if p.is_dir()):
+    if colmap.find_workspaces(root):
         if split != "train":
             raise ValueError(f"{root} is a COLMAP workspace, which has no {split!r} split; evaluate on a "
                              "rendered multiview dataset instead")
