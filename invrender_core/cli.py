@@ -590,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint_file() -> str:
+    from .train.trainer import CHECKPOINT_FILE  # torch is loaded already when training was interrupted
+
+    return CHECKPOINT_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # --verbose is the top-level parser's, but is taken anywhere: users add it at the end of a failed command.
@@ -600,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command != "train":
             note = "; no output was written"
-        elif (Path(args.out) / "checkpoint.pt").exists():
+        elif (Path(args.out) / _checkpoint_file()).exists():
             note = "; the last checkpoint is kept (resume with --resume)"
         else:
             note = "; before the first checkpoint, so there is nothing to resume"

@@ -64,7 +64,8 @@ STEP_MILESTONES = (0.6, 0.85)  # "step" schedule: lr x 0.1 after 60 % and again 
 _RESUME_FIXED = ("batch_size", "lr", "seed", "world_size", "weight_decay", "schedule", "warmup_steps",
                  "min_lr_ratio", "grad_clip", "dataset_len", "task", "task_settings")
 # What a run folder holds: a new run never starts in a folder that has any of them (they would be overwritten).
-RUN_FILES = ("checkpoint.pt", "model.safetensors", "log.csv", "eval.csv", "summary.json")
+CHECKPOINT_FILE = "checkpoint.pt"
+RUN_FILES = (CHECKPOINT_FILE, "model.safetensors", "log.csv", "eval.csv", "summary.json")
 # Task attributes that may change between a run and its resumption (where the data is, what is scored).
 _RESUME_FREE = ("data", "eval_data", "eval_views", "eval_views_count", "eval_count", "real_frames")
 
@@ -362,7 +363,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out_dir / "checkpoint.pt"
+        return self.out_dir / CHECKPOINT_FILE
 
     # ----- distributed setup -----
 
