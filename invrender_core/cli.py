@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from contextlib import ExitStack, contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from .face.pipeline import FaceSettings
 from .fusion import DEFAULT_LAMBDA
-from .io.folders import missing_folders, remove_empty_folders
+from .io.folders import missing_folders, remove_empty_folders, temporary_beside
 from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES
 from .scene import (  # scene imports torch only when it runs
     DEFAULT_BACKGROUND_BAND,
@@ -56,12 +55,10 @@ def atomic_output(path: Path):
     created = missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        tmp = temporary_beside(path)
     except OSError as e:
         remove_empty_folders(created)
         raise _cannot_write(path, e) from e
-    os.close(fd)
-    tmp = Path(tmp)
     tmp.unlink()  # only the unique name is wanted: an existing file makes Blender keep a .blend1 backup
     done = False
     try:

@@ -29,6 +29,7 @@ import bpy
 import numpy as np
 
 from invrender_core.io.exr import read_exr_channels, write_exr_channels
+from invrender_core.io.folders import temporary_beside
 
 from .bpy_io import use_multilayer_exr
 from .scene import SHADOW_AOV, SHADOW_NODE, BuiltScene, find_import
@@ -101,13 +102,11 @@ def export_passes(scene: bpy.types.Scene, built: BuiltScene | None, out_path, sa
 def _reserve(target: Path) -> Path:
     """An empty temporary file next to `target` (same folder, so the final rename is atomic)."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".exr.tmp", dir=target.parent)
+        return temporary_beside(target)
     except FileNotFoundError as e:
         raise OSError(f"the folder {target.parent} does not exist: create it or choose another") from e
     except OSError as e:
         raise OSError(f"cannot write to {target.parent} ({e.strerror or e}): choose a writable folder") from e
-    os.close(fd)
-    return Path(name)
 
 
 def _has_shadow(built: BuiltScene) -> bool:

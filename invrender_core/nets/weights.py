@@ -21,13 +21,14 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..io.folders import write_atomic
 
 REGISTRY_FILE = "registry.json"
 REGISTRY_VERSION = 1
@@ -208,27 +209,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename onto `path`; nothing is left at `path` or beside it on failure, nor the
-    folders made for it."""
-    from ..io.folders import missing_folders, remove_empty_folders
-
-    created = missing_folders(path.parent)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        remove_empty_folders(created)
-        raise
-
-
 def read_registry(registry_file: Path) -> dict[str, WeightsEntry]:
     """Registered entries by name; an absent registry is empty."""
     registry_file = Path(registry_file)
@@ -251,7 +231,7 @@ def register(entry: WeightsEntry, registry_file: Path) -> None:
     entries[entry.name] = entry
     text = json.dumps({"version": REGISTRY_VERSION, "models": {n: asdict(e) for n, e in sorted(entries.items())}},
                       indent=2)
-    _write_atomic(registry_file, lambda tmp: tmp.write_text(text + "\n"))
+    write_atomic(registry_file, lambda tmp: tmp.write_text(text + "\n"))
 
 
 def load_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
@@ -396,8 +376,8 @@ def register_shipped(weights_file: Path, name: str, architecture: str, config: M
               f"| sha256 | `{digest}` |\n| licence | {licence} |\n\n")
     entry = WeightsEntry(name=name, file=f"{name}.safetensors", sha256=digest, licence=licence, card=summary,
                          architecture=architecture, config=dict(config), card_file=f"{name}.md")
-    _write_atomic(folder / entry.file, lambda tmp: tmp.write_bytes(data))
-    _write_atomic(folder / entry.card_file, lambda tmp: tmp.write_text(header + card_markdown.strip() + "\n"))
+    write_atomic(folder / entry.file, lambda tmp: tmp.write_bytes(data))
+    write_atomic(folder / entry.card_file, lambda tmp: tmp.write_text(header + card_markdown.strip() + "\n"))
     register(entry, folder / REGISTRY_FILE)
     return entry
 
@@ -463,7 +443,7 @@ def import_megadepth_checkpoint(pth_path: Path, weights_dir: Path | None = None)
         except SafetensorError as e:  # e.g. a full disk, which safetensors does not raise as an OSError
             raise OSError(f"could not write {out} ({e}): make room or give another --weights-dir") from e
 
-    _write_atomic(out, write)
+    write_atomic(out, write)
     register(WeightsEntry(name=MEGADEPTH_NAME, file=MEGADEPTH_FILE, sha256=sha256_of(out),
                           licence=MEGADEPTH_LICENCE, card=MEGADEPTH_CARD, architecture="megadepth",
                           config={"width": 1.0}),

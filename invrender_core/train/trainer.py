@@ -35,7 +35,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..io.folders import missing_folders, remove_empty_folders, write_atomic
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -259,15 +261,6 @@ class _Progress:
             self.stream.flush()
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class _CsvLog:
     """Append-only CSV with a fixed header; on resume, rows after the checkpoint's step are dropped."""
 
@@ -285,7 +278,7 @@ class _CsvLog:
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
         buf = io.StringIO()
         csv.writer(buf).writerows(kept)
-        _write_atomic(self.path, lambda tmp: tmp.write_text(buf.getvalue()))
+        write_atomic(self.path, lambda tmp: tmp.write_text(buf.getvalue()))
 
     def write(self, row: dict[str, Any]) -> None:
         if self.header is None:
@@ -401,8 +394,6 @@ class Trainer:
         resume=True continues from out_dir/checkpoint.pt (FileNotFoundError without one); resume=False refuses
         an out_dir that already holds any of RUN_FILES, so no run (nor a user's file of those names) is overwritten.
         """
-        from ..io.folders import missing_folders, remove_empty_folders
-
         rank, world, local_rank, created_group = self._setup_distributed()
         created = missing_folders(self.out_dir)
         try:
@@ -515,7 +506,7 @@ class Trainer:
                     "scaler": scaler.state_dict(), "rng": states, "config": config,
                     # the log row in progress, so a resumed run writes the row an uninterrupted one would
                     "log_interval": {"sums": dict(interval), "steps": interval_steps}}
-            _write_atomic(self.checkpoint_path, lambda tmp: torch.save(ckpt, tmp))
+            write_atomic(self.checkpoint_path, lambda tmp: torch.save(ckpt, tmp))
 
         def run_eval(at_step: int) -> None:
             nonlocal last_eval
@@ -613,7 +604,7 @@ class Trainer:
                 _save_safetensors(model, self.out_dir / "model.safetensors", summary)
                 summary["model_file"] = "model.safetensors"
             text = json.dumps(summary, indent=1) + "\n"
-            _write_atomic(self.out_dir / "summary.json", lambda tmp: tmp.write_text(text))
+            write_atomic(self.out_dir / "summary.json", lambda tmp: tmp.write_text(text))
         return summary
 
 
@@ -665,4 +656,4 @@ def _save_safetensors(model: nn.Module, path: Path, summary: dict) -> None:
     # clone(): safetensors refuses tensors that share storage (e.g. tied weights); CPU and contiguous anyway.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"task": summary["task"], "step": str(summary["step"]), "format": "pt"}
-    _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
