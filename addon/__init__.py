@@ -15,6 +15,7 @@ def register():
 
 
 def unregister():
+    operators.relight_preview._RELIGHTERS.clear()  # the cached 2D relighter holds full-resolution maps
     deps.remove_from_sys_path(prefs.torch_folder())
     del bpy.types.Scene.invr
     for cls in reversed(classes):

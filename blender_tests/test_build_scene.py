@@ -223,7 +223,7 @@ def test_background_layer_fills_what_a_new_viewpoint_uncovers(clean_scene):
     layer = built.background
     assert layer is not None and len(layer.data.polygons) == len(assets["background"]["faces"])
     assert layer.users_collection[0] == built.collection and layer.matrix_world == built.mesh.matrix_world
-    assert built.collection["invrender_import"]["background"] == layer.name
+    assert built.collection["invrender_import"]["background"] == layer
     nodes = layer.active_material.node_tree.nodes
     np.testing.assert_allclose(image_to_array(nodes["InvRender Albedo"].image), assets["background"]["albedo"],
                                atol=1e-6)

@@ -282,7 +282,8 @@ def test_operator_equals_api(clean_scene, tmp_path, operator_registered):
         np.testing.assert_array_equal(by_operator[name], values)
 
 
-def test_errors_write_nothing(clean_scene, tmp_path, operator_registered):
+@pytest.mark.filterwarnings("ignore:.*does not support blend relative")  # Blender 4.5's note on "//rel.exr"
+def test_errors_write_nothing(clean_scene, tmp_path, operator_registered, monkeypatch):
     # No import: a camera alone is not enough.
     camera = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
     clean_scene.collection.objects.link(camera)
@@ -307,6 +308,27 @@ def test_errors_write_nothing(clean_scene, tmp_path, operator_registered):
         export_passes(clean_scene, built, tmp_path)
     with pytest.raises(ValueError, match="samples"):
         export_passes(clean_scene, built, tmp_path / "a.exr", samples=0)
+    # A folder named without its trailing slash, a path relative to a .blend not saved yet (it would be written
+    # wherever Blender was started from).
+    with pytest.raises(RuntimeError, match="is a folder: give a file name ending in .exr"):
+        bpy.ops.invr.export_passes(filepath=str(tmp_path), samples=SAMPLES)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="//rel.exr is relative to the .blend file, which is not saved yet: save "
+                       "the file first or give an absolute path"):
+        bpy.ops.invr.export_passes(filepath="//rel.exr", samples=SAMPLES)
+    # An import left out of the render: the passes would hold none of it.
+    layer = clean_scene.view_layers[0].layer_collection.children[built.collection.name]
+    layer.exclude = True
+    with pytest.raises(RuntimeError, match="the import 'shot' is excluded from the view layer 'ViewLayer': tick its "
+                       "checkbox in the Outliner, then export"):
+        bpy.ops.invr.export_passes(filepath=str(tmp_path / "a.exr"), samples=SAMPLES)
+    layer.exclude = False
+    for hidden in (built.collection, built.mesh):
+        hidden.hide_render = True
+        with pytest.raises(RuntimeError, match=r"the import 'shot' is disabled in renders: enable it \(the camera "
+                           r"icon in the Outliner\), then export"):
+            bpy.ops.invr.export_passes(filepath=str(tmp_path / "a.exr"), samples=SAMPLES)
+        hidden.hide_render = False
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -176,10 +176,20 @@ def test_head_camera_and_timing(clean_scene):
     assert built.camera.data.sensor_width == SENSOR_WIDTH_MM
 
     record = built.collection[RIG_KEY].to_dict()
-    assert record["mesh"] == built.mesh.name and record["first_source_frame"] == 10
+    assert record["mesh"] == built.mesh and record["camera"] == built.camera and "clip" not in record
+    assert record["first_source_frame"] == 10
     assert record["expression_names"] == ["anger", "", "jaw open"]
     assert built.collection.name == "grid face" and built.clip is None and built.warnings == []
     assert set(built.collection.objects) == {built.mesh, built.camera}
+
+
+def test_record_follows_renames_and_reopening(clean_scene, tmp_path):
+    built = build_face_rig(grid_rig())
+    built.mesh.name, built.camera.name = "actor head", "witness camera"  # the Outliner's names are the artist's
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "rig.blend"))
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "rig.blend"))
+    record = bpy.data.collections["grid face"][RIG_KEY]
+    assert record["mesh"] == bpy.data.objects["actor head"] and record["camera"] == bpy.data.objects["witness camera"]
 
 
 def test_keys_hold_until_the_tracker_moves_to_another_face(clean_scene):
@@ -303,7 +313,7 @@ def test_movie_clip_lines_up_with_the_keys(clean_scene):
     assert clip.fps == pytest.approx(rig.fps)
     background = built.camera.data.background_images[0]
     assert background.source == "MOVIE_CLIP" and background.clip == clip and built.camera.data.show_background_images
-    assert clean_scene.active_clip == clip and built.collection[RIG_KEY]["clip"] == clip.name
+    assert clean_scene.active_clip == clip and built.collection[RIG_KEY]["clip"] == clip
 
 
 @pytest.mark.skipif(not VIDEO.is_file(), reason="needs ../shared/data/videos/liveportrait_d3.mp4")

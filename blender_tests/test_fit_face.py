@@ -83,8 +83,8 @@ def rig_snapshot(collection) -> dict:
     """What a built rig shows at a keyed frame: basis vertices (V*3,), shape-key values (E,), the head object's
     matrix_world (4, 4), the camera lens and the scene's frame range."""
     scene = bpy.context.scene
-    names = collection[RIG_KEY]
-    mesh, camera = bpy.data.objects[names["mesh"]], bpy.data.objects[names["camera"]]
+    record = collection[RIG_KEY]
+    mesh, camera = record["mesh"], record["camera"]
     scene.frame_set(KEYED_SCENE_FRAME)
     co = np.empty(len(mesh.data.vertices) * 3, np.float32)
     mesh.data.vertices.foreach_get("co", co)

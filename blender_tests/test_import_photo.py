@@ -255,3 +255,37 @@ def test_cancelled_import_reports_and_changes_nothing(photo_with_maps, test_nets
     assert recorder.reports == [({"ERROR"}, "Import cancelled: the scene is unchanged")]
     assert {kind: len(getattr(bpy.data, kind)) for kind in before} == before
     assert clean_scene.camera is None and jobs.active_job() is None
+
+
+def test_import_into_the_startup_scene_names_what_is_in_its_way(photo_with_maps, registered_addon, report_recorder):
+    """Blender's startup scene: the photo camera (at the origin) sits inside the Cube, and the Light lights the
+    import too. Both are named in WARNING reports, and left as they were."""
+    from invrender_addon.build.import_photo import estimate
+    from invrender_addon.operators.import_photo import _build
+
+    bpy.ops.wm.read_factory_settings(use_empty=False)  # Cube, Light, Camera
+    d = photo_with_maps
+    settings = ImportSettings(photo=d / "photo.png", depth=d / "photo_depth.exr", normals=d / "photo_normal.exr",
+                              fov_deg=60.0)
+    result = estimate(settings)
+    objects = {o.name: (tuple(o.location), o.hide_render, o.hide_get()) for o in bpy.data.objects}
+    assert _build(report_recorder, bpy.context, settings, result) == {"FINISHED"}
+    warnings = [message for kind, message in report_recorder.reports if kind == {"WARNING"}]
+    assert warnings == ["Cube: around the photo camera or in its view in front of the import, so they cover it in "
+                        "the render: hide them or move them away",
+                        "Light: lights outside the import that light it too: hide them to light it as the photo "
+                        "was lit"]
+    assert {name: objects[name] for name in ("Cube", "Light", "Camera")} == {
+        o.name: (tuple(o.location), o.hide_render, o.hide_get()) for o in bpy.data.objects if o.name in objects}
+
+    # Beside the camera, out of its view, behind the import or hidden from renders: not in the way.
+    cube, light = bpy.data.objects["Cube"], bpy.data.objects["Light"]
+    for location, expected in (((0.0, -3.0, 0.0), False), ((5.0, 2.0, 0.0), False), ((0.0, 20.0, 0.0), False),
+                               ((0.0, 2.0, 0.0), True), ((0.0, 1.0, 0.4), True)):
+        cube.location = location
+        built = import_photo(settings, bpy.context.scene, estimate_result=result)
+        assert any(w.startswith("Cube:") for w in built.warnings) == expected, location
+    light.hide_render = True
+    cube.location = (0.0, 2.0, 0.0)
+    cube.hide_render = True
+    assert import_photo(settings, bpy.context.scene, estimate_result=result).warnings == []

@@ -116,7 +116,7 @@ def test_bad_settings_add_nothing(clean_scene, settings, message):
 def test_operator_equals_api(registered_addon, clean_scene):
     build(clean_scene)
     photo_camera = clean_scene.camera
-    assert bpy.ops.invr.add_novel_view_camera(kind="CRANE", angle=math.radians(15.0), frames=6,
+    assert bpy.ops.invr.add_novel_view_camera(kind="CRANE", crane_angle=math.radians(15.0), frames=6,
                                               frame_start=2) == {"FINISHED"}
     assert clean_scene.camera == photo_camera  # make_active is off by default
     by_operator = poses(clean_scene, bpy.data.objects["view crane camera"], range(1, 9))
@@ -129,6 +129,22 @@ def test_operator_equals_api(registered_addon, clean_scene):
     camera = add_novel_view_camera(scene, built, NovelViewSettings(kind="crane", angle_deg=15.0, frames=6,
                                                                    frame_start=2))
     np.testing.assert_allclose(poses(scene, camera, range(1, 9)), by_operator, atol=1e-6)
+
+
+def test_operator_accepts_its_angles_own_limits(registered_addon, clean_scene):
+    """The sliders' limits are the checks' limits, which accept them back through float32 radians."""
+    build(clean_scene)
+    properties = bpy.ops.invr.add_novel_view_camera.get_rna_type().properties
+    for name, limit in (("orbit_angle", 360.0), ("crane_angle", 89.0)):
+        assert math.degrees(properties[name].hard_max) == pytest.approx(limit)
+        assert properties[name].soft_max <= properties[name].hard_max
+    for kind, name, limit in (("ORBIT", "orbit_angle", 360.0), ("CRANE", "crane_angle", 89.0)):
+        for sign in (1.0, -1.0):
+            assert bpy.ops.invr.add_novel_view_camera(kind=kind, frames=2, **{name: sign * math.radians(limit)}) \
+                == {"FINISHED"}
+    assert len([c for c in bpy.data.cameras if "crane" in c.name]) == 2
+    with pytest.raises(ValueError, match="crane angle"):
+        NovelViewSettings(kind="crane", angle_deg=89.01).check()
 
 
 def test_operator_without_import_reports_and_changes_nothing(registered_addon, clean_scene):

@@ -269,6 +269,16 @@ def test_time_of_day_keyframes(clean_scene, mode):
 # ------------------------------------------------------------------------------------------ errors, ops
 
 
+def test_time_of_day_again_reuses_its_actions(clean_scene):
+    """Each run replaces the previous keys; no unused action is left behind (Blender 4.2 left one per ID)."""
+    built = build(clean_scene)
+    for _ in range(3):
+        animate_time_of_day(clean_scene, built, (40.0, 0.0), (10.0, 90.0), 1, 20)
+        assert len(bpy.data.actions) == 2 and all(action.users == 1 for action in bpy.data.actions)
+    apply_relight(clean_scene, built, RelightSettings())
+    assert all(action.users == 1 for action in bpy.data.actions)
+
+
 def snapshot(built) -> tuple:
     """What a relight may change, as numbers: sun rotation (3), energy, colour (3), Mapping z, world strength,
     number of world nodes, whether the estimate was recorded."""
@@ -324,6 +334,17 @@ def test_relight_operator_equals_api(registered_addon, clean_scene, kwargs, api)
     for frame, expected in zip((5, 15, 25), by_operator, strict=True):
         scene.frame_set(frame)
         np.testing.assert_allclose(snapshot(built), expected, atol=1e-6)  # radians -> degrees -> radians
+
+
+def test_relight_operator_accepts_the_elevations_own_limits(registered_addon, clean_scene):
+    """±90° typed into the sliders come back through float32 radians a hair past 90 and are still accepted."""
+    built = build(clean_scene)
+    for sign in (1.0, -1.0):
+        assert bpy.ops.invr.relight(use_sun_angles=True, sun_elevation=sign * math.pi / 2) == {"FINISHED"}
+        np.testing.assert_allclose(sun_axis(built), [0.0, 0.0, sign], atol=1e-6)
+    assert bpy.ops.invr.relight(animate=True, sun_elevation=math.pi / 2, end_elevation=-math.pi / 2) == {"FINISHED"}
+    with pytest.raises(ValueError, match="sun elevation"):
+        RelightSettings(sun_angles=(90.01, 0.0)).check()
 
 
 def test_relight_operator_without_import_reports_and_changes_nothing(registered_addon, clean_scene):

@@ -1,7 +1,8 @@
 """2D relight preview of an import: operator == core Relighter, the stored maps survive save and reload, errors
-leave the scene unchanged."""
+leave the scene unchanged. Which import the tools use: the import's record follows renames, append and link."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import bpy
@@ -9,7 +10,15 @@ import numpy as np
 import pytest
 from invrender_addon.build.bpy_io import image_to_array
 from invrender_addon.build.import_photo import ImportSettings, import_photo
-from invrender_addon.build.scene import DATA_COLLECTIONS, SceneAssets, build_scene, find_import, stored_estimate
+from invrender_addon.build.scene import (
+    DATA_COLLECTIONS,
+    IMPORT_KEY,
+    RECORD_BLOCKS,
+    SceneAssets,
+    build_scene,
+    find_import,
+    stored_estimate,
+)
 from invrender_addon.operators import relight_preview
 
 from invrender_core import geometry, sh
@@ -121,6 +130,18 @@ def test_save_reload_keeps_what_the_preview_needs(registered_addon, clean_scene,
     assert len([i for i in bpy.data.images if i.name.startswith(PREVIEW)]) == 1
 
 
+def test_disabling_the_add_on_frees_the_cached_relighter(clean_scene):
+    import invrender_addon
+
+    invrender_addon.register()
+    try:
+        import_photo(SETTINGS, clean_scene, estimate_result=yard_estimate())
+        assert preview(30.0, 120.0) == {"FINISHED"} and relight_preview._RELIGHTERS
+    finally:
+        invrender_addon.unregister()
+    assert relight_preview._RELIGHTERS == {}
+
+
 def test_no_import_reports_and_changes_nothing(registered_addon, clean_scene):
     before = counts()
     with pytest.raises(RuntimeError, match="no InvRender import"):  # bpy.ops turns an ERROR report into this
@@ -139,10 +160,9 @@ def test_import_without_stored_maps_reports_and_changes_nothing(registered_addon
     # A full import whose depth image was deleted.
     bpy.ops.wm.read_factory_settings(use_empty=True)
     built = import_photo(SETTINGS, bpy.context.scene, estimate_result=yard_estimate())
-    depth_name = built.collection["invrender_import"]["depth"]
-    bpy.data.images.remove(bpy.data.images[depth_name])
+    bpy.data.images.remove(built.collection[IMPORT_KEY]["depth"])
     before = counts()
-    with pytest.raises(RuntimeError, match=f"{depth_name!r}.*missing"):
+    with pytest.raises(RuntimeError, match="the depth image of 'yard' is missing: import the photo again"):
         preview(30.0, 90.0)
     assert counts() == before and PREVIEW not in bpy.data.images
 
@@ -154,3 +174,109 @@ def test_defaults_and_names(registered_addon):
     assert name.endswith(" 2D Relight") and len(name.encode()) <= 63
     image = bpy.data.images.new(name, 4, 4)
     assert image.name == name  # Blender keeps it whole, so the next preview finds it again
+
+
+# ----------------------------------------------------------------------------- which import the tools use
+
+
+PLACE_SUN = {"use_sun_angles": True, "sun_elevation": math.radians(20.0), "sun_azimuth": math.radians(150.0)}
+
+
+def sun_state(sun) -> tuple:
+    return tuple(sun.rotation_euler), sun.data.energy
+
+
+def test_tools_follow_renamed_datablocks(registered_addon, clean_scene):
+    est = yard_estimate()
+    import_photo(SETTINGS, clean_scene, estimate_result=est)
+    for kind in ("objects", "worlds", "images", "meshes", "cameras", "lights"):  # as an artist tidies the Outliner
+        for block in list(getattr(bpy.data, kind)):
+            block.name = f"shot {block.name}"
+    sun = bpy.data.objects["shot yard sun"]
+    before = sun_state(sun)
+    assert bpy.ops.invr.relight(**PLACE_SUN) == {"FINISHED"}
+    assert sun_state(sun) != before
+    assert bpy.ops.invr.add_novel_view_camera() == {"FINISHED"}
+    assert preview(30.0, 120.0) == {"FINISHED"}
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), core_relight(est, 30.0, 120.0).image,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_records_of_earlier_versions_name_their_datablocks(registered_addon, clean_scene):
+    est = yard_estimate()
+    record = import_photo(SETTINGS, clean_scene, estimate_result=est).collection[IMPORT_KEY]
+    for key in RECORD_BLOCKS.keys() & record.keys():  # as add-on versions before ID references wrote it
+        record[key] = record[key].name
+    assert isinstance(record["world"], str)
+    sun = bpy.data.objects["yard sun"]
+    before = sun_state(sun)
+    assert bpy.ops.invr.relight(**PLACE_SUN) == {"FINISHED"} and sun_state(sun) != before
+    assert preview(30.0, 120.0) == {"FINISHED"}
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), core_relight(est, 30.0, 120.0).image,
+                               rtol=1e-5, atol=1e-6)
+
+
+def save_import(path: Path) -> None:
+    """A .blend with an import of the yard at `path`; then Blender's empty scene again."""
+    import_photo(SETTINGS, bpy.context.scene, estimate_result=yard_estimate())
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def load_import(path: Path, link: bool) -> bpy.types.Collection:
+    """The yard's import collection (and its world) linked or appended from `path` into the scene."""
+    with bpy.data.libraries.load(str(path), link=link) as (_, data):
+        data.collections, data.worlds = ["yard"], ["yard world"]
+    bpy.context.scene.collection.children.link(data.collections[0])
+    bpy.context.scene.world = data.worlds[0]
+    return data.collections[0]
+
+
+def test_appended_import_next_to_an_import_of_the_same_photo(registered_addon, clean_scene, tmp_path):
+    save_import(tmp_path / "shot.blend")
+    import_photo(SETTINGS, bpy.context.scene, estimate_result=yard_estimate())
+    host_sun = bpy.data.objects["yard sun"]
+    host = sun_state(host_sun)
+    appended = load_import(tmp_path / "shot.blend", link=False)  # its datablocks get ".001" names
+    assert bpy.context.scene.world.name == "yard world.001"
+    assert bpy.ops.invr.relight(**PLACE_SUN) == {"FINISHED"}
+    assert sun_state(host_sun) == host  # the host file's own import is left alone
+    built = find_import(bpy.context.scene)
+    assert built.collection == appended and built.sun.name == "yard sun.001" and sun_state(built.sun) != host
+
+
+def test_linked_import_is_refused_where_it_would_change(registered_addon, clean_scene, tmp_path):
+    save_import(tmp_path / "shot.blend")
+    load_import(tmp_path / "shot.blend", link=True)
+    sun = bpy.data.objects["yard sun"]
+    before = (sun_state(sun), len(bpy.context.scene.world.node_tree.nodes), counts())
+    message = r"the import 'yard' is linked from .*shot\.blend: relight and add views in that file, or make it local"
+    for operator in (lambda: bpy.ops.invr.relight(**PLACE_SUN), lambda: bpy.ops.invr.relight(animate=True),
+                     bpy.ops.invr.add_novel_view_camera):
+        with pytest.raises(RuntimeError, match=message):
+            operator()
+    assert (sun_state(sun), len(bpy.context.scene.world.node_tree.nodes), counts()) == before
+    # The 2D preview only reads the import's maps (linked along with it) and writes an image of this file.
+    assert preview(30.0, 120.0) == {"FINISHED"}
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]),
+                               core_relight(yard_estimate(), 30.0, 120.0).image, rtol=1e-5, atol=1e-6)
+
+
+def test_an_import_the_scene_world_does_not_name_is_said_or_refused(registered_addon, clean_scene, capfd):
+    import_photo(SETTINGS, clean_scene, estimate_result=yard_estimate())
+    clean_scene.world = bpy.data.worlds.new("artist")
+    sun = bpy.data.objects["yard sun"]
+    before = sun_state(sun)
+    capfd.readouterr()
+    assert bpy.ops.invr.relight(**PLACE_SUN) == {"FINISHED"} and sun_state(sun) != before
+    assert "the scene's world (artist) is not the import's: using 'yard', the only import; its lighting shows " \
+           "with the world 'yard world'" in capfd.readouterr().out  # the WARNING report
+
+    # With two imports, neither's world in use: which one the artist means is not guessed.
+    import_photo(replace(SETTINGS, photo=Path("court.png")), clean_scene, estimate_result=yard_estimate())
+    clean_scene.world = bpy.data.worlds["artist"]
+    before = (sun_state(sun), sun_state(bpy.data.objects["court sun"]), counts())
+    with pytest.raises(RuntimeError, match=r"the scene's world \(artist\) belongs to none of the InvRender imports "
+                       r"\(yard, court\): set the scene's world to the world of the import to use"):
+        bpy.ops.invr.relight(**PLACE_SUN)
+    assert (sun_state(sun), sun_state(bpy.data.objects["court sun"]), counts()) == before

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .relight import action_fcurves
-from .scene import BuiltScene, find_import
+from .relight import action_fcurves, within
+from .scene import BuiltScene, find_import, require_editable
 
 KINDS = ("orbit", "dolly", "crane")
 MAX_ORBIT_DEG = 360.0
@@ -45,9 +45,9 @@ class NovelViewSettings:
             raise ValueError(f"frames must be a whole number >= 1, got {self.frames}")
         if int(self.frame_start) != self.frame_start:
             raise ValueError(f"frame_start must be a whole number, got {self.frame_start}")
-        if self.kind == "orbit" and not abs(self.angle_deg) <= MAX_ORBIT_DEG:
+        if self.kind == "orbit" and not within(self.angle_deg, MAX_ORBIT_DEG):
             raise ValueError(f"the orbit angle must be within ±{MAX_ORBIT_DEG:g} degrees, got {self.angle_deg}")
-        if self.kind == "crane" and not abs(self.angle_deg) <= MAX_CRANE_DEG:
+        if self.kind == "crane" and not within(self.angle_deg, MAX_CRANE_DEG):
             raise ValueError(f"the crane angle must be within ±{MAX_CRANE_DEG:g} degrees, got {self.angle_deg}")
         if self.kind == "dolly" and not DOLLY_RANGE[0] <= self.distance <= DOLLY_RANGE[1]:
             raise ValueError(f"the dolly distance must be a fraction of the pivot distance in "
@@ -111,8 +111,9 @@ def add_novel_view_camera(scene: bpy.types.Scene, built: BuiltScene | None,
     """A new camera in the import's collection (`built`; None: `scene.find_import(scene)`), with the photo
     camera's lens, shift and sensor, keyframed at every frame from frame_start (the photo camera's pose) to
     frame_start + frames - 1 along the settings' path. The photo camera and scene.camera are unchanged.
-    ValueError (nothing added) for bad settings or an import without mesh or camera."""
+    ValueError (nothing added) for bad settings, a linked import or an import without mesh or camera."""
     built = built or find_import(scene)
+    require_editable(built, (built.collection,))  # the camera goes into the import's collection
     poses = camera_poses(scene, built, settings)  # every check happens here, before anything is added
     data = built.camera.data.copy()
     data.name = f"{built.collection.name} {settings.kind} camera"

@@ -55,8 +55,9 @@ def export_passes(scene: bpy.types.Scene, built: BuiltScene | None, out_path, sa
     samples (None: the scene's). separate_files: also write each layer as `<name>_<layer>.exr`. Renders the
     scene's first view layer at the scene's resolution, with its pixel filter and denoiser. Every render
     setting, pass flag and the scene camera are restored afterwards, also on failure; files appear complete or
-    not at all (written under a temporary name, then renamed). ValueError without an import or a camera,
-    OSError when the folder cannot be written, RuntimeError when Cycles fails.
+    not at all (written under a temporary name, then renamed). ValueError without an import or a camera, or when
+    the import is not rendered (excluded from the view layer, disabled in renders), OSError when the folder
+    cannot be written, RuntimeError when Cycles fails.
     """
     out = Path(out_path).absolute()
     built = built if built is not None else find_import(scene)
@@ -69,6 +70,7 @@ def export_passes(scene: bpy.types.Scene, built: BuiltScene | None, out_path, sa
         raise ValueError(f"samples must be between 1 and {1 << 24}, got {samples}")
     if out.is_dir():
         raise OSError(f"{out} is a folder: give a file name ending in .exr")
+    _check_rendered(scene, built)
     has_shadow = _has_shadow(built)
     names = [name for name in LAYERS if has_shadow or name != "shadow"]
     targets = {"": out} | ({name: out.with_name(f"{out.stem}_{name}.exr") for name in names} if separate_files
@@ -97,6 +99,30 @@ def export_passes(scene: bpy.types.Scene, built: BuiltScene | None, out_path, sa
         for tmp in temporaries.values():
             tmp.unlink(missing_ok=True)
     return out
+
+
+def _check_rendered(scene: bpy.types.Scene, built: BuiltScene) -> None:
+    """ValueError when the import is left out of the render of the first view layer (the one rendered): the passes
+    would hold nothing of it (depth 1e10 everywhere)."""
+    name = built.collection.name
+    path = _layer_path(scene.view_layers[0].layer_collection, built.collection)
+    if not path or any(layer.exclude for layer in path):
+        raise ValueError(f"the import {name!r} is excluded from the view layer {scene.view_layers[0].name!r}: tick "
+                         "its checkbox in the Outliner, then export")
+    if any(layer.collection.hide_render for layer in path) or built.mesh is None or built.mesh.hide_render:
+        raise ValueError(f"the import {name!r} is disabled in renders: enable it (the camera icon in the Outliner), "
+                         "then export")
+
+
+def _layer_path(layer: bpy.types.LayerCollection, collection: bpy.types.Collection) -> list:
+    """The layer collections from `layer` down to the one of `collection` ([] when it is not under `layer`)."""
+    if layer.collection == collection:
+        return [layer]
+    for child in layer.children:
+        path = _layer_path(child, collection)
+        if path:
+            return [layer, *path]
+    return []
 
 
 def _reserve(target: Path) -> Path:

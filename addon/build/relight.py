@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import bpy
 
 from .bpy_io import action_fcurves
-from .scene import ENVIRONMENT_MAPPING_NODE, ENVIRONMENT_NODE, BuiltScene, find_import
+from .scene import ENVIRONMENT_MAPPING_NODE, ENVIRONMENT_NODE, BuiltScene, find_import, require_editable
 
 RELIGHT_BASE_KEY = "invrender_relight_base"  # collection ID property: the estimate's sun and world strength
 SKY_NODE, WORLD_TINT_NODE = "InvRender Sky", "InvRender World Tint"
@@ -30,6 +30,14 @@ SKY_TYPES = ("MULTIPLE_SCATTERING", "NISHITA", "SINGLE_SCATTERING")
 # the sky by reference / this keeps Nishita's own sky-to-sun ratio next to a lamp of the estimate's energy.
 NISHITA_SUN_IRRADIANCE = 140.0
 TINT_WHITE = (1.0, 1.0, 1.0)
+# Angles come from float32 radian properties: a slider's own limit arrives in degrees a few float32 steps past it
+# (90 -> 90.0000025), and is still the limit.
+FLOAT32_SLACK = 1e-6  # relative
+
+
+def within(value: float, limit: float) -> bool:
+    """|value| <= limit, give or take float32 rounding of the limit."""
+    return abs(value) <= limit * (1.0 + FLOAT32_SLACK)
 
 
 @dataclass
@@ -63,7 +71,7 @@ class RelightSettings:
             if len(self.sun_angles) != 2:
                 raise ValueError(f"sun_angles must be (elevation, azimuth) in degrees, got {self.sun_angles}")
             numbers.update(sun_elevation=self.sun_angles[0], sun_azimuth=self.sun_angles[1])
-            if not -90.0 <= self.sun_angles[0] <= 90.0:
+            if not within(self.sun_angles[0], 90.0):
                 raise ValueError(f"sun elevation must be in [-90, 90] degrees, got {self.sun_angles[0]}")
         for name, value in numbers.items():
             if not math.isfinite(value):
@@ -96,7 +104,7 @@ def sky_type_available() -> str | None:
 def apply_relight(scene: bpy.types.Scene, built: BuiltScene | None, settings: RelightSettings) -> RelightState:
     """Relight `built` (None: `scene.find_import(scene)`) with `settings`. Any time-of-day keyframes on the
     channels it sets are removed first, so the result holds at every frame. ValueError (scene unchanged) for bad
-    settings, no import, or an import whose world or environment nodes are missing."""
+    settings, no import, a linked import, or an import whose world or environment nodes are missing."""
     built = built or find_import(scene)
     _check(built, settings)
     _clear_time_of_day_keys(built)
@@ -152,6 +160,7 @@ def _world_nodes(built: BuiltScene):
 def _check(built: BuiltScene, settings: RelightSettings) -> None:
     """Every check, before anything changes."""
     settings.check()
+    require_editable(built, (built.collection, built.world, built.sun, built.sun.data if built.sun else None))
     _world_nodes(built)
     if built.sun is None and settings.mode == "environment" and settings.sun_angles is not None:
         raise ValueError("this import has no sun lamp to place (its lighting had no dominant direction): turn the "
@@ -257,13 +266,20 @@ def _time_of_day_channels(built: BuiltScene, sky: bool) -> list[tuple[bpy.types.
 
 
 def _clear_time_of_day_keys(built: BuiltScene) -> None:
-    for struct, prop, index in _time_of_day_channels(built, sky=True):
+    channels = _time_of_day_channels(built, sky=True)
+    animated = {struct.id_data for struct, _, _ in channels if struct.id_data.animation_data}
+    actions = {block.animation_data.action for block in animated} - {None}
+    for struct, prop, index in channels:
         is_array = struct.bl_rna.properties[prop].is_array
         for fcurve in channel_fcurves(struct, prop, index):
             frames = [point.co[0] for point in fcurve.keyframe_points]
             array_index = fcurve.array_index if is_array else -1
             for frame in frames:  # the F-curve goes away with its last key
                 struct.keyframe_delete(prop, index=array_index, frame=frame)
+    # Blender 4.2 unassigns an action whose last key went, leaving it unused: each new time of day added another.
+    for action in actions:
+        if action.users == 0 and not action.use_fake_user:
+            bpy.data.actions.remove(action)
 
 
 # ------------------------------------------------------------------------------- animation, version-robust

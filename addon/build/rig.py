@@ -44,7 +44,7 @@ import numpy as np
 from .bpy_io import base_name, enable_nodes, ensure_fcurves, image_from_array, keyframes_from_arrays, mesh_from_arrays
 from .scene import ALBEDO_NODE, SENSOR_WIDTH_MM, build_camera, build_world, exclude_earlier_builds
 
-RIG_KEY = "invrender_face_rig"  # collection ID property: names of what the build made, units, first frame
+RIG_KEY = "invrender_face_rig"  # collection ID property: what the build made (datablocks), units, first frame
 EXPRESSION_SCALE_KEY = "invrender_expression_scale"  # Key ID property: (E,) model weight = key value × scale
 METRES_PER_MM = 0.001
 SIGMA_RANGE = 3.0  # slider range in standard deviations
@@ -198,8 +198,9 @@ def _build(rig, scene: bpy.types.Scene, metres_per_unit: float) -> BuiltRig:
     _hide_in_gaps(mesh, hidden_stretches(rig.frames, rig.fps), name)
 
     source = str(Path(rig.source).resolve()) if rig.source else ""
-    collection[RIG_KEY] = {"mesh": mesh.name, "camera": camera.name, "clip": clip.name if clip else "",
-                           "metres_per_unit": metres_per_unit, "first_source_frame": int(rig.frames[0]),
+    # Datablocks as ID references (they follow renames, append and link); no "clip" without a clip.
+    blocks = {"mesh": mesh, "camera": camera} | ({"clip": clip} if clip else {})
+    collection[RIG_KEY] = {**blocks, "metres_per_unit": metres_per_unit, "first_source_frame": int(rig.frames[0]),
                            "expression_names": [str(n) for n in np.asarray(rig.expression_names).reshape(-1)],
                            "source": source}
     replaced = exclude_earlier_builds(scene, collection, RIG_KEY, source)

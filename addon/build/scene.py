@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bpy
 import numpy as np
@@ -22,7 +22,11 @@ ALBEDO_NODE, NORMALS_NODE, SHADOW_NODE = "InvRender Albedo", "InvRender Normals"
 TURNED_AWAY_NODE = "InvRender Turned away"  # 0 where geometry and normal map agree, 1 where they oppose
 ENVIRONMENT_NODE, ENVIRONMENT_MAPPING_NODE = "InvRender Environment", "InvRender Mapping"
 SHADOW_AOV = "shadow"
-IMPORT_KEY = "invrender_import"  # collection ID property: names of what an import built
+IMPORT_KEY = "invrender_import"  # collection ID property: what an import built (datablocks) and its estimate
+# Keys of the IMPORT_KEY record that refer to datablocks, with the bpy.data collection they belong to. The record
+# holds ID references, which follow renames, append and link; records written before kept names instead.
+RECORD_BLOCKS = {"camera": "objects", "mesh": "objects", "sun": "objects", "background": "objects", "world": "worlds",
+                 "photo": "images", "albedo": "images", "normals": "images", "shadow": "images", "depth": "images"}
 # Keys of the IMPORT_KEY record that the 2D relight preview needs (`stored_estimate`).
 PREVIEW_KEYS = ("photo", "albedo", "normals", "depth", "intrinsics", "lighting_camera")
 CAMERA_ROTATION_EULER = (math.pi / 2, 0.0, 0.0)  # Blender camera looking along +y, up = +z
@@ -74,6 +78,7 @@ class BuiltScene:
     sun: bpy.types.Object | None
     background: bpy.types.Object | None = None
     replaced: tuple[str, ...] = ()  # earlier imports of the same photo, now excluded from the view layers
+    warnings: list[str] = field(default_factory=list)  # for the caller to report (a WARNING)
 
 
 def build_camera(name: str, cam: dict, scene: bpy.types.Scene) -> bpy.types.Object:
@@ -273,16 +278,15 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
     if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
         aov = scene.view_layers[0].aovs.add()
         aov.name, aov.type = SHADOW_AOV, "VALUE"
-    record = {"camera": camera.name, "mesh": mesh.name, "world": world.name,
-              "sun": sun.name if sun is not None else "",
-              "background": background.name if background is not None else "",
-              # What the 2D relight preview reads back (`stored_estimate`); a new id per import so that cached
-              # relighters of an earlier import are never taken for this one.
-              "import_id": uuid.uuid4().hex, "photo": photo.name, "albedo": albedo.name, "normals": normals.name,
-              "shadow": shadow.name if shadow is not None else "",
-              "intrinsics": {k: assets.camera[k] for k in ("width", "height", "fx", "fy", "cx", "cy")}}
+    blocks = {"camera": camera, "mesh": mesh, "world": world, "sun": sun, "background": background,
+              "photo": photo, "albedo": albedo, "normals": normals, "shadow": shadow}
+    record = {key: block for key, block in blocks.items() if block is not None}  # absent: none built
+    # What the 2D relight preview reads back (`stored_estimate`); a new id per import so that cached relighters of
+    # an earlier import are never taken for this one.
+    record["import_id"] = uuid.uuid4().hex
+    record["intrinsics"] = {k: assets.camera[k] for k in ("width", "height", "fx", "fy", "cx", "cy")}
     if assets.depth_fused is not None:
-        record["depth"] = _depth_image(f"{name} depth", assets.depth_fused, assets.sky).name
+        record["depth"] = _depth_image(f"{name} depth", assets.depth_fused, assets.sky)
         record["sky"] = assets.sky is not None
     if assets.lighting_camera is not None:
         record["lighting_camera"] = np.asarray(assets.lighting_camera, np.float64).tolist()  # (9, 3) doubles
@@ -292,7 +296,64 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         record["source"] = assets.source
     collection[IMPORT_KEY] = record
     replaced = exclude_earlier_builds(scene, collection, IMPORT_KEY, assets.source)
-    return BuiltScene(collection, camera, mesh, world, sun, background, replaced)
+    return BuiltScene(collection, camera, mesh, world, sun, background, replaced,
+                      warnings=user_objects_in_the_way(scene, collection, camera, mesh))
+
+
+NEAR = 1e-3  # metres: nearer the camera, a box is not in front of it
+# Object types that render surfaces (and so can hide the import from its camera).
+SURFACE_TYPES = {"MESH", "CURVE", "CURVES", "SURFACE", "META", "FONT", "VOLUME", "POINTCLOUD", "GPENCIL",
+                 "GREASEPENCIL"}
+
+
+def user_objects_in_the_way(scene: bpy.types.Scene, collection: bpy.types.Collection, camera: bpy.types.Object,
+                            mesh: bpy.types.Object) -> list[str]:
+    """Warnings naming the scene's rendered objects outside the import `collection` that spoil its render (the
+    photo camera sits at the world origin, inside the startup file's Cube): surfaces whose bounding box holds the
+    camera or lies in its view nearer than the import's farthest vertex, and lights that light it too. They are
+    the artist's, so they are only named, never moved or hidden."""
+    from mathutils import Vector
+
+    view_layer = scene.view_layers[0]
+    view_layer.update()  # matrix_world of the objects just built
+    ours = set(collection.all_objects)
+    others = [o for o in scene.objects if o not in ours and not o.hide_render and o.visible_get(view_layer=view_layer)]
+    co = np.empty(len(mesh.data.vertices) * 3, np.float32)
+    mesh.data.vertices.foreach_get("co", co)
+    farthest = float(-co[2::3].min()) if co.size else 0.0  # the mesh is in the camera's frame, looking along -z
+    to_camera = camera.matrix_world.inverted()
+    frame = [v.xy / -v.z for v in camera.data.view_frame(scene=scene)]  # the image's corners at depth 1
+    low, high = Vector(map(min, *frame)), Vector(map(max, *frame))
+    blocking = []
+    for obj in others:
+        if obj.type not in SURFACE_TYPES:
+            continue
+        box = [Vector(c) for c in obj.bound_box]  # object space
+        inside = obj.matrix_world.inverted_safe() @ camera.matrix_world.translation  # the camera, object space
+        if all(min(c[i] for c in box) <= inside[i] <= max(c[i] for c in box) for i in range(3)):
+            blocking.append(obj.name)
+            continue
+        # The box's part in front of the camera (depth >= NEAR): its corners there, and where the lines between
+        # corners cross depth NEAR; its projection's bounding rectangle against the image's.
+        corners = [to_camera @ obj.matrix_world @ c for c in box]
+        front = [c for c in corners if -c.z >= NEAR]
+        front += [a.lerp(b, (-NEAR - a.z) / (b.z - a.z)) for i, a in enumerate(corners) for b in corners[i + 1:]
+                  if (-a.z - NEAR) * (-b.z - NEAR) < 0]
+        if not front or min(-c.z for c in front) >= farthest:
+            continue
+        projected = [c.xy / -c.z for c in front]
+        lo, hi = Vector(map(min, *projected)), Vector(map(max, *projected))
+        if lo.x < high.x and hi.x > low.x and lo.y < high.y and hi.y > low.y:  # overlaps the image
+            blocking.append(obj.name)
+    warnings = []
+    if blocking:
+        warnings.append(f"{', '.join(blocking)}: around the photo camera or in its view in front of the import, so "
+                        "they cover it in the render: hide them or move them away")
+    lights = [o.name for o in others if o.type == "LIGHT"]
+    if lights:
+        warnings.append(f"{', '.join(lights)}: lights outside the import that light it too: hide them to light "
+                        "it as the photo was lit")
+    return warnings
 
 
 def exclude_earlier_builds(scene: bpy.types.Scene, built: bpy.types.Collection, key: str,
@@ -329,8 +390,8 @@ def _build_surface(name: str, vertices, faces, uvs, albedo, normals, shadow, col
 def _depth_image(name: str, depth_fused: np.ndarray, sky: np.ndarray | None) -> bpy.types.Image:
     """A packed float image: R = fused depth (0 where unknown), G = sky mask (1 on sky), B = 0.
 
-    Unknown depth is stored as 0 (the image bridge cannot keep NaN); the preview treats both alike. Nothing
-    uses this image, so it gets a fake user: otherwise saving the .blend would drop it.
+    Unknown depth is stored as 0 (the image bridge cannot keep NaN); the preview treats both alike. Only the
+    import's record refers to it, so it also gets a fake user: saving keeps it even if the record loses it.
     """
     depth = np.asarray(depth_fused, np.float32)
     channels = np.zeros((*depth.shape, 3), np.float32)
@@ -342,21 +403,59 @@ def _depth_image(name: str, depth_fused: np.ndarray, sky: np.ndarray | None) -> 
     return image
 
 
+def record_block(collection: bpy.types.Collection, key: str):
+    """The datablock that `collection`'s import record refers to under `key` (RECORD_BLOCKS); None when the
+    import has none or it was deleted. Names in records of earlier versions are looked up in the collection's
+    library (None: this file)."""
+    value = collection[IMPORT_KEY].get(key)
+    if not isinstance(value, str):
+        return value
+    if not value:
+        return None
+    library = collection.library.filepath if collection.library else None
+    return getattr(bpy.data, RECORD_BLOCKS[key]).get((value, library))
+
+
 def find_import(scene: bpy.types.Scene, name: str | None = None) -> BuiltScene:
-    """The InvRender import named `name` in `scene` (default: the one whose world the scene uses, else the
-    last one); ValueError with what to do when there is none."""
+    """The InvRender import of `scene` that a tool works on: the collection named `name`, else the import whose
+    world the scene uses, else the only import, with a warning saying so (BuiltScene.warnings). ValueError with
+    what to do when there is none, or several and the scene's world is none of theirs (no guessing which one the
+    artist means)."""
     imports = [c for c in scene.collection.children_recursive if IMPORT_KEY in c]
     if name is not None:
         imports = [c for c in imports if c.name == name]
     if not imports:
         raise ValueError("no InvRender import in this scene: import a photo first (InvRender > Photo → Scene)")
-    chosen = next((c for c in imports if scene.world is not None
-                   and c[IMPORT_KEY]["world"] == scene.world.name), imports[-1])
-    names = chosen[IMPORT_KEY]
-    return BuiltScene(chosen, bpy.data.objects.get(names["camera"]), bpy.data.objects.get(names["mesh"]),
-                      bpy.data.worlds.get(names["world"]),
-                      bpy.data.objects.get(names["sun"]) if names["sun"] else None,
-                      bpy.data.objects.get(names["background"]) if names.get("background") else None)
+    world = scene.world
+    warnings = []
+    chosen = next((c for c in reversed(imports) if world is not None and record_block(c, "world") == world), None)
+    if chosen is None and (name is not None or len(imports) == 1):
+        chosen = imports[-1]
+        own = record_block(chosen, "world")
+        if name is None:
+            warnings.append(f"the scene's world ({world.name if world else 'none'}) is not the import's: using "
+                            f"{chosen.name!r}, the only import; its lighting shows with the world "
+                            f"{own.name if own else '(missing)'!r}")
+    elif chosen is None:
+        raise ValueError(f"the scene's world ({world.name if world else 'none'}) belongs to none of the InvRender "
+                         f"imports ({', '.join(c.name for c in imports)}): set the scene's world to the world of "
+                         "the import to use")
+    blocks = {key: record_block(chosen, key) for key in ("camera", "mesh", "world", "sun", "background")}
+    return BuiltScene(chosen, blocks["camera"], blocks["mesh"], blocks["world"], blocks["sun"], blocks["background"],
+                      warnings=warnings)
+
+
+def require_editable(built: BuiltScene, blocks) -> None:
+    """ValueError when one of `blocks` (datablocks of the import `built`, None: skipped) cannot be edited here:
+    linked from a library (the edits would be lost on save)."""
+    for block in blocks:
+        if block is None or (block.library is None and block.is_editable):
+            continue
+        reference = block.override_library.reference if block.override_library else None
+        library = block.library or (reference.library if reference else None)
+        where = f"linked from {library.filepath}" if library else "not editable"
+        raise ValueError(f"the import {built.collection.name!r} is {where}: relight and add views in that file, or "
+                         "make it local (Object > Relations > Make Local, or Library Override)")
 
 
 def stored_estimate(collection: bpy.types.Collection):
@@ -372,7 +471,7 @@ def stored_estimate(collection: bpy.types.Collection):
     from invrender_core.scene import DEFAULT_SUN_FRACTION, SceneEstimate
 
     record = collection[IMPORT_KEY].to_dict()
-    missing = [key for key in PREVIEW_KEYS if not record.get(key)]
+    missing = [key for key in PREVIEW_KEYS if key not in record or record[key] == ""]  # an older import
     if missing:
         raise ValueError(f"{collection.name!r} does not keep what the 2D preview needs ({', '.join(missing)}): "
                          "import the photo again")
@@ -380,15 +479,14 @@ def stored_estimate(collection: bpy.types.Collection):
     size = (camera.height, camera.width)
     maps = {}
     for key in ("photo", "albedo", "normals", "depth", "shadow"):
-        name = record.get(key)
-        if not name:
+        if record.get(key, "") == "":  # no shadow map
             continue
-        image = bpy.data.images.get(name)
+        image = record_block(collection, key)
         if image is None:
-            raise ValueError(f"image {name!r} of {collection.name!r} is missing: import the photo again")
+            raise ValueError(f"the {key} image of {collection.name!r} is missing: import the photo again")
         maps[key] = image_to_array(image)  # (h, w, 3)
         if maps[key].shape[:2] != size:
-            raise ValueError(f"image {name!r} is {image.size[0]}x{image.size[1]}, expected {camera.width}x"
+            raise ValueError(f"image {image.name!r} is {image.size[0]}x{image.size[1]}, expected {camera.width}x"
                              f"{camera.height} (the import's camera): import the photo again")
     depth_fused = np.ascontiguousarray(maps["depth"][..., 0])  # (H, W)
     return SceneEstimate(

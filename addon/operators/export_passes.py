@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bpy
 from bpy_extras.io_utils import ExportHelper
 
@@ -35,16 +37,26 @@ class INVR_OT_export_passes(bpy.types.Operator, ExportHelper):
 
     def execute(self, context):
         from ..build.passes import export_passes
+        from ..build.scene import find_import
+        from .relight import report_warnings
 
         if not self.filepath:
             self.report({"ERROR"}, "No file chosen: pick an .exr file in the file browser")
             return {"CANCELLED"}
-        path = bpy.path.ensure_ext(bpy.path.abspath(self.filepath), self.filename_ext)
+        if self.filepath.startswith("//") and not bpy.data.filepath:  # it would land in the working directory
+            self.report({"ERROR"}, f"{self.filepath} is relative to the .blend file, which is not saved yet: save "
+                        "the file first or give an absolute path")
+            return {"CANCELLED"}
+        path = bpy.path.abspath(self.filepath)
+        if not Path(path).is_dir():  # a folder stays as it is, for export_passes to refuse
+            path = bpy.path.ensure_ext(path, self.filename_ext)
         try:
-            out = export_passes(context.scene, None, path, samples=self.samples, separate_files=self.separate_files)
+            built = find_import(context.scene)
+            out = export_passes(context.scene, built, path, samples=self.samples, separate_files=self.separate_files)
         except USER_ERRORS as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
+        report_warnings(self, built)
         self.report({"INFO"}, f"Wrote passes to {out}")
         return {"FINISHED"}
 

@@ -47,7 +47,8 @@ def _build(operator, context, settings, estimate_result) -> set[str]:
         operator.report({"ERROR"}, str(e))
         return {"CANCELLED"}
     context.scene.invr.photo_path = str(settings.photo)
-    for warning in estimate_result.metadata.get("warnings", []):  # unreliable input, fusion: said, not only stored
+    # Unreliable input, fusion (said, not only stored); the artist's objects in the import's way.
+    for warning in [*estimate_result.metadata.get("warnings", []), *built.warnings]:
         operator.report({"WARNING"}, warning)
     replaced = f"; the earlier import {', '.join(built.replaced)} is excluded from the view layer" \
         if built.replaced else ""

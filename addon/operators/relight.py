@@ -6,6 +6,8 @@ import math
 
 import bpy
 
+from ..build.novel_view import MAX_CRANE_DEG, MAX_ORBIT_DEG
+
 ANGLE_LIMIT = 4.0 * math.pi  # azimuths may go past a full turn so that a time of day can sweep beyond 360°
 
 
@@ -106,20 +108,29 @@ class INVR_OT_relight(bpy.types.Operator):
 
     def execute(self, context):
         from ..build import relight
+        from ..build.scene import find_import
 
         settings = self.relight_settings()
         try:
+            built = find_import(context.scene)
             if self.animate:
                 relight.animate_time_of_day(
-                    context.scene, None, start=settings.sun_angles,
+                    context.scene, built, start=settings.sun_angles,
                     end=(math.degrees(self.end_elevation), math.degrees(self.end_azimuth)),
                     frame_start=self.frame_start, frame_end=self.frame_end, settings=settings)
             else:
-                relight.apply_relight(context.scene, None, settings)
+                relight.apply_relight(context.scene, built, settings)
         except ValueError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
+        report_warnings(self, built)
         return {"FINISHED"}
+
+
+def report_warnings(operator, built) -> None:
+    """WARNING reports for what the user should know about the import a tool used (which one, and why)."""
+    for warning in built.warnings:
+        operator.report({"WARNING"}, warning)
 
 
 class INVR_OT_add_novel_view_camera(bpy.types.Operator):
@@ -136,10 +147,15 @@ class INVR_OT_add_novel_view_camera(bpy.types.Operator):
                ("DOLLY", "Dolly", "Move along the view axis towards (or away from) the scene's centre"),
                ("CRANE", "Crane", "Rise about the horizontal through the scene's centre, looking at it")),
         default="ORBIT")
-    angle: bpy.props.FloatProperty(
-        name="Angle", description="Orbit: turn (positive: the camera moves to its right); crane: rise "
-        "(positive: up)", default=math.radians(20.0), min=-2.0 * math.pi, max=2.0 * math.pi,
+    # One angle per move, each with the limits NovelViewSettings.check accepts.
+    orbit_angle: bpy.props.FloatProperty(
+        name="Orbit angle", description="Turn about the vertical (positive: the camera moves to its right)",
+        default=math.radians(20.0), min=-math.radians(MAX_ORBIT_DEG), max=math.radians(MAX_ORBIT_DEG),
         soft_min=-math.pi / 2, soft_max=math.pi / 2, subtype="ANGLE", unit="ROTATION")
+    crane_angle: bpy.props.FloatProperty(
+        name="Crane angle", description="Rise about the horizontal (positive: up, looking down at the scene)",
+        default=math.radians(20.0), min=-math.radians(MAX_CRANE_DEG), max=math.radians(MAX_CRANE_DEG),
+        subtype="ANGLE", unit="ROTATION")
     distance: bpy.props.FloatProperty(
         name="Distance", description="Dolly: share of the distance to the scene's centre to move (negative: "
         "away from it)", default=0.3, min=-1.0, max=0.95, subtype="FACTOR")
@@ -153,16 +169,28 @@ class INVR_OT_add_novel_view_camera(bpy.types.Operator):
         name="Make active", description="Render through the new camera (the scene's active camera)",
         default=False)
 
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(self, "kind")
+        layout.prop(self, {"ORBIT": "orbit_angle", "CRANE": "crane_angle", "DOLLY": "distance"}[self.kind])
+        for name in ("frames", "frame_start", "make_active"):
+            layout.prop(self, name)
+
     def execute(self, context):
         from ..build.novel_view import NovelViewSettings, add_novel_view_camera
+        from ..build.scene import find_import
 
-        settings = NovelViewSettings(kind=self.kind.lower(), angle_deg=math.degrees(self.angle),
+        angle = self.crane_angle if self.kind == "CRANE" else self.orbit_angle
+        settings = NovelViewSettings(kind=self.kind.lower(), angle_deg=math.degrees(angle),
                                      distance=self.distance, frames=self.frames, frame_start=self.frame_start)
         try:
-            camera = add_novel_view_camera(context.scene, None, settings)
+            built = find_import(context.scene)
+            camera = add_novel_view_camera(context.scene, built, settings)
         except ValueError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
+        report_warnings(self, built)
         if self.make_active:
             context.scene.camera = camera
         self.report({"INFO"}, f"Added {camera.name} (frames {self.frame_start}-{self.frame_start + self.frames - 1})")

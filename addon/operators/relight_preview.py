@@ -88,6 +88,7 @@ class INVR_OT_relight_preview(bpy.types.Operator):
 
     def execute(self, context):
         from ..build.scene import find_import
+        from .relight import report_warnings
 
         try:
             built = find_import(context.scene)
@@ -99,6 +100,7 @@ class INVR_OT_relight_preview(bpy.types.Operator):
             return {"CANCELLED"}
         image = write_preview_image(preview_image_name(built.collection.name), relit)
         show_in_image_editors(context, image)
+        report_warnings(self, built)
         self.report({"INFO"}, f"2D relight in {image.name!r}")
         return {"FINISHED"}
 
