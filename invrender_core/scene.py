@@ -3,8 +3,9 @@
 `decompose` runs the networks on one photo: InverseRenderNet (albedo, normals, shadow, SH lighting) and the
 MegaDepth-style hourglass (relative depth) at a working resolution, edge-aware upsampling to the photo's
 resolution (`filtering`), the IRN's SH lighting reduced to what the photo observes (order 1), the sky (found
-in the photo, `sky.detect_sky`, and where the depth is far), the IRN's albedo with the photo's detail above the
-working resolution (so texture survives), and Nehab fusion of the network depth with the network normals, weighted
+in the photo, `sky.detect_sky`, and where the depth is far; grown to its edges at the photo's resolution,
+`sky.extend_sky`), the IRN's albedo with the photo's detail above the working resolution (so texture survives),
+and Nehab fusion of the network depth with the network normals, weighted
 by how well the two networks agree. `estimate_from_geometry` is the RGB-D path: depth and normal maps from
 the caller (e.g. a capture) are fused, SH lighting is fitted and albedo derived.
 """
@@ -32,7 +33,7 @@ from .camera import Camera
 from .illumination_prior import IlluminationPrior
 from .io import LoadedImage, linear_to_srgb, load_image, resize_linear, save_preview_sheet, srgb_to_linear, write_exr
 from .io.folders import missing_folders, remove_empty_folders
-from .sky import detect_sky
+from .sky import SKY_EDGE_REACH, detect_sky, extend_sky
 
 # Albedo and light intensity are only known up to a common scale; we fix it by giving the median
 # albedo this luminance (a typical outdoor material).
@@ -898,6 +899,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     log_depth_full = filtering.guided_upsample(np.log(depth_w), guide_up)  # (H, W)
     depth_full = np.exp(log_depth_full).astype(np.float32)
     sky = filtering.guided_upsample(sky_w.astype(np.float32), guide_up) > 0.5  # (H, W), along the photo's edges
+    sky = extend_sky(rgb, sky, math.ceil(SKY_EDGE_REACH * W / w))  # up to the sky's edges
 
     stages.enter("lighting")
     # The network's lighting reduced to what the photo's own normals pin down (order 1, no negative light;

@@ -67,3 +67,35 @@ def detect_sky(image: np.ndarray) -> np.ndarray:
         if (filled & ~region).sum() <= MAX_SKY_HOLE_FRACTION * filled.sum():
             sky |= region
     return sky
+
+
+# `detect_sky` at the working resolution stops short of the sky's edges (the gradient is blurred over ~2.5 pixels and
+# the opening removes MIN_SKY_HALF_WIDTH more): at the photo's resolution that was a band of 10-20 pixels of sky
+# taken as ground (relit as ground, meshed, a lavender halo along every roof and tree). `extend_sky` grows the
+# mask back over up to this many working-resolution pixels ...
+SKY_EDGE_REACH = MIN_SKY_HALF_WIDTH + 3
+# ... into pixels whose sRGB colour is this close (largest channel difference) to the mean of the sky around them.
+SKY_COLOUR_TOLERANCE = 0.1
+
+
+def extend_sky(image: np.ndarray, sky: np.ndarray, reach: int) -> np.ndarray:
+    """Sky mask (H, W) bool of the linear RGB photo image (H, W, 3), grown by up to `reach` pixels (a square
+    neighbourhood) into the pixels whose sRGB colour is within SKY_COLOUR_TOLERANCE of the sky's mean colour
+    around them and that connect (4-neighbours) to the sky: the sky's edges at the photo's resolution."""
+    sky = np.asarray(sky, bool)
+    if reach < 1 or not sky.any():
+        return sky
+    rows = min(sky.shape[0], int(np.flatnonzero(sky.any(axis=1))[-1]) + reach + 1)  # the sky and below it
+    srgb = linear_to_srgb(np.clip(np.nan_to_num(np.asarray(image[:rows], np.float32)), 0.0, 1.0)).astype(np.float32)
+    box = (2 * reach + 1,) * 2
+    inside = sky[:rows].astype(np.float32)
+    share = cv2.blur(inside, box, borderType=cv2.BORDER_CONSTANT)  # (rows, W): sky share of each neighbourhood
+    local = cv2.blur(srgb * inside[..., None], box, borderType=cv2.BORDER_CONSTANT)
+    local /= np.maximum(share, 1e-6)[..., None]  # (rows, W, 3): mean sky colour around each pixel
+    grown = sky[:rows] | ((share > 0) & (np.abs(srgb - local).max(axis=-1) < SKY_COLOUR_TOLERANCE))
+    count, labels = cv2.connectedComponents(grown.astype(np.uint8), connectivity=4)
+    keep = np.zeros(count, bool)
+    keep[np.unique(labels[sky[:rows]])] = True
+    out = sky.copy()
+    out[:rows] = keep[labels]
+    return out

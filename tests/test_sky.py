@@ -7,7 +7,7 @@ import pytest
 
 from invrender_core import scene
 from invrender_core.io import load_image, resize_linear
-from invrender_core.sky import detect_sky
+from invrender_core.sky import SKY_EDGE_REACH, detect_sky, extend_sky
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 H, W, HORIZON = 128, 192, 40
@@ -60,6 +60,21 @@ def test_no_sky_in_textured_or_warm_photos():
     assert not detect_sky(warm).any()
     with pytest.raises(ValueError, match="H, W, 3"):
         detect_sky(np.zeros((10, 10)))
+
+
+@pytest.mark.parametrize("colour", [(0.45, 0.6, 0.9), (0.7, 0.72, 0.75)], ids=["blue", "overcast"])
+def test_extend_sky_reaches_the_horizon_and_stops_there(colour):
+    # detect_sky stops a few rows short of the sky's edge; at 4x the resolution that was a band of ground-lit sky.
+    photo = street(colour)
+    found = detect_sky(photo)
+    assert not found[:HORIZON].all()  # the gap that extend_sky closes
+    grown = extend_sky(photo, found, SKY_EDGE_REACH)
+    np.testing.assert_array_equal(grown, np.arange(H)[:, None] < HORIZON + np.zeros(W, bool))
+    big = resize_linear(photo, 4 * W, 4 * H)
+    coarse = resize_linear(found.astype(np.float32), 4 * W, 4 * H) > 0.5
+    grown = extend_sky(big, coarse, 4 * SKY_EDGE_REACH)
+    assert grown[:4 * HORIZON - 2].all() and not grown[4 * HORIZON + 2:].any()
+    np.testing.assert_array_equal(extend_sky(photo, np.zeros((H, W), bool), 5), np.zeros((H, W), bool))
 
 
 def test_decompose_leaves_the_sky_out_of_fusion_and_the_mesh(tmp_path):
