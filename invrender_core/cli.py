@@ -18,7 +18,7 @@ from pathlib import Path
 from .face.pipeline import FaceSettings
 from .fusion import DEFAULT_LAMBDA
 from .io.folders import missing_folders, remove_empty_folders, temporary_beside
-from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES
+from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES, DEFAULT_SUN_TO_SKY
 from .scene import (  # scene imports torch only when it runs
     DEFAULT_BACKGROUND_BAND,
     DEFAULT_DEPTH,
@@ -324,6 +324,9 @@ def cmd_relight(args) -> None:
         raise CLIError(f"write a .png (or an .mp4 with --frames), not {args.output.name}")
     _check_sun(args.sun, "--sun")
     _check_sun(args.to, "--to")
+    if args.sun_dir is not None and np.dot(args.sun_dir, args.up) < 0:
+        raise CLIError(f"--sun-dir {','.join(f'{v:g}' for v in args.sun_dir)} points below the horizon (against "
+                       "--up): relighting does not model night; give a direction towards the sky")
     outputs = [args.output] if args.frames is None or video else _frame_paths(args.output, args.frames)
     check_distinct(outputs, [args.image, args.camera, args.sky])
     image = load_image(args.image)
@@ -341,7 +344,7 @@ def cmd_relight(args) -> None:
         written = _write_sequence(args.output, frames, args.frames, args.fps, estimate.metadata)
     else:
         if args.sun_dir is not None:
-            lighting = relight.move_sun(base, np.asarray(args.sun_dir))
+            lighting = relighter.sun_towards(np.asarray(args.sun_dir), base)
         else:
             lighting = relighter.sun_at(*args.sun, up=args.up, base=base)
         with atomic_output(args.output) as tmp:
@@ -369,7 +372,8 @@ def _write_sequence(output: Path, frames, count: int, fps: float, metadata: dict
             for k, ((sun, relit), path) in enumerate(zip(frames, _frame_paths(output, count), strict=True)):
                 announce(k, sun)
                 write_png(outputs.enter_context(atomic_output(path)), at_input_exposure(relit.image, metadata))
-        return f"{output.stem}_0001.png ... {output.stem}_{count:04d}.png in {output.parent}"
+        last = f" ... {output.stem}_{count:04d}.png" if count > 1 else ""
+        return f"{output.stem}_0001.png{last} in {output.parent}"
     writer = None
     with atomic_output(output) as tmp:
         try:
@@ -518,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sun elevation above the horizon and azimuth (0 = behind the camera, 90 = right, "
                        "180 = facing the camera)")
     relight.add_argument("--up", type=_vector3, default=(0.0, 1.0, 0.0), metavar="X,Y,Z",
-                         help="the world's up in the camera frame for --sun (default 0,1,0: a level camera)")
+                         help="the world's up in the camera frame, for --sun and the horizon of --sun-dir (default "
+                         "0,1,0: a level camera)")
     relight.add_argument("--camera", type=Path, help="camera.json with the photo's intrinsics (else --fov, EXIF, 60)")
     sky = relight.add_mutually_exclusive_group()
     sky.add_argument("--sky", type=Path, metavar="LIGHTING_JSON",
@@ -526,12 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "the sun)")
     sky.add_argument("--sky-sample", type=_non_negative_int, metavar="SEED",
                      help="take sky and sun colour from a sample of the natural-illumination prior")
-    relight.add_argument("--sun-to-sky", type=float, metavar="RATIO",
-                         help="sun irradiance as a multiple of the sky's mean (clear day: 3 to 8; default: as "
-                         "estimated from the photo)")
+    relight.add_argument("--sun-to-sky", type=_non_negative_float, default=DEFAULT_SUN_TO_SKY, metavar="RATIO",
+                         help="the new sun's irradiance as a multiple of the sky's mean (clear day: 5 to 13, hazy: "
+                         f"1 to 3; default {DEFAULT_SUN_TO_SKY:g}: a photo does not show its own)")
     relight.add_argument("--frames", type=int, metavar="N",
                          help="a time-of-day sequence of N frames from --sun to --to")
-    relight.add_argument("--to", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"), help="the last frame's sun")
+    relight.add_argument("--to", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
+                         help="the last frame's sun (the azimuth turns the shorter way round)")
     relight.add_argument("--fps", type=_positive_float, default=12.0, help="frame rate of an MP4 output (default 12)")
     relight.add_argument("--shadow-samples", type=_positive_int, default=DEFAULT_SHADOW_SAMPLES,
                          help="sun directions per pixel for soft shadows (default "

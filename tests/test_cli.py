@@ -223,14 +223,16 @@ ARGPARSE_CASES = {"bad-sun-dir": "3 comma-separated numbers", "zero-sun-dir": "n
 
 
 @pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "missing-refiner", "sky-not-lighting",
-                                  "output-is-input", "sun-below-horizon", "nan-azimuth", *ARGPARSE_CASES])
+                                  "output-is-input", "sun-below-horizon", "sun-dir-below-horizon", "nan-azimuth",
+                                  *ARGPARSE_CASES])
 def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, case, capsys, no_shipped_weights):
     folder = photo_file.parent
     photo_bytes = photo_file.read_bytes()
     args = _relight_args(photo_file, nets, "-o", str(folder / "relit.png"), "--sun", "30", "100")
     expected = {"frames-without-to": "--frames N needs", "mp4-single": "needs --frames", "jpeg": "write a .png",
                 "missing-refiner": "no weights named", "sky-not-lighting": "9x3", "output-is-input": "also an input",
-                "sun-below-horizon": "elevation in [0, 90]", "nan-azimuth": "finite azimuth", **ARGPARSE_CASES}[case]
+                "sun-below-horizon": "elevation in [0, 90]", "sun-dir-below-horizon": "below the horizon",
+                "nan-azimuth": "finite azimuth", **ARGPARSE_CASES}[case]
     if case == "bad-sun-dir":
         args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "1,2"]
     elif case == "zero-sun-dir":
@@ -244,6 +246,8 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
         args[args.index("-o") + 1] = str(photo_file)
     elif case == "sun-below-horizon":
         args[args.index("--sun") + 1] = "-10"  # below the horizon: relighting would still light the scene
+    elif case == "sun-dir-below-horizon":  # the same sun given as a direction (it was accepted and lit from below)
+        args = [a for a in args if a not in ("--sun", "30", "100")] + ["--sun-dir", "1,-0.1,0"]
     elif case == "nan-azimuth":
         args[args.index("--sun") + 2] = "nan"
     elif case == "frames-without-to":

@@ -269,10 +269,11 @@ def rendered_estimate(sun_dir, sky_rows=2):
     return estimate, sun, sky_L
 
 
-def make_relighter(estimate):
-    """A Relighter given the estimate's exact lighting (sun and sky as the photo was made)."""
+def make_relighter(estimate, sun_to_sky=None):
+    """A Relighter given the estimate's exact lighting (sun and sky as the photo was made); by default its moved
+    suns keep the photo's sun strength."""
     lighting = relight.lighting_from_estimate(estimate.lighting, sun_fraction=1.0, angle_deg=0.0)
-    return relight.Relighter(estimate, lighting=lighting, shadow_samples=1)
+    return relight.Relighter(estimate, lighting=lighting, shadow_samples=1, sun_to_sky=sun_to_sky)
 
 
 def test_relighter_recovers_the_photo_under_its_own_lighting():
@@ -300,12 +301,15 @@ def test_relighter_renders_a_moved_sun_as_the_image_model_says():
     np.testing.assert_allclose(relit.image[estimate.sky], estimate.image[estimate.sky], rtol=0.05)  # same sky, turned
 
 
-def test_sky_pixels_follow_the_sky_brightness():
+def test_sky_pixels_follow_the_lightings_mean():
     estimate, sun, sky_L = rendered_estimate(np.array([0.3, 0.9, 0.3]))
     r = make_relighter(estimate)
-    brighter = relight.Lighting(sky=2.0 * r.original.sky, sun=r.original.sun)
+    brighter = relight.Lighting(sky=2.0 * r.original.sky, sun=relight.Sun(sun.direction, 2.0 * sun.irradiance, 0.0))
     relit = r.render(brighter)
     np.testing.assert_allclose(relit.image[estimate.sky], 2.0 * estimate.image[estimate.sky], rtol=1e-5)
+    # How the light splits between sun and sky does not show in the sky pixels (a photo does not pin it down).
+    shared = r.scaled_like_photo(relight.with_sun_to_sky(r.original, 9.0))
+    np.testing.assert_allclose(r.render(shared).image[estimate.sky], estimate.image[estimate.sky], rtol=1e-5)
 
 
 def test_scaled_like_photo_matches_the_mean_luminance():
@@ -325,6 +329,71 @@ def test_time_of_day_moves_the_sun_between_the_ends():
     np.testing.assert_allclose(frames[1][1].image, r.render(r.sun_at(30.0, 120.0)).image)
     with pytest.raises(ValueError, match="frames"):
         list(r.time_of_day((10.0, 90.0), (50.0, 150.0), 0))
+
+
+def test_time_of_day_turns_the_shorter_way_round():
+    estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    suns = [sun for sun, _ in r.time_of_day((30.0, 350.0), (30.0, 10.0), 5)]
+    np.testing.assert_allclose([azimuth for _, azimuth in suns], [350.0, 355.0, 0.0, 5.0, 10.0], atol=1e-9)
+    suns = [sun for sun, _ in r.time_of_day((30.0, 10.0), (30.0, 350.0), 3)]
+    np.testing.assert_allclose([azimuth for _, azimuth in suns], [10.0, 0.0, 350.0], atol=1e-9)
+
+
+def test_new_suns_get_the_sun_to_sky_ratio_and_the_photo_keeps_its_own():
+    # An order-1 estimate caps the photo's sun near the sky's brightness: new suns get a clear day's by default.
+    estimate, sun, sky_L = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    lighting = relight.lighting_from_estimate(estimate.lighting, sun_fraction=1.0, angle_deg=0.0)
+    r = relight.Relighter(estimate, lighting=lighting, shadow_samples=1)
+    assert r.sun_to_sky == relight.DEFAULT_SUN_TO_SKY
+    np.testing.assert_allclose(r.original.sun.irradiance, sun.irradiance, atol=1e-9)
+    np.testing.assert_allclose(r.render(r.original).image, estimate.image, atol=1e-5)
+    photo_mean = r.original.sh()[0] @ sh.LUMINANCE
+    for moved in (r.sun_at(40.0, 120.0, up=GROUND_NORMAL), r.sun_towards((0.2, 0.9, 0.4))):
+        sky_mean = sh.C4 * moved.sky[0] @ sh.LUMINANCE
+        assert moved.sun.irradiance @ sh.LUMINANCE == pytest.approx(relight.DEFAULT_SUN_TO_SKY * sky_mean)
+        np.testing.assert_allclose(moved.sun.irradiance / moved.sun.irradiance[0], sun.irradiance / sun.irradiance[0])
+        assert moved.sh()[0] @ sh.LUMINANCE == pytest.approx(photo_mean)  # the light is shared, not added
+    overcast = relight.Lighting(sky=sky_L)  # no sun in the photo: a new one of the sky's colour
+    moved = r.sun_towards((0.0, 1.0, 0.0), base=overcast)
+    np.testing.assert_allclose(moved.sun.irradiance / moved.sun.irradiance[0], sky_L[0] / sky_L[0, 0])
+    assert moved.sun.irradiance @ sh.LUMINANCE == pytest.approx(relight.DEFAULT_SUN_TO_SKY * sh.C4 * moved.sky[0]
+                                                                @ sh.LUMINANCE)
+    assert moved.sh()[0] @ sh.LUMINANCE == pytest.approx(sky_L[0] @ sh.LUMINANCE)
+
+
+def test_sky_pixels_keep_their_look_when_only_the_sun_moves():
+    # A photo pins down order 1 of its light; with the sun taken out, the sky's order-1/2 parts are what the sun
+    # left, and recolouring by them darkened the sky towards and away from a moved sun (maroon skies on real photos).
+    # The default sun-to-sky ratio shares the photo's mean light differently: the sky pixels stay too.
+    L = np.zeros((9, 3))
+    L[0] = (1.0, 1.0, 1.0)
+    L[1] = (0.3, 0.24, 0.18)  # brighter towards +y (SH index 1 is y), warmer
+    estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = relight.Relighter(estimate, lighting=relight.lighting_from_estimate(L, sun_fraction=0.6), shadow_samples=1)
+    for elevation, azimuth in [(30.0, 0.0), (80.0, 90.0), (10.0, 200.0)]:
+        relit = r.render(r.sun_at(elevation, azimuth))
+        np.testing.assert_allclose(relit.image[estimate.sky], estimate.image[estimate.sky], rtol=1e-6)
+    tint = np.array([1.5, 1.0, 0.5])
+    warmer = relight.Lighting(sky=r.original.sky * tint,
+                              sun=relight.Sun(r.original.sun.direction, r.original.sun.irradiance * tint))
+    scale = r.render(warmer).image[estimate.sky] / estimate.image[estimate.sky]  # the sky's colour, the mean's level
+    np.testing.assert_allclose(scale / scale[:, 1:2], np.broadcast_to(tint / tint[1], scale.shape), rtol=1e-5)
+
+
+def test_skylight_never_reaches_zero():
+    # An order-2 sky with its sun taken out shades some normals negatively; they went black in the sun's shadow.
+    estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = make_relighter(estimate)
+    sky = np.zeros((9, 3))
+    sky[0] = (0.5, 0.6, 0.8)
+    sky[6] = (-1.5, -1.8, -2.2)  # a strong negative z² lobe: surfaces facing the camera get no skylight
+    ground = ~estimate.sky
+    assert (sh.shading(estimate.normals, sky)[ground] < 0).any()
+    relit = r.render(relight.Lighting(sky=sky), refine=False)  # no sun: skylight alone
+    floor = relight.SKY_SHADING_FLOOR * sh.C4 * sky[0]
+    assert (relit.image[ground] >= estimate.albedo[ground] * floor * r.exposure * (1 - 1e-5)).all()
+    np.testing.assert_allclose(relit.sky_shading[ground].min(axis=0), floor, rtol=1e-5)
 
 
 def test_with_sun_to_sky_sets_the_sun_strength_and_keeps_its_colour():

@@ -83,6 +83,12 @@ class RelightRefiner(nn.Module):
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1))[None]).to(device)
         log_ratio = self(x)[0].permute(1, 2, 0).float().cpu().numpy()  # (h, w, 3)
+        ground = resize_linear((~np.asarray(relit.sky, bool)).astype(np.float32), w, h) > 0.5
+        if ground.any():
+            # Trained scale-free (refine_loss removes each image's mean log error), the correction's mean is
+            # arbitrary: it had darkened images to 0.6-0.8 of the photo under its own light. The simple model's
+            # exposure stands; the refiner corrects relative brightness and colour only.
+            log_ratio -= log_ratio[ground].mean()
         ratio = resize_linear(log_ratio, W, H)  # (H, W, 3) float32, made the refined image in place
         np.exp(ratio, out=ratio)
         ratio[relit.sky] = 1.0

@@ -126,3 +126,18 @@ def test_refiner_weights_are_recognised_and_load_strictly(tmp_path):
     assert isinstance(loaded, relight_refine.RelightRefiner) and not loaded.training
     with pytest.raises(ValueError, match="holds 'relight_refine' weights"):
         weights.load_named(tmp_path / "refine.safetensors", expect="irn")
+
+
+def test_refiner_keeps_the_exposure_and_corrects_relative_colour():
+    # refine_loss is blind to a constant log ratio, so a trained refiner's mean is arbitrary: it must not set the
+    # image's brightness (the shipped one darkened photos to 0.6-0.8 under their own light).
+    estimate = small_estimate()
+    net = relight_refine.RelightRefiner(width=8).eval()
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([-0.5, -0.3, -0.7]))  # darker overall, a little greener
+    plain = relight.Relighter(estimate)
+    refined = relight.Relighter(estimate, refine=net)
+    lighting = plain.sun_at(40.0, 120.0)
+    ratio = refined.render(lighting).image / plain.render(lighting).image
+    log_ratio = relight_refine.LOG_RATIO_LIMIT * np.tanh(np.array([-0.5, -0.3, -0.7]) / relight_refine.LOG_RATIO_LIMIT)
+    np.testing.assert_allclose(ratio, np.exp(log_ratio - log_ratio.mean()) * np.ones_like(ratio), rtol=1e-4)
