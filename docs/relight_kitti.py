@@ -4,9 +4,9 @@
 
 The photo is decomposed once with the shipped networks (camera 2's calibrated intrinsics), then relit by
 `invrender_core.relight.Relighter` with the sun moving from low in the east-ish right (elevation 12, azimuth
-70) over to the left (elevation 55, azimuth 250), the photo's own sky turning with it and the sun four times
-as bright as the sky's mean (a clear day), as `invrender relight IMAGE --sun 12 70 --to 55 250 --frames N
---sun-to-sky 4` does. Writes frame_NN.png (half size) and
+70) over to the left (elevation 55, azimuth 250), the photo's own sky turning with it and the sun
+`relight.DEFAULT_SUN_TO_SKY` times as bright as the sky's mean, as `invrender relight IMAGE --sun 12 70 --to 55 250
+--frames N` does. Writes frame_NN.png (half size) and
 sheet.png (the photo, its shadow map and the frames, quarter size) into docs/relight_kitti/.
 """
 
@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 START, END = (12.0, 70.0), (55.0, 250.0)
-SUN_TO_SKY = 4.0
 
 
 def main(argv=None) -> int:
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
     estimate = scene.decompose(photo, camera=camera, device="cpu")
     refiner = None if args.refine == "none" else relight_refine.load(args.refine or relight.DEFAULT_REFINER)
     start = time.perf_counter()
-    relighter = relight.Relighter(estimate, sun_to_sky=SUN_TO_SKY, refine=refiner)
+    relighter = relight.Relighter(estimate, refine=refiner)
     args.out.mkdir(parents=True, exist_ok=True)
     half = (width // 2, height // 2)
     tiles = [("photo", resize_linear(photo.rgb, *half)), ("shadow map", resize_linear(estimate.shadow, *half))]

@@ -344,7 +344,7 @@ def cmd_relight(args) -> None:
         written = _write_sequence(args.output, frames, args.frames, args.fps, estimate.metadata)
     else:
         if args.sun_dir is not None:
-            lighting = relighter.sun_towards(np.asarray(args.sun_dir), base)
+            lighting = relighter.sun_towards(np.asarray(args.sun_dir), base, up=args.up)
         else:
             lighting = relighter.sun_at(*args.sun, up=args.up, base=base)
         with atomic_output(args.output) as tmp:

@@ -66,6 +66,23 @@ SKY_SHADING_FLOOR = 0.2
 # and 0.782 with each view's true strength: the marched shadows are often wrong, and a moderate sun shows them less
 # (4 and 6 tie; the weaker one shows the wrong ones less).
 DEFAULT_SUN_TO_SKY = 4.0
+# Sunlight dims and reddens towards the horizon (a sun at 5 degrees keeps 30 / 13 / 2 % of its red / green / blue).
+# Zenith optical depths of a clear atmosphere at 680 / 550 / 440 nm: Rayleigh scattering, 0.0088 λ^-4.05 (λ in µm),
+# plus aerosol of optical depth 0.1 at 550 nm with Ångström exponent 1.3; crossed along the relative air mass of
+# Kasten & Young (1989).
+SUN_OPTICAL_DEPTH = np.array([0.118, 0.199, 0.379])
+
+
+def air_mass(elevation_deg: float) -> float:
+    """Relative optical air mass towards a sun `elevation_deg` above the horizon (Kasten & Young 1989): 1 at the
+    zenith, about 38 at the horizon; elevations below the horizon count as on it."""
+    e = max(float(elevation_deg), 0.0)
+    return 1.0 / (math.sin(math.radians(e)) + 0.50572 * (e + 6.07995) ** -1.6364)
+
+
+def sun_transmittance(elevation_deg: float) -> np.ndarray:
+    """(3,) share of the sun's red, green and blue light that crosses a clear atmosphere at `elevation_deg`."""
+    return np.exp(-SUN_OPTICAL_DEPTH * air_mass(elevation_deg))
 
 
 @dataclass(frozen=True)
@@ -371,14 +388,15 @@ class Relighter:
     def sun_at(self, elevation_deg: float, azimuth_deg: float, up=(0.0, 1.0, 0.0),
                base: Lighting | None = None) -> Lighting:
         """`sun_towards` the sun at (elevation, azimuth) (`sun_direction_camera`)."""
-        return self.sun_towards(sun_direction_camera(elevation_deg, azimuth_deg, up), base)
+        return self.sun_towards(sun_direction_camera(elevation_deg, azimuth_deg, up), base, up)
 
-    def sun_towards(self, direction, base: Lighting | None = None) -> Lighting:
+    def sun_towards(self, direction, base: Lighting | None = None, up=(0.0, 1.0, 0.0)) -> Lighting:
         """`base` (default: the photo's own lighting) with the sun moved to `direction` (3,) (camera frame) and the
-        sky turned with it (`move_sun`). With `sun_to_sky` (not None) the sun is made that many times as bright as
-        the sky's mean and both are then scaled to the base's mean (DC) luminance: the ratio shares the light
-        between sun and sky, it does not add light (a photo of a strong sun is not brighter than its exposure
-        says). A base without a sun gets one of its sky's colour."""
+        sky turned with it (`move_sun`). With `sun_to_sky` (not None), a new sun: made that many times as bright as
+        the sky's mean, both then scaled to the base's mean (DC) luminance (the ratio shares the light between sun
+        and sky, it does not add light: a photo of a strong sun is not brighter than its exposure says), then
+        dimmed and reddened by the air it crosses at its elevation above the horizon of `up` (camera frame),
+        `sun_transmittance` relative to the zenith's. A base without a sun gets one of its sky's colour."""
         base = self.original if base is None else base
         lighting = move_sun(base, direction)
         if self.sun_to_sky is None:
@@ -386,7 +404,12 @@ class Relighter:
         if lighting.sun is None:
             sun = Sun(direction, np.maximum(lighting.sky[0], 0.0), DEFAULT_SUN_ANGLE_DEG)
             lighting = Lighting(sky=lighting.sky, sun=sun)
-        return _scaled_to(with_sun_to_sky(lighting, self.sun_to_sky), base)
+        lighting = _scaled_to(with_sun_to_sky(lighting, self.sun_to_sky), base)
+        up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+        elevation = math.degrees(math.asin(float(np.clip(lighting.sun.direction @ up, -1.0, 1.0))))
+        air = sun_transmittance(elevation) / sun_transmittance(90.0)
+        sun = lighting.sun
+        return Lighting(sky=lighting.sky, sun=Sun(sun.direction, sun.irradiance * air, sun.angle_deg))
 
     def scaled_like_photo(self, lighting: Lighting) -> Lighting:
         """`lighting` (sky and sun together) scaled so its mean (DC) luminance is the photo's lighting's: lights

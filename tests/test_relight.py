@@ -341,7 +341,8 @@ def test_time_of_day_turns_the_shorter_way_round():
 
 
 def test_new_suns_get_the_sun_to_sky_ratio_and_the_photo_keeps_its_own():
-    # An order-1 estimate caps the photo's sun near the sky's brightness: new suns get a clear day's by default.
+    # An order-1 estimate caps the photo's sun near the sky's brightness: new suns get a clear day's by default,
+    # the share of the photo's mean light it would have high in the sky, dimmed and reddened by the air below that.
     estimate, sun, sky_L = rendered_estimate(np.array([0.3, 0.9, 0.3]))
     lighting = relight.lighting_from_estimate(estimate.lighting, sun_fraction=1.0, angle_deg=0.0)
     r = relight.Relighter(estimate, lighting=lighting, shadow_samples=1)
@@ -349,28 +350,48 @@ def test_new_suns_get_the_sun_to_sky_ratio_and_the_photo_keeps_its_own():
     np.testing.assert_allclose(r.original.sun.irradiance, sun.irradiance, atol=1e-9)
     np.testing.assert_allclose(r.render(r.original).image, estimate.image, atol=1e-5)
     photo_mean = r.original.sh()[0] @ sh.LUMINANCE
-    for moved in (r.sun_at(40.0, 120.0, up=GROUND_NORMAL), r.sun_towards((0.2, 0.9, 0.4))):
+    up = np.array([0.0, 1.0, 0.0])
+    for moved, elevation in [(r.sun_at(40.0, 120.0, up=GROUND_NORMAL), 40.0),
+                             (r.sun_towards((0.2, 0.9, 0.4)), math.degrees(math.asin(0.9 / math.sqrt(1.01))))]:
+        air = relight.sun_transmittance(elevation) / relight.sun_transmittance(90.0)
+        high = relight.Lighting(sky=moved.sky, sun=relight.Sun(moved.sun.direction, moved.sun.irradiance / air))
         sky_mean = sh.C4 * moved.sky[0] @ sh.LUMINANCE
-        assert moved.sun.irradiance @ sh.LUMINANCE == pytest.approx(relight.DEFAULT_SUN_TO_SKY * sky_mean)
-        np.testing.assert_allclose(moved.sun.irradiance / moved.sun.irradiance[0], sun.irradiance / sun.irradiance[0])
-        assert moved.sh()[0] @ sh.LUMINANCE == pytest.approx(photo_mean)  # the light is shared, not added
+        assert high.sun.irradiance @ sh.LUMINANCE == pytest.approx(relight.DEFAULT_SUN_TO_SKY * sky_mean)
+        np.testing.assert_allclose(high.sun.irradiance / high.sun.irradiance[0], sun.irradiance / sun.irradiance[0])
+        assert high.sh()[0] @ sh.LUMINANCE == pytest.approx(photo_mean)  # the light is shared, not added
+        assert abs(moved.sun.direction @ up) > 0 and (air <= 1.0).all()
     overcast = relight.Lighting(sky=sky_L)  # no sun in the photo: a new one of the sky's colour
-    moved = r.sun_towards((0.0, 1.0, 0.0), base=overcast)
+    moved = r.sun_towards((0.0, 1.0, 0.0), base=overcast)  # at the zenith: no air to take out
     np.testing.assert_allclose(moved.sun.irradiance / moved.sun.irradiance[0], sky_L[0] / sky_L[0, 0])
     assert moved.sun.irradiance @ sh.LUMINANCE == pytest.approx(relight.DEFAULT_SUN_TO_SKY * sh.C4 * moved.sky[0]
                                                                 @ sh.LUMINANCE)
     assert moved.sh()[0] @ sh.LUMINANCE == pytest.approx(sky_L[0] @ sh.LUMINANCE)
 
 
+def test_low_suns_are_dimmer_and_redder():
+    # Kasten & Young's air mass: 1 at the zenith, 37.9 at the horizon (their table), 5.6 at 10 degrees.
+    assert relight.air_mass(90.0) == pytest.approx(1.0, abs=1e-3)
+    assert relight.air_mass(0.0) == pytest.approx(37.9, rel=0.01)
+    assert relight.air_mass(10.0) == pytest.approx(5.6, rel=0.02)
+    assert relight.air_mass(-5.0) == relight.air_mass(0.0)
+    estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
+    r = relight.Relighter(estimate, shadow_samples=1)
+    noon, evening = r.sun_at(70.0, 90.0).sun.irradiance, r.sun_at(5.0, 90.0).sun.irradiance
+    np.testing.assert_allclose(evening / noon, relight.sun_transmittance(5.0) / relight.sun_transmittance(70.0))
+    assert evening[0] / evening[2] > 5 * noon[0] / noon[2]  # red against blue: a sunset
+    assert (evening < noon).all()
+
+
 def test_sky_pixels_keep_their_look_when_only_the_sun_moves():
     # A photo pins down order 1 of its light; with the sun taken out, the sky's order-1/2 parts are what the sun
     # left, and recolouring by them darkened the sky towards and away from a moved sun (maroon skies on real photos).
-    # The default sun-to-sky ratio shares the photo's mean light differently: the sky pixels stay too.
+    # (With the default sun-to-sky ratio a new sun also dims towards the horizon, and the sky pixels with it.)
     L = np.zeros((9, 3))
     L[0] = (1.0, 1.0, 1.0)
     L[1] = (0.3, 0.24, 0.18)  # brighter towards +y (SH index 1 is y), warmer
     estimate, _, _ = rendered_estimate(np.array([0.3, 0.9, 0.3]))
-    r = relight.Relighter(estimate, lighting=relight.lighting_from_estimate(L, sun_fraction=0.6), shadow_samples=1)
+    r = relight.Relighter(estimate, lighting=relight.lighting_from_estimate(L, sun_fraction=0.6), shadow_samples=1,
+                          sun_to_sky=None)
     for elevation, azimuth in [(30.0, 0.0), (80.0, 90.0), (10.0, 200.0)]:
         relit = r.render(r.sun_at(elevation, azimuth))
         np.testing.assert_allclose(relit.image[estimate.sky], estimate.image[estimate.sky], rtol=1e-6)
