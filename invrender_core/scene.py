@@ -83,7 +83,7 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
                            confidence: np.ndarray | None = None, lam: float = fusion.DEFAULT_LAMBDA,
                            use_prior: bool = True,
                            source: str = "depth and normal maps") -> SceneEstimate:
-    """Fuse depth with normals, fit order-2 SH lighting, derive albedo.
+    """Fuse depth with normals, fit SH lighting (reduced to order 1, `sh.observed_lighting`), derive albedo.
 
     image (H, W, 3) linear RGB; depth (H, W) planar depth (<= 0 or non-finite = unknown); normals
     (H, W, 3) unit, camera frame; confidence (H, W) in [0, 1] weights the depth (default 1).
@@ -105,6 +105,10 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
 
     prior = IlluminationPrior.load() if use_prior else None
     lighting = sh.fit_lighting(image, np.ones_like(image), normals, mask=valid, prior=prior)
+    # Reduced to what the photo's normals pin down (order 1, no negative light), as `decompose` does: the order-2
+    # terms of a least-squares fit are wild outside the camera-facing normals, and the world built from them
+    # (negative light clipped to 0) rendered the sample, given its own exact maps, 1.2 / 2.0 / 2.4 times too bright.
+    lighting = sh.observed_lighting(normals, lighting, valid)
     shading = sh.shading(normals, lighting).astype(np.float32)  # (H, W, 3)
     albedo = image / np.maximum(shading, MIN_SHADING)
     median = float(np.median(albedo[valid] @ sh.LUMINANCE))
