@@ -257,7 +257,8 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
 
     The SH lighting is moved to the world frame and split into a sun lamp (a share `sun_fraction` of
     its directional part, for sharp cast shadows) and an environment image holding the rest. With
-    `relight_sun=(elevation_deg, azimuth_deg)` the sun is moved there and the environment rotated with it.
+    `relight_sun=(elevation_deg, azimuth_deg)` the sun is moved there and the environment turned about the vertical
+    by the same change of azimuth.
     "background" is `background_assets` with `background_band` (0: none). Where the main mesh is cut at a
     discontinuity and the layer does not fill the gap (it is not continued where it would come out in front of the
     occluder), a patch at the far side's depth fills it (`geometry.far_patches`), so that the photo's camera sees a
@@ -273,9 +274,13 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     lighting_world = sh.rotation(sh.CAMERA_TO_WORLD) @ estimate.lighting
     direction, irradiance, rest = sh.extract_sun(lighting_world, sun_fraction)
     if relight_sun is not None:
-        target = sun_direction(*relight_sun)
-        rest = sh.rotation(geometry.rotation_between(direction, target)) @ rest
-        direction = target
+        # The environment turns about the vertical by the sun's change of azimuth, as the add-on's Relight does:
+        # turned along the shortest arc from the old sun to the new, it tilted (KITTI with the sun at 20 / -90:
+        # 9x the light from below, the sky pixels 16 % brighter).
+        turn = math.radians(relight_sun[1]) - math.atan2(direction[0], -direction[1])  # sun_direction's azimuth
+        c, s_ = math.cos(turn), math.sin(turn)
+        rest = sh.rotation(np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])) @ rest
+        direction = sun_direction(*relight_sun)
     peak = float(irradiance.max())
     # A Blender sun of strength S and colour c adds albedo / pi * S * c * cos to a diffuse surface,
     # while our image model adds albedo * irradiance * cos: hence S * c = pi * irradiance.
