@@ -49,10 +49,12 @@ def check_view_args(args) -> NovelViewSettings | None:
 
 
 def render_views(scene: bpy.types.Scene, camera: bpy.types.Object, settings: NovelViewSettings, views_dir: Path,
-                 progress) -> None:
+                 progress, first_view: Path | None = None) -> None:
     """Render frames frame_start .. frame_start + frames - 1 through `camera` as views_dir/view_0001.png ...,
     atomically: into a temporary folder beside views_dir, renamed at the end (an existing views_dir, checked by
-    `check_view_args`, is replaced). The scene's camera and frame are restored."""
+    `check_view_args`, is replaced). The scene's camera and frame are restored. first_view: a PNG of the scene
+    rendered already from the views' first pose (the photo camera's, `--render`): copied as the first view
+    instead of rendered again (the same pixels; 40 s of a 0.5-megapixel run's 160)."""
     views_dir = Path(views_dir)
     views_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{views_dir.name}.", dir=views_dir.parent))
@@ -61,6 +63,10 @@ def render_views(scene: bpy.types.Scene, camera: bpy.types.Object, settings: Nov
         scene.camera = camera
         scene.render.image_settings.file_format = "PNG"
         for i in range(settings.frames):
+            if i == 0 and first_view is not None:
+                shutil.copyfile(first_view, tmp / VIEW_FILE.format(1))
+                progress(f"view 1/{settings.frames} is the render from the photo camera: copied")
+                continue
             start = time.perf_counter()
             scene.frame_set(settings.frame_start + i)
             scene.render.filepath = str((tmp / VIEW_FILE.format(i + 1)).resolve())
@@ -120,7 +126,8 @@ def build_and_render(args, atomic_output, progress) -> None:
             progress(f"rendered {args.render} in {time.perf_counter() - start:.1f} s")
         if views is not None:
             progress(f"rendering {views.frames} novel views with Cycles ({args.samples} samples)")
-            render_views(scene, novel_camera, views, args.views_dir, progress)
+            render_views(scene, novel_camera, views, args.views_dir, progress,
+                         first_view=Path(args.render) if args.render else None)
             progress(f"wrote {views.frames} views to {args.views_dir}")
         if args.maps_dir:
             write_estimate(result, args.maps_dir)
