@@ -120,7 +120,8 @@ def estimate_from_geometry(image: np.ndarray, depth: np.ndarray, normals: np.nda
     return SceneEstimate(image=image, albedo=albedo, shading=shading, normals=normals, depth=depth,
                          depth_fused=depth_fused.astype(np.float32), confidence=confidence.astype(np.float32),
                          lighting=lighting, camera=camera, shadow=np.ones(depth.shape, np.float32),
-                         metadata={"geometry_source": source, "depth_scale": "relative", "fusion_lambda": lam})
+                         metadata={"geometry_source": source, "depth_scale": "as given (the depth map's units)",
+                                   "fusion_lambda": lam})
 
 
 CONTRACT_FILES = ("albedo.exr", "shading.exr", "shadow.exr", "normal.exr", "depth.exr", "depth_fused.exr",

@@ -729,7 +729,7 @@ def test_rgbd_lighting_is_what_the_photo_pins_down():
     normals = read_exr(root / "sample_photo_normal.exr")
     camera = Camera.from_dict(json.loads((root / "sample_photo_camera.json").read_text()))
     est = scene.estimate_from_geometry(image, depth, normals, camera)
-    assert (est.lighting[4:] == 0).all()
+    assert (est.lighting[4:] == 0).all() and est.metadata["depth_scale"] == "as given (the depth map's units)"
     env = sh.to_equirect(est.lighting, 64, 32, clamp_negative=False)
     assert env.min() >= -1e-6  # nothing for a world to clip: it lights as the shading says
     valid = geometry.valid_mask(depth)
