@@ -35,7 +35,7 @@ def photo_with_maps(tmp_path):
     return tmp_path
 
 
-def test_cli_scene_builds_blend_and_render(photo_with_maps):
+def test_cli_scene_builds_blend_and_render(photo_with_maps, capfd):
     d = photo_with_maps
     code = cli.main(["scene", str(d / "photo.png"), "--depth", str(d / "photo_depth.exr"),
                      "--normal", str(d / "photo_normal.exr"), "--camera", str(d / "camera.json"),
@@ -43,6 +43,9 @@ def test_cli_scene_builds_blend_and_render(photo_with_maps):
                      "--samples", "4", "--relight-sun", "40", "200", "--maps-dir", str(d / "out" / "maps")])
     assert code == 0
     assert sorted(p.name for p in (d / "out").iterdir()) == ["maps", "relit.png", "scene.blend"]
+    # Blender's own console lines (130 'Fra:' lines a frame, temporary names) are hidden; the progress stays.
+    out, err = capfd.readouterr()
+    assert "Fra:" not in out + err and "Saved:" not in out + err and "rendered" in err
     bpy.ops.wm.open_mainfile(filepath=str(d / "out" / "scene.blend"))
     mesh = bpy.data.objects["photo mesh"].data
     assert len(mesh.vertices) == 40 * 30  # one vertex per pixel: a plane has no discontinuities

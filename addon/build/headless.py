@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import bpy
@@ -81,6 +85,30 @@ def render_views(scene: bpy.types.Scene, camera: bpy.types.Object, settings: Nov
         scene.frame_set(frame_before)
 
 
+@contextmanager
+def blender_console_hidden():
+    """Blender's own console lines, which it prints to the process's stdout from C (a 'Fra:' line per render stage,
+    130 a frame, and 'Saved:' with the hidden temporary names), are dropped while this is open; the command's own
+    progress goes to stderr. `--verbose` keeps them."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        _flush_c_stdout()  # what Blender buffered goes to /dev/null, not to the terminal afterwards
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _flush_c_stdout() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to reach (Windows): its buffer flushes later
+        pass
+
+
 def build_and_render(args, atomic_output, progress) -> None:
     """args: the parsed `invrender scene` arguments; atomic_output and progress come from the CLI."""
     views = check_view_args(args)
@@ -114,7 +142,8 @@ def build_and_render(args, atomic_output, progress) -> None:
         scene.frame_start, scene.frame_end = views.frame_start, views.frame_start + views.frames - 1
         progress(f"added {novel_camera.name} ({views.frames} frames, {views.angle_deg:g} degree orbit)")
     # All outputs appear together or not at all: the .blend is renamed only after the renders succeeded.
-    with atomic_output(args.output) as tmp_blend:
+    quiet = nullcontext() if getattr(args, "verbose", False) else blender_console_hidden()
+    with atomic_output(args.output) as tmp_blend, quiet:
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend.resolve()), check_existing=False, copy=True)
         if args.render:
             progress(f"rendering with Cycles ({args.samples} samples)")
@@ -143,6 +172,6 @@ def save_face_rig(rig, output: Path, atomic_output, progress) -> None:
         progress(f"warning: {warning}")
     progress(f"built {built.collection.name}: {len(built.mesh.data.vertices)} vertices, "
              f"{len(built.mesh.data.shape_keys.key_blocks) - 1} expression shape keys, {rig.num_frames} keyed frames")
-    with atomic_output(output) as tmp_blend:
+    with atomic_output(output) as tmp_blend, blender_console_hidden():
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend.resolve()), check_existing=False, copy=True)
     progress(f"saved {output}")
