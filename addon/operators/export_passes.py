@@ -7,8 +7,7 @@ from pathlib import Path
 import bpy
 from bpy_extras.io_utils import ExportHelper
 
-# Errors export_passes raises for a scene or a path it cannot use, and for a failed render: an ERROR report.
-USER_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
+from .import_photo import USER_ERRORS, report_warnings
 
 
 class INVR_OT_export_passes(bpy.types.Operator, ExportHelper):
@@ -38,7 +37,6 @@ class INVR_OT_export_passes(bpy.types.Operator, ExportHelper):
     def execute(self, context):
         from ..build.passes import export_passes
         from ..build.scene import find_import
-        from .relight import report_warnings
 
         if not self.filepath:
             self.report({"ERROR"}, "No file chosen: pick an .exr file in the file browser")
@@ -56,7 +54,7 @@ class INVR_OT_export_passes(bpy.types.Operator, ExportHelper):
         except USER_ERRORS as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        report_warnings(self, built)
+        report_warnings(self, built.warnings)
         self.report({"INFO"}, f"Wrote passes to {out}")
         return {"FINISHED"}
 

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 import bpy
 
 from .. import jobs
-from .import_photo import USER_ERRORS, JobModal, job_failure_message, run_with_progress
+from .import_photo import (
+    USER_ERRORS,
+    JobModal,
+    excluded_text,
+    job_failure_message,
+    report_warnings,
+    run_with_progress,
+)
 
 if TYPE_CHECKING:  # the core is imported on use: it pulls in numpy, OpenCV and (on the worker) PyTorch
     from invrender_core.face.pipeline import FaceSettings
@@ -73,11 +80,9 @@ def _build(operator, context, face_rig) -> set[str]:
     except USER_ERRORS as e:
         operator.report({"ERROR"}, str(e))
         return {"CANCELLED"}
-    for warning in face_rig.warnings + built.warnings:
-        operator.report({"WARNING"}, warning)
-    replaced = f"; the earlier rig {', '.join(built.replaced)} is excluded from the view layer" \
-        if built.replaced else ""
-    operator.report({"INFO"}, f"Fitted {face_rig.num_frames} frames: {built.collection.name}{replaced}")
+    report_warnings(operator, face_rig.warnings + built.warnings)
+    operator.report({"INFO"}, f"Fitted {face_rig.num_frames} frames: {built.collection.name}"
+                    f"{excluded_text('rig', built.replaced)}")
     return {"FINISHED"}
 
 

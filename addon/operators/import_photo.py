@@ -38,6 +38,19 @@ def settings_from_props(context, photo: str, with_maps: bool):
 USER_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
 
 
+def report_warnings(operator, warnings) -> None:
+    """A WARNING report for each of `warnings` (what the artist should know: unreliable input, which import a tool
+    used, objects in the way)."""
+    for warning in warnings:
+        operator.report({"WARNING"}, warning)
+
+
+def excluded_text(kind: str, replaced) -> str:
+    """The INFO report's tail naming a build's earlier builds of the same file (`replaced`), now excluded from the
+    view layer; "" when there are none."""
+    return f"; the earlier {kind} {', '.join(replaced)} is excluded from the view layer" if replaced else ""
+
+
 def _build(operator, context, settings, estimate_result) -> set[str]:
     from ..build.import_photo import import_photo
 
@@ -48,11 +61,9 @@ def _build(operator, context, settings, estimate_result) -> set[str]:
         return {"CANCELLED"}
     context.scene.invr.photo_path = str(settings.photo)
     # Unreliable input, fusion (said, not only stored); the artist's objects in the import's way.
-    for warning in [*estimate_result.metadata.get("warnings", []), *built.warnings]:
-        operator.report({"WARNING"}, warning)
-    replaced = f"; the earlier import {', '.join(built.replaced)} is excluded from the view layer" \
-        if built.replaced else ""
-    operator.report({"INFO"}, f"Built {built.collection.name}: {len(built.mesh.data.vertices)} vertices{replaced}")
+    report_warnings(operator, [*estimate_result.metadata.get("warnings", []), *built.warnings])
+    operator.report({"INFO"}, f"Built {built.collection.name}: {len(built.mesh.data.vertices)} vertices"
+                    f"{excluded_text('import', built.replaced)}")
     return {"FINISHED"}
 
 

@@ -7,6 +7,7 @@ import math
 import bpy
 
 from ..build.novel_view import MAX_CRANE_DEG, MAX_ORBIT_DEG
+from .import_photo import report_warnings
 
 ANGLE_LIMIT = 4.0 * math.pi  # azimuths may go past a full turn so that a time of day can sweep beyond 360°
 
@@ -123,14 +124,8 @@ class INVR_OT_relight(bpy.types.Operator):
         except ValueError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        report_warnings(self, built)
+        report_warnings(self, built.warnings)
         return {"FINISHED"}
-
-
-def report_warnings(operator, built) -> None:
-    """WARNING reports for what the user should know about the import a tool used (which one, and why)."""
-    for warning in built.warnings:
-        operator.report({"WARNING"}, warning)
 
 
 class INVR_OT_add_novel_view_camera(bpy.types.Operator):
@@ -190,7 +185,7 @@ class INVR_OT_add_novel_view_camera(bpy.types.Operator):
         except ValueError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        report_warnings(self, built)
+        report_warnings(self, built.warnings)
         if self.make_active:
             context.scene.camera = camera
         self.report({"INFO"}, f"Added {camera.name} (frames {self.frame_start}-{self.frame_start + self.frames - 1})")

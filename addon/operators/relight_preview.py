@@ -88,7 +88,7 @@ class INVR_OT_relight_preview(bpy.types.Operator):
 
     def execute(self, context):
         from ..build.scene import find_import
-        from .relight import report_warnings
+        from .import_photo import report_warnings
 
         try:
             built = find_import(context.scene)
@@ -100,7 +100,7 @@ class INVR_OT_relight_preview(bpy.types.Operator):
             return {"CANCELLED"}
         image = write_preview_image(preview_image_name(built.collection.name), relit)
         show_in_image_editors(context, image)
-        report_warnings(self, built)
+        report_warnings(self, built.warnings)
         self.report({"INFO"}, f"2D relight in {image.name!r}")
         return {"FINISHED"}
 
