@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from invrender_core import sh
+from invrender_core.geometry import rotation_z
 from invrender_core.illumination_prior import IlluminationPrior, normalise
 
 ROTATIONS = 16
@@ -38,11 +39,6 @@ HELDOUT_FRACTION = 0.1
 # Regularising variance: a small fraction of the largest variance. Order-2 SH of real skies has every
 # direction but the (fixed) DC luminance clearly above this (see the card's variances).
 VARIANCE_FLOOR_RELATIVE = 1e-4
-
-
-def rotation_z(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def sky_lighting(img: np.ndarray, record: dict, rng: np.random.Generator) -> tuple[np.ndarray, dict]:

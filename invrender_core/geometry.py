@@ -157,6 +157,12 @@ def normals_from_depth(depth: np.ndarray, camera: Camera, mask: np.ndarray | Non
     return n.astype(np.float32)
 
 
+def rotation_z(angle: float) -> np.ndarray:
+    """(3, 3) rotation by `angle` radians about the z axis (counter-clockwise seen from +z)."""
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(3, 3) smallest rotation R with R @ a/|a| = b/|b| for vectors a (3,), b (3,) (Rodrigues).
 

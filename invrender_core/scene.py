@@ -279,8 +279,7 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
         # turned along the shortest arc from the old sun to the new, it tilted (KITTI with the sun at 20 / -90:
         # 9x the light from below, the sky pixels 16 % brighter).
         turn = math.radians(relight_sun[1]) - math.atan2(direction[0], -direction[1])  # sun_direction's azimuth
-        c, s_ = math.cos(turn), math.sin(turn)
-        rest = sh.rotation(np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])) @ rest
+        rest = sh.rotation(geometry.rotation_z(turn)) @ rest
         direction = sun_direction(*relight_sun)
     peak = float(irradiance.max())
     # A Blender sun of strength S and colour c adds albedo / pi * S * c * cos to a diffuse surface,
