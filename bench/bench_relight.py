@@ -5,9 +5,10 @@
 Photo: samples/sample_photo.png (384x256) upscaled bilinearly to 1224x816 (1.0 megapixels), decomposed once
 with the shipped networks (not timed here: bench_decompose.py covers it). Then, timed:
 - "setup": `Relighter(estimate)`: the photo's lighting and its own re-rendering (exposure), once per photo;
-- "frame": one `render` under a moved sun (cast shadows marched on the default grid, sky recolouring, the
-  refiner when shipped), the median of N frames of a time-of-day sequence that reuses the decomposition;
-- the same frame without the refiner, and with shadows marched at full resolution.
+- "frame": one `render` under a moved sun (cast shadows marched on the default grid and corrected by the shadow
+  refiner, sky recolouring, the refiner), the median of N frames of a time-of-day sequence that reuses the
+  decomposition;
+- the same frame without the refiner, without the shadow refiner, and with shadows marched at full resolution.
 The target is a frame <= 2 s on 2 CPU cores. Prints a markdown table and the machine, and writes
 bench/results/relight.json.
 """
@@ -44,14 +45,12 @@ def main(argv=None) -> int:
 
     from invrender_core import relight, scene
     from invrender_core.io import load_image, resize_linear
-    from invrender_core.nets import relight_refine
+    from invrender_core.nets import relight_refine, shadow_refine
 
     photo = resize_linear(load_image(ROOT / "samples" / "sample_photo.png").rgb, *PHOTO_SIZE)
     estimate = scene.decompose(photo, fov_deg=60.0, device="cpu")
-    try:
-        refiner = relight_refine.load(relight.DEFAULT_REFINER)
-    except ValueError:
-        refiner = None  # not shipped yet: the frame is the simple model's
+    refiner = relight_refine.load(relight.DEFAULT_REFINER)
+    shadow_refiner = shadow_refine.load(relight.DEFAULT_SHADOW_REFINER)
     rows = []
 
     def measure(label: str, **options):
@@ -64,10 +63,11 @@ def main(argv=None) -> int:
         rows.append({"config": label, "setup_s": round(setup_s, 3), "frame_median_s": round(float(np.median(times)), 3),
                      "frame_max_s": round(max(times), 3), "frames": args.frames})
 
-    measure("default" + (" (refined)" if refiner is not None else " (no refiner shipped)"), refine=refiner)
-    if refiner is not None:
-        measure("without refiner")
-    measure(f"shadows at full resolution ({PHOTO_SIZE[0]} px)", refine=refiner, shadow_max_side=max(PHOTO_SIZE))
+    measure("default (both refiners)", refine=refiner, shadow_refine=shadow_refiner)
+    measure("without refiner", shadow_refine=shadow_refiner)
+    measure("without shadow refiner", refine=refiner)
+    measure(f"shadows at full resolution ({PHOTO_SIZE[0]} px)", refine=refiner, shadow_refine=shadow_refiner,
+            shadow_max_side=max(PHOTO_SIZE))
 
     machine = common.machine()
     machine["torch"] = torch.__version__

@@ -5,8 +5,8 @@
 The photo is decomposed once with the shipped networks (camera 2's calibrated intrinsics), then relit by
 `invrender_core.relight.Relighter` with the sun moving from low in the east-ish right (elevation 12, azimuth
 70) over to the left (elevation 55, azimuth 250), the photo's own sky turning with it and the sun
-`relight.DEFAULT_SUN_TO_SKY` times as bright as the sky's mean, as `invrender relight IMAGE --sun 12 70 --to 55 250
---frames N` does. Writes frame_NN.png (half size) and
+`relight.DEFAULT_SUN_TO_SKY` times as bright as the sky's mean and its cast shadows corrected by the shipped shadow
+refiner, as `invrender relight IMAGE --sun 12 70 --to 55 250 --frames N` does. Writes frame_NN.png (half size) and
 sheet.png (the photo, its shadow map and the frames, quarter size) into docs/relight_kitti/.
 """
 
@@ -30,11 +30,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "relight_kitti")
     ap.add_argument("--refine", default=None,
                     help="refiner weights, or 'none' (default: the shipped relight-refine-small)")
+    ap.add_argument("--shadow-refine", default=None,
+                    help="shadow refiner weights, or 'none' (default: the shipped shadow-refine-small)")
     args = ap.parse_args(argv)
 
     from invrender_core import relight, scene
     from invrender_core.io import load_image, resize_linear, save_preview_sheet, write_png
-    from invrender_core.nets import relight_refine
+    from invrender_core.nets import relight_refine, shadow_refine
     from invrender_core.train.real_data import kitti_camera, read_kitti_calib
 
     folder = args.shared / "kitti_outdoor"
@@ -48,7 +50,9 @@ def main(argv=None) -> int:
     estimate = scene.decompose(photo, camera=camera, device="cpu")
     refiner = None if args.refine == "none" else relight_refine.load(args.refine or relight.DEFAULT_REFINER)
     start = time.perf_counter()
-    relighter = relight.Relighter(estimate, refine=refiner)
+    shadow_refiner = None if args.shadow_refine == "none" else shadow_refine.load(
+        args.shadow_refine or relight.DEFAULT_SHADOW_REFINER)
+    relighter = relight.Relighter(estimate, refine=refiner, shadow_refine=shadow_refiner)
     args.out.mkdir(parents=True, exist_ok=True)
     half = (width // 2, height // 2)
     tiles = [("photo", resize_linear(photo.rgb, *half)), ("shadow map", resize_linear(estimate.shadow, *half))]
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     save_preview_sheet(args.out / "sheet.png", tiles, tile_width=half[0] // 2, columns=2)
     print(f"wrote {args.frames} frames and sheet.png to {args.out} ({seconds:.1f} s relighting, "
-          f"{'refined' if refiner is not None else 'not refined'})")
+          f"{'refined' if refiner is not None else 'not refined'}, shadows "
+          f"{'refined' if shadow_refiner is not None else 'as marched'})")
     return 0
 
 

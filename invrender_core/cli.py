@@ -18,7 +18,7 @@ from pathlib import Path
 from .face.pipeline import FaceSettings
 from .fusion import DEFAULT_LAMBDA
 from .io.folders import missing_folders, remove_empty_folders, temporary_beside
-from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_SAMPLES, DEFAULT_SUN_TO_SKY
+from .relight import DEFAULT_REFINER, DEFAULT_SHADOW_REFINER, DEFAULT_SHADOW_SAMPLES, DEFAULT_SUN_TO_SKY
 from .scene import (  # scene imports torch only when it runs
     DEFAULT_BACKGROUND_BAND,
     DEFAULT_DEPTH,
@@ -305,6 +305,14 @@ def _refiner(args, device):
     return relight_refine.load(args.refine, args.weights_dir, device)
 
 
+def _shadow_refiner(args, device):
+    if args.no_shadow_refine:
+        return None
+    from .nets import shadow_refine
+
+    return shadow_refine.load(args.shadow_refine, args.weights_dir, device)
+
+
 def cmd_relight(args) -> None:
     import numpy as np
 
@@ -332,12 +340,13 @@ def cmd_relight(args) -> None:
     image = load_image(args.image)
     camera = Camera.from_dict(read_json(args.camera)) if args.camera else None
     sky_sh = _read_sky(args.sky) if args.sky is not None else None  # files and weights fail before the networks run
-    refine = _refiner(args, resolve_device(args.device))
+    device = resolve_device(args.device)
+    refine, shadow_refine = _refiner(args, device), _shadow_refiner(args, device)
     _progress(f"decomposing {args.image}")
     estimate = _decompose(args, image, args.irn, args.depth_net, camera=camera)
     start = time.perf_counter()
     relighter = relight.Relighter(estimate, shadow_samples=args.shadow_samples, sun_to_sky=args.sun_to_sky,
-                                  refine=refine)
+                                  refine=refine, shadow_refine=shadow_refine)
     base = _sky_lighting(relighter, args, sky_sh)
     if args.frames is not None:
         frames = relighter.time_of_day(tuple(args.sun), tuple(args.to), args.frames, up=args.up, base=base)
@@ -351,7 +360,8 @@ def cmd_relight(args) -> None:
             write_png(tmp, at_input_exposure(relighter.render(lighting).image, estimate.metadata))
         written = str(args.output)
     _progress(f"wrote {written} ({time.perf_counter() - start:.1f} s relighting"
-              + (", refined" if refine is not None else ", not refined") + ")")
+              + (", refined" if refine is not None else ", not refined")
+              + (", shadows as marched" if shadow_refine is None else "") + ")")
 
 
 def _write_sequence(output: Path, frames, count: int, fps: float, metadata: dict) -> str:
@@ -545,6 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     relight.add_argument("--refine", default=DEFAULT_REFINER, metavar="NAME|PATH",
                          help=f"refinement network weights (default {DEFAULT_REFINER})")
     relight.add_argument("--no-refine", action="store_true", help="the simple image model only, no network")
+    relight.add_argument("--shadow-refine", default=DEFAULT_SHADOW_REFINER, metavar="NAME|PATH",
+                         help=f"shadow refiner weights: which marched cast shadows to keep (default "
+                         f"{DEFAULT_SHADOW_REFINER})")
+    relight.add_argument("--no-shadow-refine", action="store_true",
+                         help="cast shadows as marched through the depth, no network")
     _add_weights_options(relight, "--depth-net")
     _add_network_options(relight)
     relight.set_defaults(func=cmd_relight)

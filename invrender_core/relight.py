@@ -34,6 +34,7 @@ DEFAULT_SHADOW_SAMPLES = 4
 DEFAULT_SHADOW_STEPS = 40
 DEFAULT_SHADOW_MAX_SIDE = 640
 DEFAULT_REFINER = "relight-refine-small"
+DEFAULT_SHADOW_REFINER = "shadow-refine-small"
 # Rays start this far from the surface (relative to its depth) so that a surface does not shadow itself.
 SHADOW_START = 0.004
 # Rays go this far (relative to the depth of the surface they start from): far enough for a building to
@@ -351,7 +352,7 @@ class Relighter:
                  sun_angle_deg: float = DEFAULT_SUN_ANGLE_DEG, shadow_samples: int = DEFAULT_SHADOW_SAMPLES,
                  shadow_steps: int = DEFAULT_SHADOW_STEPS, shadow_max_side: int = DEFAULT_SHADOW_MAX_SIDE,
                  thickness: float = SHADOW_THICKNESS, sun_to_sky: float | None = DEFAULT_SUN_TO_SKY, refine=None,
-                 seed: int = 0):
+                 shadow_refine=None, seed: int = 0):
         self.estimate = estimate
         self.sun_fraction = sun_fraction
         self.sky = sky_mask(estimate)
@@ -364,6 +365,8 @@ class Relighter:
         self.sun_to_sky = sun_to_sky
         self.refine = refine
         self._refiner_photo_inputs = {}  # the refiner's inputs that no new light changes, kept per size
+        self.shadow_refine = shadow_refine
+        self._shadow_photo_inputs = None  # the shadow refiner's inputs that no sun changes
         self.shadow_options = {"samples": shadow_samples, "steps": shadow_steps, "thickness": thickness, "seed": seed}
         cam = estimate.camera
         self.grid = _shadow_grid(cam, shadow_max_side)
@@ -426,11 +429,20 @@ class Relighter:
         angle = sun.angle_deg if sun is not None else DEFAULT_SUN_ANGLE_DEG
         return self.scaled_like_photo(lighting_from_estimate(L, self.sun_fraction, angle))
 
-    def visibility(self, sun: Sun) -> np.ndarray:
-        """(H, W) float32 visibility of `sun` at the photo's resolution (1 on sky)."""
-        cam = self.estimate.camera
+    def visibility(self, sun: Sun, refine: bool = True) -> np.ndarray:
+        """(H, W) float32 visibility of `sun` at the photo's resolution (1 on sky): marched, then corrected by
+        the shadow refiner when there is one and `refine`."""
+        est = self.estimate
+        cam = est.camera
         v = cast_shadow(self.grid_depth, self.grid, sun.direction, sky=self.grid_sky, angle_deg=sun.angle_deg,
                         **self.shadow_options)
+        if refine and self.shadow_refine is not None:
+            if self._shadow_photo_inputs is None:
+                from .nets.shadow_refine import photo_features
+
+                size = self.shadow_refine.working_size(self.grid.width, self.grid.height)
+                self._shadow_photo_inputs = photo_features(est.normals, est.depth_fused, self.sky, est.image, size)
+            v = self.shadow_refine.apply(v, sun.direction, self._shadow_photo_inputs)
         if (self.grid.width, self.grid.height) != (cam.width, cam.height):
             v = np.clip(resize_linear(v, cam.width, cam.height), 0.0, 1.0)
         v[self.sky] = 1.0

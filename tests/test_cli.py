@@ -222,7 +222,8 @@ ARGPARSE_CASES = {"bad-sun-dir": "3 comma-separated numbers", "zero-sun-dir": "n
                   "zero-fps": "a number > 0", "no-shadow-samples": "an integer > 0"}
 
 
-@pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "missing-refiner", "sky-not-lighting",
+@pytest.mark.parametrize("case", ["frames-without-to", "mp4-single", "jpeg", "missing-refiner",
+                                  "missing-shadow-refiner", "sky-not-lighting",
                                   "output-is-input", "sun-below-horizon", "sun-dir-below-horizon", "nan-azimuth",
                                   *ARGPARSE_CASES])
 def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, case, capsys, no_shipped_weights):
@@ -230,7 +231,8 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
     photo_bytes = photo_file.read_bytes()
     args = _relight_args(photo_file, nets, "-o", str(folder / "relit.png"), "--sun", "30", "100")
     expected = {"frames-without-to": "--frames N needs", "mp4-single": "needs --frames", "jpeg": "write a .png",
-                "missing-refiner": "no weights named", "sky-not-lighting": "9x3", "output-is-input": "also an input",
+                "missing-refiner": "no weights named", "missing-shadow-refiner": "no weights named 'no-such-net'",
+                "sky-not-lighting": "9x3", "output-is-input": "also an input",
                 "sun-below-horizon": "elevation in [0, 90]", "sun-dir-below-horizon": "below the horizon",
                 "nan-azimuth": "finite azimuth", **ARGPARSE_CASES}[case]
     if case == "bad-sun-dir":
@@ -258,6 +260,8 @@ def test_relight_errors_are_one_line_exit_2_and_write_nothing(photo_file, nets, 
         args[args.index("-o") + 1] = str(folder / "relit.jpg")
     elif case == "missing-refiner":
         args.remove("--no-refine")
+    elif case == "missing-shadow-refiner":
+        args += ["--shadow-refine", "no-such-net"]
     else:
         (folder / "lighting.json").write_text(json.dumps({"sh": [[1.0, 1.0, 1.0]] * 4, "frame": "camera"}))
         args += ["--sky", str(folder / "lighting.json")]

@@ -9,7 +9,7 @@ unpickling), checks the layout against the architecture exactly, and writes a sa
 its sha256; trained models are added to the shipped folder with `register_shipped`.
 
 An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth", "relight_refine",
-"face_corr") plus a
+"shadow_refine", "face_corr") plus a
 `config` dict of constructor arguments, so `build_model` never evaluates text. Loading is strict and returns the model
 in `eval()` mode.
 """
@@ -115,6 +115,14 @@ def _build_relight_refine(width: int = 24, max_side: int = 256) -> nn.Module:
                           max_side=int(_number(max_side, "max_side", "relight_refine")))
 
 
+def _build_shadow_refine(width: int = 16, levels: int = 3, max_side: int = 256) -> nn.Module:
+    from .shadow_refine import ShadowRefiner
+
+    return ShadowRefiner(width=int(_number(width, "width", "shadow_refine")),
+                         levels=int(_number(levels, "levels", "shadow_refine")),
+                         max_side=int(_number(max_side, "max_side", "shadow_refine")))
+
+
 def _build_face_corr(width: int = 16, size: int = 128) -> nn.Module:
     from .face_corr import FaceCorrespondenceNet
 
@@ -125,13 +133,14 @@ def _build_face_corr(width: int = 16, size: int = 128) -> nn.Module:
 # The only constructors a registry entry can name: architecture key -> function of the config's keywords.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megadepth": _build_megadepth,
                                                       "relight_refine": _build_relight_refine,
+                                                      "shadow_refine": _build_shadow_refine,
                                                       "face_corr": _build_face_corr}
 # Exact strings older registries stored as `architecture` -> (key, config). Matched literally, never parsed.
 LEGACY_ARCHITECTURES = {
     "invrender_core.nets.depth.MegaDepthHourglass(width=1.0)": ("megadepth", {"width": 1.0}),
 }
 _CONFIG_KEYS = {"irn": {"width", "groups", "prior", "albedo_gain", "albedo_weight"}, "megadepth": {"width"},
-                "relight_refine": {"width", "max_side"},
+                "relight_refine": {"width", "max_side"}, "shadow_refine": {"width", "levels", "max_side"},
                 "face_corr": {"width", "size"}}
 
 
@@ -181,12 +190,16 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict]:
     refine = state.get("enc1.0.weight")
     if refine is not None and refine.ndim == 4 and tuple(refine.shape[1:]) == (20, 3, 3):
         return "relight_refine", {"width": refine.shape[0]}
+    shadow = state.get("encoders.0.0.weight")
+    if shadow is not None and shadow.ndim == 4 and tuple(shadow.shape[1:]) == (11, 3, 3):
+        levels = sum(1 for k in state if k.startswith("encoders.") and k.endswith(".0.weight"))
+        return "shadow_refine", {"width": shadow.shape[0], "levels": levels}
     face = state.get("down.0.0.weight")
     if face is not None and face.ndim == 4 and tuple(face.shape[1:]) == (3, 3, 3):
         return "face_corr", {"width": face.shape[0]}
     raise ValueError("the weights match no known architecture (InverseRenderNet, the MegaDepth hourglass, the "
-                     "relighting refiner or the face correspondence network): give weights saved from one of these "
-                     "networks")
+                     "relighting or shadow refiner or the face correspondence network): give weights saved from one "
+                     "of these networks")
 
 
 def user_weights_dir() -> Path:

@@ -1,4 +1,4 @@
-"""`invrender train depth|irn|relight|face`: the command-line front of `trainer.Trainer`.
+"""`invrender train depth|irn|relight|shadow|face`: the command-line front of `trainer.Trainer`.
 
     invrender train depth --data datagen/out/multiview --out runs/depth --steps 20000 --width 0.25
     torchrun --nproc_per_node 4 -m invrender_core.cli train irn --data DIR --out runs/irn --device cuda --amp
@@ -18,18 +18,19 @@ from pathlib import Path
 
 __all__ = ["TASKS", "add_train_parser", "build_task", "run_train"]
 
-TASKS = ("depth", "irn", "relight", "face")
+TASKS = ("depth", "irn", "relight", "shadow", "face")
 DEFAULT_LR = 1e-3  # used when the task class has no `default_lr`
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add `train` to an argparse subparsers object; the parsed args run with `args.func(args)` (= run_train)."""
-    p = subparsers.add_parser("train", help="train the depth, inverse-rendering, relighting-refiner or face "
-                              "correspondence network",
+    p = subparsers.add_parser("train", help="train the depth, inverse-rendering, relighting-refiner, "
+                              "shadow-refiner or face correspondence network",
                               description="Train a network on rendered data (multiview or relighting pairs), COLMAP "
                               "workspaces, or faces rendered from a morphable model; under torchrun, data-parallel.")
     p.add_argument("task", choices=TASKS, help="depth: MegaDepth-style depth net; irn: InverseRenderNet; relight: "
-                   "the relighting refiner (needs pairs rendered with --second-light); face: the face correspondence "
+                   "the relighting refiner; shadow: the shadow refiner (both need pairs rendered with "
+                   "--second-light); face: the face correspondence "
                    "network (--data is the morphable model file, faces are rendered on the fly)")
     p.add_argument("--data", type=Path, required=True,
                    help="multiview dataset folder (scene_*/scene.json) or COLMAP dense workspace(s); for face: "
@@ -77,6 +78,10 @@ def _task_class(name: str):
         from .relight_task import RelightTask
 
         return RelightTask
+    if name == "shadow":
+        from .shadow_task import ShadowTask
+
+        return ShadowTask
     if name == "face":
         from .face_task import FaceTask
 

@@ -14,7 +14,8 @@ Metrics (held-out split):
   "unchanged_sqrt" its square root (the photo's contrast halved in log space: shrinking any noisy answer's
   contrast lowers this metric, a trivial baseline that beats the unchanged photo by far).
 - shadow_iou: cast shadow of B, relit (visibility < 0.5) vs truth (relight_gt_shadow < 0.5), over non-sky
-  pixels that face B's sun (n · s > 0.1 with the true normals), pooled over all views.
+  pixels that face B's sun (n · s > 0.1 with the true normals), pooled over all views; with the shadow refiner
+  (`nets/shadow_refine.py`, the default), "marched" scores the shadows as marched through the fused depth.
 - the same with the true albedo, normals and depth instead of the networks' ("oracle"): what the relighting
   itself achieves when the decomposition is right.
 """
@@ -92,9 +93,10 @@ def _networks(irn: str = DEFAULT_IRN, depth: str = DEFAULT_DEPTH, device: str = 
 
 
 def prepare(path: Path, oracle: bool = False, device: str = "cpu", irn: str = DEFAULT_IRN,
-            depth: str = DEFAULT_DEPTH) -> dict:
+            depth: str = DEFAULT_DEPTH, shadow_refine=None) -> dict:
     """Decompose one pair's photo (with the networks `irn` and `depth`) and relight it under light B
-    (unrefined): everything training and scoring need."""
+    (unrefined; cast shadows corrected by `shadow_refine`, a `nets.shadow_refine.ShadowRefiner`, when given):
+    everything training and scoring need."""
     view = read_view(path, ground_truth=True)
     h, w = view["image"].shape[:2]
     camera = Camera.from_K(view["K"], w, h)
@@ -103,7 +105,7 @@ def prepare(path: Path, oracle: bool = False, device: str = "cpu", irn: str = DE
     else:
         irn_net, depth_net = _networks(irn, depth, device)
         estimate = decompose(_linear(view["image"]), camera=camera, device=device, irn=irn_net, depth=depth_net)
-    relighter = relight.Relighter(estimate)
+    relighter = relight.Relighter(estimate, shadow_refine=shadow_refine)
     relit = relighter.render(relighter.scaled_like_photo(target_lighting(view)))
     return {"view": view, "estimate": estimate, "relighter": relighter, "relit": relit,
             "target": _linear(view["relight_image"])}
@@ -117,13 +119,23 @@ def si_log_luminance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(max(np.mean(d * d) - np.mean(d) ** 2, 0.0))) if d.size else float("nan")
 
 
+def shadow_region(view: dict) -> np.ndarray:
+    """(H, W) bool non-sky pixels that face light B's sun (true normals): where cast shadows are scored."""
+    facing = (view["gt_normal"].astype(np.float32) @ view["relight_sun_camera"]) > SUN_FACING_COS
+    return facing & ~view["sky_mask"].astype(bool)
+
+
+def iou_counts(visibility: np.ndarray, truth: np.ndarray, region: np.ndarray) -> tuple[int, int]:
+    """(intersection, union) of the cast shadows (visibility below SHADOW_THRESHOLD) of two visibilities (H, W)
+    within region (H, W) bool."""
+    est = (np.asarray(visibility) < SHADOW_THRESHOLD) & region
+    true = (np.asarray(truth, np.float32) < SHADOW_THRESHOLD) & region
+    return int((est & true).sum()), int((est | true).sum())
+
+
 def shadow_counts(visibility: np.ndarray, view: dict) -> tuple[int, int]:
     """(intersection, union) of relit vs true cast shadow of light B over sun-facing non-sky pixels."""
-    facing = (view["gt_normal"].astype(np.float32) @ view["relight_sun_camera"]) > SUN_FACING_COS
-    region = facing & ~view["sky_mask"].astype(bool)
-    est = (visibility < SHADOW_THRESHOLD) & region
-    truth = (view["relight_gt_shadow"].astype(np.float32) < SHADOW_THRESHOLD) & region
-    return int((est & truth).sum()), int((est | truth).sum())
+    return iou_counts(visibility, view["relight_gt_shadow"], shadow_region(view))
 
 
 def refine_image(model: RelightRefiner, pair: dict) -> np.ndarray:
@@ -132,14 +144,19 @@ def refine_image(model: RelightRefiner, pair: dict) -> np.ndarray:
 
 
 def evaluate(root, split: str = "heldout", model: RelightRefiner | None = None, oracle: bool = True,
-             progress=None, irn: str = DEFAULT_IRN, depth: str = DEFAULT_DEPTH) -> dict:
+             progress=None, irn: str = DEFAULT_IRN, depth: str = DEFAULT_DEPTH, shadow_refine=None) -> dict:
     """The module docstring's metrics over a split, photos decomposed with the networks `irn` and `depth`;
-    `model` adds the refined relit image's score."""
+    `model` adds the refined relit image's score; `shadow_refine` corrects the networks' marched shadows (and
+    adds the marched shadows' IoU, "shadow_iou_marched")."""
     rows = {"unchanged": [], "unchanged_sqrt": [], "relit": [], "refined": [], "oracle_relit": []}
-    counts = {"relit": [0, 0], "oracle_relit": [0, 0]}
+    counts = {"relit": [0, 0], "marched": [0, 0], "oracle_relit": [0, 0]}
     paths = pair_views(root, split)
     for k, path in enumerate(paths):
-        pair = prepare(path, irn=irn, depth=depth)
+        pair = prepare(path, irn=irn, depth=depth, shadow_refine=shadow_refine)
+        if shadow_refine is not None:
+            sun = pair["relighter"].scaled_like_photo(target_lighting(pair["view"])).sun
+            marched = pair["relighter"].visibility(sun, refine=False)
+            counts["marched"] = np.add(counts["marched"], shadow_counts(marched, pair["view"]))
         photo = _linear(pair["view"]["image"])
         rows["unchanged"].append(si_log_luminance(photo, pair["target"]))
         rows["unchanged_sqrt"].append(si_log_luminance(np.sqrt(np.maximum(photo, 0.0)), pair["target"]))
@@ -163,25 +180,19 @@ def evaluate(root, split: str = "heldout", model: RelightRefiner | None = None, 
     return out
 
 
-class RelightPairs(torch.utils.data.Dataset):
-    """Training items from the pairs of a split: features (20, h, w), simple relit (3, h, w), target (3, h, w),
-    mask (1, h, w) of the pixels the loss uses (non-sky, target not saturated). Decomposed once, in memory."""
+class PairItems(torch.utils.data.Dataset):
+    """Training items made once from the decomposed pairs of a split (`prepare`, shadows corrected by
+    `shadow_refine` when given), in memory: `item_of(pair)` -> dict of arrays, its "features" (C, h, w) mirrored
+    with the rest in left-right flips by `mirror_features` (the channels whose sign a mirror changes)."""
 
-    def __init__(self, root, split: str = "train", max_views: int | None = None, augment: bool = True,
-                 seed: int = 0):
+    def __init__(self, root, split: str, item_of, max_views: int | None = None, augment: bool = True, seed: int = 0,
+                 shadow_refine=None):
         self.items = []
         self.augment, self.seed, self.epoch = augment, seed, 0
         paths = pair_views(root, split)[:max_views]
         t0 = time.time()
         for k, path in enumerate(paths):
-            pair = prepare(path)
-            r = pair["relighter"]
-            feats = features(pair["estimate"], pair["relit"], r.exposure, r.own_render)  # (H, W, 20)
-            mask = ~pair["relit"].sky & (pair["view"]["relight_image"].max(-1) < 250)
-            self.items.append({"features": feats.transpose(2, 0, 1).copy(),
-                               "relit": pair["relit"].image.transpose(2, 0, 1).copy(),
-                               "target": pair["target"].transpose(2, 0, 1).copy(),
-                               "mask": mask[None].astype(np.float32)})
+            self.items.append(item_of(prepare(path, shadow_refine=shadow_refine)))
             if (k + 1) % 20 == 0 or k + 1 == len(paths):
                 print(f"decomposed {k + 1}/{len(paths)} {split} pairs ({time.time() - t0:.0f} s)", file=sys.stderr,
                       flush=True)
@@ -194,12 +205,37 @@ class RelightPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = {k: torch.from_numpy(v) for k, v in self.items[index].items()}
-        flip = self.augment and np.random.default_rng((self.seed, self.epoch, index)).random() < 0.5
-        if flip:  # mirror left-right: the normals' x flips with it (channel 3, stored as n * 0.5 + 0.5)
+        if self.augment and np.random.default_rng((self.seed, self.epoch, index)).random() < 0.5:
             item = {k: v.flip(-1) for k, v in item.items()}
-            item["features"] = item["features"].clone()
-            item["features"][3] = 1.0 - item["features"][3]
+            item["features"] = self.mirror_features(item["features"].clone())
         return item
+
+    @staticmethod
+    def mirror_features(features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class RelightPairs(PairItems):
+    """Training items from the pairs of a split: features (20, h, w), simple relit (3, h, w), target (3, h, w),
+    mask (1, h, w) of the pixels the loss uses (non-sky, target not saturated). Decomposed once, in memory."""
+
+    def __init__(self, root, split: str = "train", max_views: int | None = None, augment: bool = True,
+                 seed: int = 0, shadow_refine=None):
+        super().__init__(root, split, relight_item, max_views, augment, seed, shadow_refine)
+
+    @staticmethod
+    def mirror_features(features: torch.Tensor) -> torch.Tensor:
+        features[3] = 1.0 - features[3]  # the normals' x (channel 3, stored as n * 0.5 + 0.5)
+        return features
+
+
+def relight_item(pair: dict) -> dict[str, np.ndarray]:
+    """One training item (`RelightPairs`) from a `prepare` pair."""
+    r = pair["relighter"]
+    feats = features(pair["estimate"], pair["relit"], r.exposure, r.own_render)  # (H, W, 20)
+    mask = ~pair["relit"].sky & (pair["view"]["relight_image"].max(-1) < 250)
+    return {"features": feats.transpose(2, 0, 1).copy(), "relit": pair["relit"].image.transpose(2, 0, 1).copy(),
+            "target": pair["target"].transpose(2, 0, 1).copy(), "mask": mask[None].astype(np.float32)}
 
 
 def refine_loss(log_ratio: torch.Tensor, relit: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
@@ -213,19 +249,23 @@ def refine_loss(log_ratio: torch.Tensor, relit: torch.Tensor, target: torch.Tens
 
 
 class RelightTask:
-    """`invrender train relight`: the refinement network on the two-light pairs of `data`'s train split."""
+    """`invrender train relight`: the refinement network on the two-light pairs of `data`'s train split, their
+    cast shadows corrected by the shipped shadow refiner as `invrender relight` does."""
 
     default_lr = 2e-3
 
     def __init__(self, data, width: float = 24, seed: int = 0, eval_data=None, eval_views: int = 16):
+        from ..nets import shadow_refine
+
         self.data, self.seed = data, int(seed)
         self.model = RelightRefiner(width=width)  # the net checks it counts channels (a multiple of 4)
         self.eval_data = data if eval_data is None else eval_data
         self.eval_views = int(eval_views)
         self._eval = None
+        self.shadow_refine = shadow_refine.load(relight.DEFAULT_SHADOW_REFINER)
 
     def make_dataset(self) -> RelightPairs:
-        return RelightPairs(self.data, "train", seed=self.seed)
+        return RelightPairs(self.data, "train", seed=self.seed, shadow_refine=self.shadow_refine)
 
     def compute_losses(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         log_ratio = model(batch["features"]).float()
@@ -239,7 +279,8 @@ class RelightTask:
         """Mean scale-invariant log error, refined and not, on up to eval_views held-out pairs."""
         if self._eval is None:
             try:
-                self._eval = RelightPairs(self.eval_data, "heldout", max_views=self.eval_views, augment=False)
+                self._eval = RelightPairs(self.eval_data, "heldout", max_views=self.eval_views, augment=False,
+                                          shadow_refine=self.shadow_refine)
             except ValueError:
                 self._eval = []
         if len(self._eval) == 0:
@@ -259,6 +300,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="dataset rendered with --second-light")
     ap.add_argument("--split", default="heldout", choices=("train", "heldout"))
     ap.add_argument("--refine", default=relight.DEFAULT_REFINER, help="refiner weights (name or path), or 'none'")
+    ap.add_argument("--shadow-refine", default=relight.DEFAULT_SHADOW_REFINER,
+                    help="shadow refiner weights (name or path), or 'none'")
     ap.add_argument("--irn", default=DEFAULT_IRN, help="InverseRenderNet weights (name or path)")
     ap.add_argument("--depth", default=DEFAULT_DEPTH, help="depth network weights (name or path)")
     ap.add_argument("--no-oracle", action="store_true", help="skip the scores with the true maps")
@@ -269,13 +312,18 @@ def main(argv=None) -> int:
         from ..nets.relight_refine import load
 
         model = load(args.refine)
+    shadow_refine = None
+    if args.shadow_refine != "none":
+        from ..nets import shadow_refine as shadow_net
+
+        shadow_refine = shadow_net.load(args.shadow_refine)
     t0 = time.time()
     metrics = evaluate(args.data, args.split, model, oracle=not args.no_oracle,
                        progress=lambda k, n: print(f"\r{k}/{n} views", end="", file=sys.stderr, flush=True),
-                       irn=args.irn, depth=args.depth)
+                       irn=args.irn, depth=args.depth, shadow_refine=shadow_refine)
     print(file=sys.stderr)
     metrics["seconds"] = round(time.time() - t0, 1)
-    metrics["refiner"] = args.refine
+    metrics["refiner"], metrics["shadow_refiner"] = args.refine, args.shadow_refine
     metrics["irn"], metrics["depth"] = args.irn, args.depth
     print(json.dumps(metrics, indent=2))
     if args.json:
