@@ -23,7 +23,8 @@ from invrender_addon.operators import relight_preview
 
 from invrender_core import geometry, sh
 from invrender_core.camera import Camera
-from invrender_core.relight import DEFAULT_SHADOW_SAMPLES, Relighter
+from invrender_core.nets import shadow_refine
+from invrender_core.relight import DEFAULT_SHADOW_REFINER, DEFAULT_SHADOW_SAMPLES, Relighter
 from invrender_core.scene import scene_assets
 from invrender_core.train.synthetic import exact_estimate
 
@@ -66,8 +67,9 @@ def through_property(degrees: float) -> float:
 
 
 def core_relight(est, elevation, azimuth, samples=DEFAULT_SHADOW_SAMPLES):
-    """The core API's relight for the operator's angles (degrees)."""
-    relighter = Relighter(est, sun_fraction=SUN_FRACTION, shadow_samples=samples)
+    """The core API's relight for the operator's angles (degrees), shadows refined by the shipped refiner."""
+    relighter = Relighter(est, sun_fraction=SUN_FRACTION, shadow_samples=samples,
+                          shadow_refine=shadow_refine.load(DEFAULT_SHADOW_REFINER))
     return relighter.render(relighter.sun_at(through_property(elevation), through_property(azimuth)))
 
 
@@ -98,6 +100,22 @@ def test_operator_equals_core_relighter(registered_addon, clean_scene):
     assert counts() == before and bpy.data.images[PREVIEW] is not None
     np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), core_relight(est, 60.0, -45.0, 2).image,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_without_pytorch_the_shadows_are_as_marched_with_a_warning(registered_addon, clean_scene, capfd,
+                                                                     monkeypatch):
+    from invrender_addon import deps
+
+    est = yard_estimate()
+    import_photo(SETTINGS, clean_scene, estimate_result=est)
+    monkeypatch.setattr(deps, "torch_status", lambda load=False: deps.TorchStatus())  # not installed
+    capfd.readouterr()
+    assert preview(30.0, 120.0) == {"FINISHED"}
+    assert "PyTorch is not available: cast shadows as marched" in capfd.readouterr().out
+    relighter = Relighter(est, sun_fraction=SUN_FRACTION)
+    expected = relighter.render(relighter.sun_at(through_property(30.0), through_property(120.0)))
+    assert np.abs(expected.image - core_relight(est, 30.0, 120.0).image).max() > 0.01  # the refiner shows
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), expected.image, rtol=1e-5, atol=1e-6)
 
 
 def test_save_reload_keeps_what_the_preview_needs(registered_addon, clean_scene, tmp_path):

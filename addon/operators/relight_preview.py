@@ -1,7 +1,9 @@
 """2D Relight Preview: sun angles -> the import's stored maps -> `invrender_core.relight.Relighter` -> an image.
 
-Seconds and no torch, beside the path-traced relight: the photo is relit in 2D (Yu et al., ECCV 2020) from the
-maps the import packed into the .blend (`build.scene.stored_estimate`).
+Seconds, beside the path-traced relight: the photo is relit in 2D (Yu et al., ECCV 2020) from the maps the import
+packed into the .blend (`build.scene.stored_estimate`), its cast shadows corrected by the shadow refiner
+(`invrender_core.nets.shadow_refine`, a small network run on the CPU) as `invrender relight` does; the relighting
+refiner is left out to keep it quick. Without PyTorch the cast shadows are as marched, with a warning.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import bpy
 
 PREVIEW_SUFFIX = " 2D Relight"
 MAX_NAME_BYTES = 63  # Blender's longest datablock name
-# (collection session_uid, import id, shadow samples) -> Relighter. Only the latest is kept (it holds the
-# full-resolution maps). session_uid changes when a file is opened, the import id with every new import, so a
+# (collection session_uid, import id, shadow samples, weights folder) -> Relighter. Only the latest is kept (it holds
+# the full-resolution maps). session_uid changes when a file is opened, the import id with every new import, so a
 # stale relighter is never reused; the key survives undo, so redoing the operator (F9) stays quick.
 _RELIGHTERS: dict = {}
 
@@ -24,18 +26,33 @@ def preview_image_name(import_name: str) -> str:
     return import_name.encode()[:room].decode(errors="ignore") + PREVIEW_SUFFIX
 
 
-def relighter_for(collection: bpy.types.Collection, shadow_samples: int):
-    """The (cached) Relighter of an import, built from its stored maps; ValueError when they are missing."""
+def shadow_refiner(weights_dir=None):
+    """The shadow refiner of the weights folder `weights_dir` (else the shipped one), None when PyTorch is not
+    installed or failed to load; ValueError when its weights are missing."""
+    from .. import deps
+
+    status = deps.torch_status()
+    if status.version is None or status.error is not None:
+        return None
+    from invrender_core.nets import shadow_refine
+    from invrender_core.relight import DEFAULT_SHADOW_REFINER
+
+    return shadow_refine.load(DEFAULT_SHADOW_REFINER, weights_dir)
+
+
+def relighter_for(collection: bpy.types.Collection, shadow_samples: int, weights_dir=None):
+    """The (cached) Relighter of an import, built from its stored maps, with the `shadow_refiner` of `weights_dir`;
+    ValueError when the maps or the weights are missing."""
     from invrender_core.relight import Relighter
 
     from ..build.scene import IMPORT_KEY, stored_estimate
 
-    key = (collection.session_uid, collection[IMPORT_KEY].get("import_id", ""), shadow_samples)
+    key = (collection.session_uid, collection[IMPORT_KEY].get("import_id", ""), shadow_samples, str(weights_dir))
     relighter = _RELIGHTERS.get(key)
     if relighter is None:
         estimate = stored_estimate(collection)
         relighter = Relighter(estimate, sun_fraction=estimate.metadata["sun_fraction"],
-                              shadow_samples=shadow_samples)
+                              shadow_samples=shadow_samples, shadow_refine=shadow_refiner(weights_dir))
         _RELIGHTERS.clear()
         _RELIGHTERS[key] = relighter
     return relighter
@@ -88,11 +105,12 @@ class INVR_OT_relight_preview(bpy.types.Operator):
 
     def execute(self, context):
         from ..build.scene import find_import
+        from ..prefs import get_preferences
         from .import_photo import report_warnings
 
         try:
             built = find_import(context.scene)
-            relighter = relighter_for(built.collection, self.shadow_samples)
+            relighter = relighter_for(built.collection, self.shadow_samples, get_preferences(context).weights_dir)
             lighting = relighter.sun_at(math.degrees(self.sun_elevation), math.degrees(self.sun_azimuth))
             relit = relighter.render(lighting).image  # (H, W, 3) linear RGB
         except (ValueError, MemoryError) as e:
@@ -101,6 +119,9 @@ class INVR_OT_relight_preview(bpy.types.Operator):
         image = write_preview_image(preview_image_name(built.collection.name), relit)
         show_in_image_editors(context, image)
         report_warnings(self, built.warnings)
+        if relighter.shadow_refine is None:
+            self.report({"WARNING"}, "PyTorch is not available: cast shadows as marched through the depth (install "
+                        "it in the add-on's preferences to have them refined)")
         self.report({"INFO"}, f"2D relight in {image.name!r}")
         return {"FINISHED"}
 
