@@ -31,7 +31,6 @@ DEFAULT_WIDTH = 16
 DEFAULT_LEVELS = 3
 DEFAULT_MAX_SIDE = 256
 BASE_LOGIT_GAIN = 4.0  # the marched visibility's logit before the correction
-LUMINANCE = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec. 709, as sh.LUMINANCE
 LOG_LUMINANCE_FLOOR = 1e-4
 
 
@@ -124,6 +123,7 @@ def photo_features(normals: np.ndarray, depth: np.ndarray, sky: np.ndarray, imag
     camera-frame normals (H, W, 3), fused depth (H, W) (non-finite or <= 0: unknown), sky (H, W) bool and the
     linear photo (H, W, 3), all at one resolution; size (w, h): area-resized to it (the depth's log first)."""
     from ..io import resize_linear
+    from ..sh import LUMINANCE
 
     sky = np.asarray(sky, bool)
     depth = np.asarray(depth, np.float32)
@@ -131,7 +131,7 @@ def photo_features(normals: np.ndarray, depth: np.ndarray, sky: np.ndarray, imag
     median = float(np.median(depth[known])) if known.any() else 1.0
     log_depth = np.zeros(depth.shape, np.float32)
     log_depth[known] = np.log(depth[known] / np.float32(median))
-    log_lum = np.log(np.maximum(np.asarray(image, np.float32) @ LUMINANCE, LOG_LUMINANCE_FLOOR))
+    log_lum = np.log(np.maximum(np.asarray(image, np.float32) @ LUMINANCE.astype(np.float32), LOG_LUMINANCE_FLOOR))
     ground = ~sky if (~sky).any() else np.ones(sky.shape, bool)
     log_lum = np.clip((log_lum - np.median(log_lum[ground])) / 2.0, -2.0, 2.0)
     maps = [np.asarray(normals, np.float32), log_depth[..., None], sky[..., None].astype(np.float32),
