@@ -106,9 +106,9 @@ def prepare(path: Path, oracle: bool = False, device: str = "cpu", irn: str = DE
         irn_net, depth_net = _networks(irn, depth, device)
         estimate = decompose(_linear(view["image"]), camera=camera, device=device, irn=irn_net, depth=depth_net)
     relighter = relight.Relighter(estimate, shadow_refine=shadow_refine)
-    relit = relighter.render(relighter.scaled_like_photo(target_lighting(view)))
-    return {"view": view, "estimate": estimate, "relighter": relighter, "relit": relit,
-            "target": _linear(view["relight_image"])}
+    lighting = relighter.scaled_like_photo(target_lighting(view))  # light B as the relighting gets it
+    return {"view": view, "estimate": estimate, "relighter": relighter, "lighting": lighting,
+            "relit": relighter.render(lighting), "target": _linear(view["relight_image"])}
 
 
 def si_log_luminance(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,8 +154,7 @@ def evaluate(root, split: str = "heldout", model: RelightRefiner | None = None, 
     for k, path in enumerate(paths):
         pair = prepare(path, irn=irn, depth=depth, shadow_refine=shadow_refine)
         if shadow_refine is not None:
-            sun = pair["relighter"].scaled_like_photo(target_lighting(pair["view"])).sun
-            marched = pair["relighter"].visibility(sun, refine=False)
+            marched = pair["relighter"].visibility(pair["lighting"].sun, refine=False)
             counts["marched"] = np.add(counts["marched"], shadow_counts(marched, pair["view"]))
         photo = _linear(pair["view"]["image"])
         rows["unchanged"].append(si_log_luminance(photo, pair["target"]))

@@ -17,7 +17,7 @@ import torch
 
 from ..io import resize_linear
 from ..nets.shadow_refine import ShadowRefiner, light_features, photo_features, visibility_logit
-from .relight_task import PairItems, iou_counts, shadow_region, target_lighting
+from .relight_task import PairItems, iou_counts, shadow_region
 
 NORMAL_X, SUN_X = 2, 5  # feature channels that flip sign in a left-right mirror
 IOU_WEIGHT = 1.0
@@ -41,7 +41,6 @@ class ShadowPairs(PairItems):
 def shadow_item(pair: dict, model: ShadowRefiner) -> dict[str, np.ndarray]:
     """One training item (`ShadowPairs`) from a `relight_task.prepare` pair."""
     view, estimate, relighter = pair["view"], pair["estimate"], pair["relighter"]
-    sun = relighter.scaled_like_photo(target_lighting(view)).sun
     H, W = view["image"].shape[:2]
     w, h = model.working_size(W, H)
 
@@ -50,7 +49,7 @@ def shadow_item(pair: dict, model: ShadowRefiner) -> dict[str, np.ndarray]:
 
     sky = view["sky_mask"].astype(bool)
     photo = photo_features(estimate.normals, estimate.depth_fused, relighter.sky, estimate.image, size=(w, h))
-    features = light_features(small(pair["relit"].visibility), photo, sun.direction)
+    features = light_features(small(pair["relit"].visibility), photo, pair["lighting"].sun.direction)
     return {"features": features.transpose(2, 0, 1).copy(),
             "target": np.clip(small(view["relight_gt_shadow"]), 0.0, 1.0)[None],
             "ground": (small(~sky) > 0.5)[None].astype(np.float32),
