@@ -297,20 +297,12 @@ def _sky_lighting(relighter, args, sky_sh=None):
     return relighter.original
 
 
-def _refiner(args, device):
-    if args.no_refine:
-        return None
-    from .nets import relight_refine
+def _refiners(args, device) -> tuple:
+    """(relighting refiner, shadow refiner) as --refine / --shadow-refine name them, None where turned off."""
+    from .nets import relight_refine, shadow_refine
 
-    return relight_refine.load(args.refine, args.weights_dir, device)
-
-
-def _shadow_refiner(args, device):
-    if args.no_shadow_refine:
-        return None
-    from .nets import shadow_refine
-
-    return shadow_refine.load(args.shadow_refine, args.weights_dir, device)
+    return (None if args.no_refine else relight_refine.load(args.refine, args.weights_dir, device),
+            None if args.no_shadow_refine else shadow_refine.load(args.shadow_refine, args.weights_dir, device))
 
 
 def cmd_relight(args) -> None:
@@ -340,8 +332,7 @@ def cmd_relight(args) -> None:
     image = load_image(args.image)
     camera = Camera.from_dict(read_json(args.camera)) if args.camera else None
     sky_sh = _read_sky(args.sky) if args.sky is not None else None  # files and weights fail before the networks run
-    device = resolve_device(args.device)
-    refine, shadow_refine = _refiner(args, device), _shadow_refiner(args, device)
+    refine, shadow_refine = _refiners(args, resolve_device(args.device))
     _progress(f"decomposing {args.image}")
     estimate = _decompose(args, image, args.irn, args.depth_net, camera=camera)
     start = time.perf_counter()
