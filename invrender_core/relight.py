@@ -127,6 +127,10 @@ class Lighting:
             return self.sky.copy()
         return self.sky + np.outer(sh.radiance_basis(self.sun.direction), self.sun.irradiance)
 
+    def mean_luminance(self) -> float:
+        """Luminance of the whole lighting's SH coefficient 0 (sky and sun): its mean, in coefficient units."""
+        return float(self.sh()[0] @ sh.LUMINANCE)
+
 
 @dataclass
 class RelitImage:
@@ -300,7 +304,7 @@ def recolour_sky(image, old_lighting: Lighting, new_lighting: Lighting) -> np.nd
     order-1/2 radiance along each ray (what the sun's removal left), a moved sun turned real skies maroon or grey.
     Held out, refined SI log-luminance RMSE 0.718 (the lighting's mean) against 0.776 (the skies' means)."""
     def level_and_colour(lighting: Lighting) -> tuple[float, np.ndarray]:
-        level = max(float(lighting.sh()[0] @ sh.LUMINANCE), 1e-6)
+        level = max(lighting.mean_luminance(), 1e-6)
         sky = np.maximum(lighting.sky[0], 0.0)
         sky_level = float(sky @ sh.LUMINANCE)
         return level, (sky / sky_level if sky_level > 1e-6 else np.ones(3))
@@ -318,10 +322,10 @@ def _shadow_grid(camera: Camera, max_side: int) -> Camera:
 
 def _scaled_to(lighting: Lighting, reference: Lighting) -> Lighting:
     """`lighting` (sky and sun together) scaled so its mean (DC) luminance is `reference`'s."""
-    dc = float(lighting.sh()[0] @ sh.LUMINANCE)
+    dc = lighting.mean_luminance()
     if not dc > 0:
         raise ValueError("the lighting has no positive mean (DC) luminance: it lights nothing")
-    scale = float(reference.sh()[0] @ sh.LUMINANCE) / dc
+    scale = reference.mean_luminance() / dc
     sun = lighting.sun
     if sun is not None:
         sun = Sun(sun.direction, sun.irradiance * scale, sun.angle_deg)
