@@ -63,8 +63,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--second-light", type=float, help="irn: share of pairs that are one view under the dataset's "
                    "two lights (datasets rendered with --second-light; default 0)")
     p.add_argument("--loss-weight", action="append", metavar="TERM=W",
-                   help="irn: set one loss term's weight (irn_losses.IRNLossWeights names), e.g. shadow_sparsity=0.1; "
-                   "repeat for several")
+                   help="irn, depth, shadow: set one loss term's weight (irn: irn_losses.IRNLossWeights names, e.g. "
+                   "shadow_sparsity=0.1; depth: gradient, ordinal or sky; shadow: iou); repeat for several")
     p.set_defaults(func=run_train)
     return p
 

@@ -65,6 +65,8 @@ class DepthTask:
             with held-out scenes; evaluation is skipped, returning {}, when there is none).
         eval_views: how many held-out views `evaluate` scores (spread over the split).
         grad_weight, ordinal_weight, sky_weight: loss weights (sky: `sky_far_loss` on the input-derived sky);
+        loss_weights: overrides of those by the names of `compute_losses`' terms ("gradient", "ordinal", "sky"),
+            as the command line's `--loss-weight TERM=W` gives them;
         grad_scales: scales of the gradient term;
         num_pairs: ordinal pairs per image; ordinal_min_ratio: their minimum depth ratio.
         augment: dataset augmentation (random crop offset, flips, exposure).
@@ -73,9 +75,17 @@ class DepthTask:
     def __init__(self, data, width: float = 0.25, crop: tuple[int, int] | None = None, seed: int = 0,
                  eval_data: str | Path | None = None, eval_views: int = 16, grad_weight: float = 0.5,
                  ordinal_weight: float = 0.1, grad_scales: int = 4, num_pairs: int = 256,
-                 ordinal_min_ratio: float = 1.1, augment: bool = True, sky_weight: float = 0.01):
+                 ordinal_min_ratio: float = 1.1, augment: bool = True, sky_weight: float = 0.01,
+                 loss_weights: dict[str, float] | None = None):
         if crop is not None and (len(crop) != 2 or any(int(c) != c or c < 1 or c % SIDE_MULTIPLE for c in crop)):
             raise ValueError(f"crop must be (height, width) multiples of {SIDE_MULTIPLE}, got {crop!r}")
+        if loss_weights:
+            unknown = sorted(set(loss_weights) - {"gradient", "ordinal", "sky"})
+            if unknown:
+                raise ValueError(f"unknown loss terms {unknown}; known terms are ['gradient', 'ordinal', 'sky']")
+            grad_weight = loss_weights.get("gradient", grad_weight)
+            ordinal_weight = loss_weights.get("ordinal", ordinal_weight)
+            sky_weight = loss_weights.get("sky", sky_weight)
         if grad_weight < 0 or ordinal_weight < 0 or sky_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got {grad_weight}, {ordinal_weight}, {sky_weight}")
         self.sky_weight = float(sky_weight)

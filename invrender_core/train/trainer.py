@@ -601,7 +601,8 @@ class Trainer:
         }
         if main:
             if step >= self.steps:
-                _save_safetensors(model, self.out_dir / "model.safetensors", summary)
+                save_safetensors(model, self.out_dir / "model.safetensors",
+                                 {"task": summary["task"], "step": str(summary["step"]), "format": "pt"})
                 summary["model_file"] = "model.safetensors"
             text = json.dumps(summary, indent=1) + "\n"
             write_atomic(self.out_dir / "summary.json", lambda tmp: tmp.write_text(text))
@@ -650,10 +651,10 @@ def _check_losses(losses) -> torch.Tensor:
     return losses["total"]
 
 
-def _save_safetensors(model: nn.Module, path: Path, summary: dict) -> None:
+def save_safetensors(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """Write model.state_dict() to `path` (safetensors, atomically) with string `metadata`."""
     from safetensors.torch import save_file
 
     # clone(): safetensors refuses tensors that share storage (e.g. tied weights); CPU and contiguous anyway.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"task": summary["task"], "step": str(summary["step"]), "format": "pt"}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -490,7 +490,7 @@ def test_resuming_with_another_crop_or_width_is_refused(depth_root, tmp_path):
     Trainer(depth_task(depth_root, crop=(32, 32)), tmp_path / "run", **kw).fit(resume=True)  # the same: resumes
 
 
-def test_irn_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_path):
+def test_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_path):
     from invrender_core.train.cli import build_task
 
     common = ["train", "irn", "--data", str(depth_root), "--out", str(tmp_path / "irn"), "--width", "0.0625"]
@@ -501,7 +501,18 @@ def test_irn_loss_weights_and_second_light_from_the_command_line(depth_root, tmp
     for bad in ("shadow_sparsity", "shadow_sparsity=x", "=0.1"):
         with pytest.raises(ValueError, match="TERM=W"):
             build_task(make_parser().parse_args(common + ["--loss-weight", bad]))
-    depth = make_parser().parse_args(["train", "depth", "--data", str(depth_root), "--out", str(tmp_path / "d"),
-                                      "--loss-weight", "rerender=2"])
+    depth = ["train", "depth", "--data", str(depth_root), "--out", str(tmp_path / "d")]
+    task = build_task(make_parser().parse_args(depth + ["--loss-weight", "sky=0.1", "--loss-weight", "ordinal=0"]))
+    assert (task.grad_weight, task.ordinal_weight, task.sky_weight) == (0.5, 0.0, 0.1)
+    with pytest.raises(ValueError, match=r"unknown loss terms \['rerender'\]"):
+        build_task(make_parser().parse_args(depth + ["--loss-weight", "rerender=2"]))
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        build_task(make_parser().parse_args(depth + ["--loss-weight", "sky=-1"]))
+    shadow = ["train", "shadow", "--data", str(depth_root), "--out", str(tmp_path / "s")]
+    assert build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=3"])).iou_weight == 3.0
+    with pytest.raises(ValueError, match=r"unknown loss terms \['bce'\]"):
+        build_task(make_parser().parse_args(shadow + ["--loss-weight", "bce=2"]))
+    relight = make_parser().parse_args(["train", "relight", "--data", str(depth_root), "--out", str(tmp_path / "r"),
+                                        "--loss-weight", "rerender=2"])
     with pytest.raises(ValueError, match="does not take --loss-weight$"):
-        build_task(depth)
+        build_task(relight)
