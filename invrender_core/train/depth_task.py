@@ -32,6 +32,7 @@ from .depth_losses import (
     sky_far_loss,
 )
 from .irn_losses import srgb_encode
+from .trainer import checked_loss_weights
 
 __all__ = ["DepthTask", "depth_input"]
 
@@ -79,13 +80,10 @@ class DepthTask:
                  loss_weights: dict[str, float] | None = None):
         if crop is not None and (len(crop) != 2 or any(int(c) != c or c < 1 or c % SIDE_MULTIPLE for c in crop)):
             raise ValueError(f"crop must be (height, width) multiples of {SIDE_MULTIPLE}, got {crop!r}")
-        if loss_weights:
-            unknown = sorted(set(loss_weights) - {"gradient", "ordinal", "sky"})
-            if unknown:
-                raise ValueError(f"unknown loss terms {unknown}; known terms are ['gradient', 'ordinal', 'sky']")
-            grad_weight = loss_weights.get("gradient", grad_weight)
-            ordinal_weight = loss_weights.get("ordinal", ordinal_weight)
-            sky_weight = loss_weights.get("sky", sky_weight)
+        overrides = checked_loss_weights(loss_weights, {"gradient", "ordinal", "sky"})
+        grad_weight = overrides.get("gradient", grad_weight)
+        ordinal_weight = overrides.get("ordinal", ordinal_weight)
+        sky_weight = overrides.get("sky", sky_weight)
         if grad_weight < 0 or ordinal_weight < 0 or sky_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got {grad_weight}, {ordinal_weight}, {sky_weight}")
         self.sky_weight = float(sky_weight)

@@ -27,6 +27,7 @@ from ..nets.irn import InverseRenderNet
 from . import irn_losses as L
 from .datasets import ViewPairDataset
 from .multiview import warp_to_view
+from .trainer import checked_loss_weights
 
 # The loss weights training uses: `IRNLossWeights` defaults, except that the normal term counts double (of all
 # terms it converged slowest in a 400-step CPU trial: 46 degrees held-out error vs 59 for flat normals, while
@@ -55,12 +56,8 @@ class IRNTask:
     loss_weights: dict[str, float] | None = None  # overrides of single weights, e.g. {"shadow_sparsity": 0.1}
 
     def __post_init__(self):
-        if self.loss_weights:
-            known = {f.name for f in fields(L.IRNLossWeights)}
-            unknown = sorted(set(self.loss_weights) - known)
-            if unknown:
-                raise ValueError(f"unknown loss terms {unknown}; known terms are {sorted(known)}")
-            self.weights = replace(self.weights, **{k: float(v) for k, v in self.loss_weights.items()})
+        overrides = checked_loss_weights(self.loss_weights, {f.name for f in fields(L.IRNLossWeights)})
+        self.weights = replace(self.weights, **overrides)
         self.prior = IlluminationPrior.load()
         self.model = InverseRenderNet(width=self.width, prior=self.prior)
 

@@ -33,6 +33,7 @@ import torch
 from ..io import resize_linear
 from ..nets.shadow_refine import ShadowRefiner, light_features, photo_features, visibility_logit
 from .relight_task import SHADOW_THRESHOLD, PairItems, iou_counts, shadow_region
+from .trainer import checked_loss_weights, save_safetensors
 
 NORMAL_X, SUN_X = 2, 5  # feature channels that flip sign in a left-right mirror
 # Chosen on the validation views (shadow-refine-small.md): IoU 0.422 / 0.446 at weights 1 / 3 in short runs.
@@ -97,10 +98,7 @@ class ShadowTask:
 
     def __init__(self, data, width: float = 16, seed: int = 0, eval_data=None, eval_views: int = 60,
                  loss_weights: dict[str, float] | None = None):
-        unknown = sorted(set(loss_weights or {}) - {"iou"})
-        if unknown:
-            raise ValueError(f"unknown loss terms {unknown}; the known term is 'iou'")
-        self.iou_weight = float((loss_weights or {}).get("iou", IOU_WEIGHT))
+        self.iou_weight = checked_loss_weights(loss_weights, {"iou"}).get("iou", IOU_WEIGHT)
         if not self.iou_weight >= 0:
             raise ValueError(f"loss weights must be >= 0, got iou={self.iou_weight}")
         self.data, self.seed = data, int(seed)
@@ -127,16 +125,11 @@ class ShadowTask:
                 self._eval = []
         if len(self._eval) == 0:
             return {}
-        device = next(model.parameters()).device
         counts = {"refined": np.zeros(2), "marched": np.zeros(2)}
-        with torch.no_grad():
-            for item in self._eval.items:
-                x = torch.from_numpy(item["features"][None]).to(device)
-                refined = torch.sigmoid(visibility_logit(model, x))[0, 0].cpu().numpy()
-                for name, visibility in (("refined", refined), ("marched", item["features"][0])):
-                    counts[name] += iou_counts(visibility, item["target"][0], item["region"][0] > 0)
+        for item in self._eval.items:
+            for name, visibility in (("refined", refined_visibility(model, item)), ("marched", item["features"][0])):
+                counts[name] += iou_counts(visibility, item["target"][0], item["region"][0] > 0)
         return {f"shadow_iou_{name}": float(c[0] / max(c[1], 1.0)) for name, c in counts.items()}
-
 
 
 def refined_visibility(model, item: dict[str, np.ndarray]) -> np.ndarray:
@@ -185,7 +178,6 @@ def main(argv=None) -> int:
     from safetensors import safe_open
 
     from ..nets import shadow_refine
-    from .trainer import save_safetensors
 
     model = shadow_refine.load(args.weights)
     items = ShadowPairs(args.data, args.split, model, augment=False).items

@@ -651,6 +651,16 @@ def _check_losses(losses) -> torch.Tensor:
     return losses["total"]
 
 
+def checked_loss_weights(loss_weights: dict[str, float] | None, known) -> dict[str, float]:
+    """A task's `loss_weights` overrides ({} for None) as floats, after checking that every name is one of the
+    `known` loss terms (ValueError naming the unknown ones and the known)."""
+    weights = {name: float(w) for name, w in (loss_weights or {}).items()}
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ValueError(f"unknown loss terms {unknown}; known terms are {sorted(known)}")
+    return weights
+
+
 def save_safetensors(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """Write model.state_dict() to `path` (safetensors, atomically) with string `metadata`."""
     from safetensors.torch import save_file

@@ -509,7 +509,7 @@ def test_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_pat
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
         build_task(make_parser().parse_args(depth + ["--loss-weight", "sky=-1"]))
     shadow = ["train", "shadow", "--data", str(depth_root), "--out", str(tmp_path / "s")]
-    assert build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=3"])).iou_weight == 3.0
+    assert build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=2"])).iou_weight == 2.0
     with pytest.raises(ValueError, match=r"unknown loss terms \['bce'\]"):
         build_task(make_parser().parse_args(shadow + ["--loss-weight", "bce=2"]))
     relight = make_parser().parse_args(["train", "relight", "--data", str(depth_root), "--out", str(tmp_path / "r"),
