@@ -49,9 +49,9 @@ def main(argv=None) -> int:
     camera = kitti_camera(read_kitti_calib(folder / "000002_calib.txt"), width, height)
     estimate = scene.decompose(photo, camera=camera, device="cpu")
     refiner = None if args.refine == "none" else relight_refine.load(args.refine or relight.DEFAULT_REFINER)
-    start = time.perf_counter()
     shadow_refiner = None if args.shadow_refine == "none" else shadow_refine.load(
         args.shadow_refine or relight.DEFAULT_SHADOW_REFINER)
+    start = time.perf_counter()
     relighter = relight.Relighter(estimate, refine=refiner, shadow_refine=shadow_refiner)
     args.out.mkdir(parents=True, exist_ok=True)
     half = (width // 2, height // 2)
