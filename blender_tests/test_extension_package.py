@@ -249,7 +249,7 @@ def test_zip_installs_with_its_wheels_into_a_blender_without_them(tmp_path):
         assert Path(file).is_relative_to(site), f"{module} comes from {file}, not from the extension's wheels"
     assert result["exr_round_trip"] and result["spsolve"] < 1e-9 and result["amg"] < 1e-6, result
     assert result["weights"] == {"irn-small": True, "depth-small": True, "relight-refine-small": True,
-                                 "shadow-refine-small": True, "face-corr-small": True}
+                                 "shadow-refine-small": True, "photo-shadow-small": True, "face-corr-small": True}
     assert Path(result["weights_folder"]).is_relative_to(site)
 
     assert Path(result["weights_dir"]) == user_folder / "models" and (user_folder / "models").is_dir()

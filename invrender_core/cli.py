@@ -24,6 +24,7 @@ from .scene import (  # scene imports torch only when it runs
     DEFAULT_DEPTH,
     DEFAULT_IRN,
     DEFAULT_MAX_SIDE,
+    DEFAULT_SHADOW_NET,
     NETWORK_FUSION_LAMBDA,
     at_input_exposure,
 )
@@ -127,7 +128,8 @@ def _decompose(args, image, irn: str, depth: str, camera=None):
             _progress(f"{stage} ({fraction:.0%})")
 
     estimate = decompose(image, fov_deg=args.fov, camera=camera, device=args.device, max_side=args.max_side,
-                         irn=irn, depth=depth, weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
+                         irn=irn, depth=depth, shadow=args.shadow_net,
+                         weights_dir=args.weights_dir, fusion_lambda=args.lam, progress=progress)
     _print_warnings(estimate.metadata.get("warnings", []))  # in camera.json too
     return estimate
 
@@ -431,11 +433,16 @@ def cmd_weights_list(args) -> None:
 
 
 def _add_weights_options(parser: argparse.ArgumentParser, depth_flag: str, when: str = "") -> None:
-    """--irn and the depth network's option (`depth_flag`: `scene` and `relight` keep --depth for other uses)."""
+    """--irn, the depth network's option (`depth_flag`: `scene` and `relight` keep --depth for other uses) and
+    --shadow-net."""
     parser.add_argument("--irn", default=DEFAULT_IRN, metavar="NAME|PATH", help=f"{when}InverseRenderNet "
                         f"weights: registry name or .safetensors file (default {DEFAULT_IRN})")
     parser.add_argument(depth_flag, default=DEFAULT_DEPTH, metavar="NAME|PATH", help=f"{when}depth network "
                         f"weights: registry name or .safetensors file (default {DEFAULT_DEPTH})")
+    parser.add_argument("--shadow-net", default=DEFAULT_SHADOW_NET, metavar="NAME|PATH|none",
+                        type=lambda value: None if value == "none" else value, help=f"{when}"
+                        "network that finds the photo's cast shadows, so that the albedo is free of them: registry "
+                        f"name or .safetensors file, or none for the IRN's shadow map (default {DEFAULT_SHADOW_NET})")
 
 
 def _add_network_options(parser: argparse.ArgumentParser, with_lambda: bool = True) -> None:

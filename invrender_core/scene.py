@@ -393,6 +393,8 @@ def read_json(path: str | Path) -> dict:
 
 DEFAULT_IRN = "irn-small"
 DEFAULT_DEPTH = "depth-small"
+# The photo's shadow map (`nets/photo_shadow.py`): the shipped IRN's own is empty (irn-small.md).
+DEFAULT_SHADOW_NET = "photo-shadow-small"
 # Fusion weight of the networks' depth against their normals (`fusion.DEFAULT_LAMBDA`, 0.1, is for measured depth).
 # The small depth net is far less reliable than its normals: on validation views, lam 0.1 -> 0.001 takes the
 # fused geometry's normal error from 43.8 to 35.9 degrees at the same depth error and the relit cast shadows' IoU
@@ -747,6 +749,39 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, 
             "log_depth": np.nan_to_num(log_depth, nan=0.0, posinf=MAX_LOG_DEPTH, neginf=-MAX_LOG_DEPTH)}
 
 
+def _working_lighting(net: dict, sky_w: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+    """(SH lighting (9, 3), whether it is the order-1 reduction, shading max(E(n), 0) (h, w, 3)) at the working
+    resolution, from `_run_networks`' maps and the sky (h, w) bool.
+
+    The network's lighting is reduced to what the photo's own normals pin down (order 1, no negative light;
+    `sh.observed_lighting`): the IRN solves order 2 by least squares, whose order-2 terms are wild outside the
+    camera-facing normals (held-out lighting error 0.76 against 0.60 for a uniform light; reduced: 0.57), pulled
+    towards the illumination prior's mean light, as the network's normals mislead the fit about the light's
+    direction (held out 0.69 -> 0.51, irn-small.md). Fitted at the working resolution, not on the upsampled
+    normals, which carry texture and mixed pixels."""
+    ground_w = ~sky_w if (~sky_w).sum() >= 16 else None
+    lighting = sh.observed_lighting(net["normals"], net["lighting"], ground_w,
+                                    toward=IlluminationPrior.load().mean_lighting,
+                                    weight=LIGHTING_PRIOR_WEIGHT)  # (9, 3) camera frame
+    observed = bool((lighting[0] > 0).all())
+    if not observed:  # a colour channel left without light (nets that explain the photo badly): keep the IRN's
+        lighting = net["lighting"]
+    return lighting, observed, np.maximum(sh.shading(net["normals"], lighting), 0.0)
+
+
+def working_maps(image_w: np.ndarray, irn, depth_net, device="cpu", mirror_average: bool = True) -> dict:
+    """What `decompose` computes at the working resolution before its shadow map, for a linear photo (h, w, 3)
+    already at that size (sides multiples of WORK_MULTIPLE) and ready networks: the IRN's maps (albedo, normals,
+    shadow, lighting), relative depth and sky (`_relative_depth`), and the reduced lighting with its shading
+    (`_working_lighting`). The photo-shadow network's training inputs (`train/photo_shadow_task.py`)."""
+    dev = resolve_device(device)
+    net = _run_networks(irn.to(dev).eval(), depth_net.to(dev).eval(), image_w, dev, _Stages(None, None),
+                        mirror_average)
+    depth_w, sky_w = _relative_depth(net["log_depth"], detect_sky(image_w))
+    lighting, _, shading_w = _working_lighting(net, sky_w)
+    return {**net, "depth": depth_w, "sky": sky_w, "lighting": lighting, "shading": shading_w}
+
+
 def _photo_colour_scale(image_w, model_w, ground_w) -> np.ndarray:
     """Per-channel factor (3,) that takes the model image (h, w, 3), albedo · shadow · max(E(n), 0) at the
     working resolution, to the photo (h, w, 3) in the least-squares sense over ground_w (h, w) bool (None: every
@@ -841,7 +876,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
               fusion_max_side: int = DEFAULT_FUSION_MAX_SIDE,
               progress: Callable[[str, float], None] | None = None,
               cancel: threading.Event | Callable[[], bool] | None = None,
-              mirror_average: bool = True) -> SceneEstimate:
+              mirror_average: bool = True, shadow=DEFAULT_SHADOW_NET) -> SceneEstimate:
     """One photo -> SceneEstimate (albedo, shading, shadow, normals, depth, fused depth, confidence, lighting).
 
     image: a LoadedImage, a file path (`io.load_image`), or a linear RGB array (H, W, 3). Camera: `camera`
@@ -849,15 +884,20 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     focal length, else 60 degrees.
     irn / depth: registry names (user weights folder `weights_dir` first, then the shipped weights), paths to
     .safetensors files, or ready nn.Modules (InverseRenderNet-like: image (1, 3, h, w) -> IRNOutput;
-    depth: sRGB image (1, 3, h, w) -> log depth (1, 1, h, w)). device: "auto", "cpu", "cuda".
+    depth: sRGB image (1, 3, h, w) -> log depth (1, 1, h, w)). shadow: the photo-shadow network likewise
+    (`nets.photo_shadow`; None: the IRN's own shadow map, which the shipped IRN leaves empty): it finds the
+    photo's cast shadows at the working resolution from the photo and the IRN's maps (after "lighting" below,
+    averaged with its mirror image's like the IRN), so that the albedo is free of them. device: "auto", "cpu",
+    "cuda".
     Steps (stage names for `progress(stage, fraction)`): "models" load the weights; "irn" and "depth" run the
     networks at `working_size(W, H, max_side)` (each on the photo and its mirror image, averaged, the depth network
     also at DEPTH_SCALES times that size, unless `mirror_average` is False: networks that ignore their input,
-    such as test oracles, need it off); "upsample" brings normals (renormalised), shadow and log depth to (H, W)
+    such as test oracles, need it off); "upsample" brings normals (renormalised) and log depth to (H, W)
     with the photo as guide (`filtering.guided_upsample`), and the sky found in the photo (`sky.detect_sky`) and far
     in the depth; "lighting": the IRN's SH lighting (solved in its forward pass, camera frame) reduced to order 1
     over the non-sky pixels (`sh.observed_lighting`, pulled towards the illumination prior's mean with weight
-    LIGHTING_PRIOR_WEIGHT) and scaled per channel to the photo's colour (`_photo_colour_scale`),
+    LIGHTING_PRIOR_WEIGHT), the shadow map (the photo-shadow network's, else the IRN's) brought to (H, W) like the
+    normals, the lighting scaled per channel to the photo's colour (`_photo_colour_scale`),
     shading = max(E(normals), 0) and the albedo: at the working resolution the IRN's, blended (in log, with the
     network's `albedo_weight`) with the photo's ratio image / (shadow · shading), with that ratio's detail above it
     (`_full_resolution_albedo`), so image ≈ albedo · shadow · shading up to albedo_weight times (in log) what the
@@ -894,6 +934,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     dev = resolve_device(device)
     irn_model, irn_info = _load_network(irn, "irn", weights_dir, dev)
     depth_model, depth_info = _load_network(depth, "megadepth", weights_dir, dev)
+    shadow_model, shadow_info = (None, None) if shadow is None else _load_network(shadow, "photo_shadow",
+                                                                                  weights_dir, dev)
 
     stages.enter("irn")
     image_w = rgb if (w, h) == (W, H) else resize_linear(rgb, w, h)  # (h, w, 3), area average
@@ -904,27 +946,20 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     guide = linear_to_srgb(np.clip(rgb, 0.0, 1.0)).astype(np.float32)  # (H, W, 3): edges as seen, not linear
     guide_up = filtering.Guide(guide, w, h)  # prepared once for the five maps upsampled from (h, w)
     normals = filtering.upsample_normals(net["normals"], guide_up)  # (H, W, 3)
-    shadow = np.clip(filtering.guided_upsample(net["shadow"], guide_up, eps=SHADOW_UPSAMPLE_EPS), 0.0, 1.0)
     log_depth_full = filtering.guided_upsample(np.log(depth_w), guide_up)  # (H, W)
     depth_full = np.exp(log_depth_full).astype(np.float32)
     sky = filtering.guided_upsample(sky_w.astype(np.float32), guide_up) > 0.5  # (H, W), along the photo's edges
     sky = extend_sky(rgb, sky, math.ceil(SKY_EDGE_REACH * W / w))  # up to the sky's edges
 
     stages.enter("lighting")
-    # The network's lighting reduced to what the photo's own normals pin down (order 1, no negative light;
-    # `sh.observed_lighting`): the IRN solves order 2 by least squares, whose order-2 terms are wild outside the
-    # camera-facing normals (held-out lighting error 0.76 against 0.60 for a uniform light; reduced: 0.57), pulled
-    # towards the illumination prior's mean light, as the network's normals mislead the fit about the light's
-    # direction (held out 0.69 -> 0.51, irn-small.md). Fitted at the working resolution, not on the upsampled
-    # normals, which carry texture and mixed pixels.
+    lighting, observed, shading_w = _working_lighting(net, sky_w)
     ground_w = ~sky_w if (~sky_w).sum() >= 16 else None
-    lighting = sh.observed_lighting(net["normals"], net["lighting"], ground_w,
-                                    toward=IlluminationPrior.load().mean_lighting,
-                                    weight=LIGHTING_PRIOR_WEIGHT)  # (9, 3) camera frame
-    observed = bool((lighting[0] > 0).all())
-    if not observed:  # a colour channel left without light (nets that explain the photo badly): keep the IRN's
-        lighting = net["lighting"]
-    shading_w = np.maximum(sh.shading(net["normals"], lighting), 0.0)  # (h, w, 3)
+    if shadow_model is not None:  # the photo's cast shadows, which the IRN's map misses
+        from .nets.photo_shadow import photo_shadow_features
+
+        features = photo_shadow_features(image_w, net["normals"], shading_w, depth_w, sky_w)
+        net["shadow"] = shadow_model.apply(features, mirror_average)
+    shadow = np.clip(filtering.guided_upsample(net["shadow"], guide_up, eps=SHADOW_UPSAMPLE_EPS), 0.0, 1.0)
     scale = _photo_colour_scale(image_w, net["albedo"] * net["shadow"][..., None] * shading_w, ground_w)
     lighting, shading_w = lighting * scale, shading_w * scale
     shading = sh.shading_image(normals, lighting)  # (H, W, 3) float32
@@ -946,7 +981,7 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
 
     metadata = {
         "source": source, "geometry_source": "networks", "depth_scale": "relative",
-        "models": {"irn": irn_info, "depth": depth_info}, "device": str(dev),
+        "models": {"irn": irn_info, "depth": depth_info, "shadow": shadow_info}, "device": str(dev),
         "working_size": [w, h], "fusion_size": [fw, fh], "fusion_lambda": fusion_lambda,
         "albedo_network_weight": albedo_weight,
         "lighting_source": "network (least squares at the working resolution" + (

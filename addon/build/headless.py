@@ -114,7 +114,7 @@ def build_and_render(args, atomic_output, progress) -> None:
     views = check_view_args(args)
     settings = ImportSettings(
         photo=args.photo, depth=args.depth, normals=args.normal, camera_json=args.camera, fov_deg=args.fov,
-        irn=args.irn, depth_net=args.depth_net, device=args.device, max_side=args.max_side,
+        irn=args.irn, depth_net=args.depth_net, shadow_net=args.shadow_net, device=args.device, max_side=args.max_side,
         weights_dir=args.weights_dir, fusion_lambda=args.lam, mesh_step=args.mesh_step,
         background_band=args.background_band,
         relight_sun=tuple(args.relight_sun) if args.relight_sun else None)

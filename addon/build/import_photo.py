@@ -22,9 +22,9 @@ from .scene import BuiltScene, SceneAssets, build_scene
 @dataclass
 class ImportSettings:
     """What an import needs. depth and normals: maps to use instead of the networks (both or neither); irn,
-    depth_net: network weights (registry names or paths); fov_deg overrides EXIF and the default;
-    relight_sun = (elevation, azimuth); background_band: how far the background layer reaches in behind occluders,
-    a share of the photo's longer side (0: no layer)."""
+    depth_net, shadow_net: network weights (registry names or paths; shadow_net None: the IRN's shadow map);
+    fov_deg overrides EXIF and the default; relight_sun = (elevation, azimuth); background_band: how far the
+    background layer reaches in behind occluders, a share of the photo's longer side (0: no layer)."""
 
     photo: Path
     depth: Path | None = None
@@ -32,6 +32,7 @@ class ImportSettings:
     camera_json: Path | None = None
     irn: str = core_scene.DEFAULT_IRN
     depth_net: str = core_scene.DEFAULT_DEPTH
+    shadow_net: str | None = core_scene.DEFAULT_SHADOW_NET
     device: str = "auto"
     max_side: int = core_scene.DEFAULT_MAX_SIDE
     weights_dir: Path | None = None
@@ -56,6 +57,7 @@ def estimate(settings: ImportSettings, progress=None, cancel=None) -> core_scene
     if settings.depth is None:
         return core_scene.decompose(image, fov_deg=settings.fov_deg, camera=camera, device=settings.device,
                                     max_side=settings.max_side, irn=settings.irn, depth=settings.depth_net,
+                                    shadow=settings.shadow_net,
                                     weights_dir=settings.weights_dir,
                                     fusion_lambda=core_scene.NETWORK_FUSION_LAMBDA if lam is None else lam,
                                     progress=progress, cancel=cancel)

@@ -39,18 +39,20 @@ def _block(cin: int, cout: int) -> nn.Sequential:
                          nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.SiLU())
 
 
-class ShadowRefiner(nn.Module):
-    """features (B, INPUT_CHANNELS, h, w), h and w multiples of 2^levels -> logit correction (B, 1, h, w)."""
+class SmallUNet(nn.Module):
+    """features (B, in_channels, h, w), h and w multiples of 2^levels -> one map (B, 1, h, w), from a zero-initialised
+    head. Levels of two 3x3 convolutions with GroupNorm and SiLU, width doubling per level, average pooling down,
+    bilinear up, skip connections."""
 
-    def __init__(self, width: int = DEFAULT_WIDTH, levels: int = DEFAULT_LEVELS, max_side: int = DEFAULT_MAX_SIDE):
+    def __init__(self, in_channels: int, width: int, levels: int):
         super().__init__()
         if width < 4 or width % 4:
             raise ValueError(f"width must be a positive multiple of 4, got {width}")
         if not 1 <= levels <= 5:
             raise ValueError(f"levels must be 1 to 5, got {levels}")
-        self.levels, self.max_side = int(levels), int(max_side)
+        self.in_channels, self.levels = int(in_channels), int(levels)
         channels = [int(width) * 2 ** i for i in range(self.levels)]  # per level, finest first
-        self.encoders = nn.ModuleList(_block(INPUT_CHANNELS if i == 0 else channels[i - 1], c)
+        self.encoders = nn.ModuleList(_block(self.in_channels if i == 0 else channels[i - 1], c)
                                       for i, c in enumerate(channels))
         self.middle = _block(channels[-1], channels[-1])
         # decoder i sees the level below (middle, or decoder i + 1) upsampled, and encoder i's skip
@@ -65,10 +67,9 @@ class ShadowRefiner(nn.Module):
         return 2 ** self.levels
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        m = self.side_multiple
-        if features.ndim != 4 or features.shape[1] != INPUT_CHANNELS or features.shape[2] % m \
-                or features.shape[3] % m:
-            raise ValueError(f"features must have shape (B, {INPUT_CHANNELS}, h, w) with h, w multiples of {m}, "
+        m, c = self.side_multiple, self.in_channels
+        if features.ndim != 4 or features.shape[1] != c or features.shape[2] % m or features.shape[3] % m:
+            raise ValueError(f"features must have shape (B, {c}, h, w) with h, w multiples of {m}, "
                              f"got {tuple(features.shape)}")
         skips, x = [], features
         for i, encoder in enumerate(self.encoders):
@@ -79,6 +80,14 @@ class ShadowRefiner(nn.Module):
             x = nn.functional.interpolate(x, size=skips[i].shape[-2:], mode="bilinear")
             x = self.decoders[i](torch.cat([x, skips[i]], 1))
         return self.head(x)
+
+
+class ShadowRefiner(SmallUNet):
+    """features (B, INPUT_CHANNELS, h, w), h and w multiples of 2^levels -> logit correction (B, 1, h, w)."""
+
+    def __init__(self, width: int = DEFAULT_WIDTH, levels: int = DEFAULT_LEVELS, max_side: int = DEFAULT_MAX_SIDE):
+        super().__init__(INPUT_CHANNELS, width, levels)
+        self.max_side = int(max_side)
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         """(w, h) at most max_side on the longer side, multiples of side_multiple."""

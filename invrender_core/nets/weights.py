@@ -9,7 +9,7 @@ unpickling), checks the layout against the architecture exactly, and writes a sa
 its sha256; trained models are added to the shipped folder with `register_shipped`.
 
 An entry names its architecture from a fixed table (`ARCHITECTURES`: "irn", "megadepth", "relight_refine",
-"shadow_refine", "face_corr") plus a
+"shadow_refine", "photo_shadow", "face_corr") plus a
 `config` dict of constructor arguments, so `build_model` never evaluates text. Loading is strict and returns the model
 in `eval()` mode.
 """
@@ -123,6 +123,13 @@ def _build_shadow_refine(width: int = 16, levels: int = 3, max_side: int = 256) 
                          max_side=int(_number(max_side, "max_side", "shadow_refine")))
 
 
+def _build_photo_shadow(width: int = 16, levels: int = 3) -> nn.Module:
+    from .photo_shadow import PhotoShadowNet
+
+    return PhotoShadowNet(width=int(_number(width, "width", "photo_shadow")),
+                          levels=int(_number(levels, "levels", "photo_shadow")))
+
+
 def _build_face_corr(width: int = 16, size: int = 128) -> nn.Module:
     from .face_corr import FaceCorrespondenceNet
 
@@ -134,6 +141,7 @@ def _build_face_corr(width: int = 16, size: int = 128) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"irn": _build_irn, "megadepth": _build_megadepth,
                                                       "relight_refine": _build_relight_refine,
                                                       "shadow_refine": _build_shadow_refine,
+                                                      "photo_shadow": _build_photo_shadow,
                                                       "face_corr": _build_face_corr}
 # Exact strings older registries stored as `architecture` -> (key, config). Matched literally, never parsed.
 LEGACY_ARCHITECTURES = {
@@ -141,6 +149,7 @@ LEGACY_ARCHITECTURES = {
 }
 _CONFIG_KEYS = {"irn": {"width", "groups", "prior", "albedo_gain", "albedo_weight"}, "megadepth": {"width"},
                 "relight_refine": {"width", "max_side"}, "shadow_refine": {"width", "levels", "max_side"},
+                "photo_shadow": {"width", "levels"},
                 "face_corr": {"width", "size"}}
 
 
@@ -190,16 +199,17 @@ def infer_architecture(state: Mapping[str, torch.Tensor]) -> tuple[str, dict]:
     refine = state.get("enc1.0.weight")
     if refine is not None and refine.ndim == 4 and tuple(refine.shape[1:]) == (20, 3, 3):
         return "relight_refine", {"width": refine.shape[0]}
-    shadow = state.get("encoders.0.0.weight")
-    if shadow is not None and shadow.ndim == 4 and tuple(shadow.shape[1:]) == (11, 3, 3):
+    unet = state.get("encoders.0.0.weight")  # shadow_refine.SmallUNet: the shadow refiner, the photo-shadow net
+    unet_inputs = {11: "shadow_refine", 10: "photo_shadow"}
+    if unet is not None and unet.ndim == 4 and tuple(unet.shape[2:]) == (3, 3) and unet.shape[1] in unet_inputs:
         levels = sum(1 for k in state if k.startswith("encoders.") and k.endswith(".0.weight"))
-        return "shadow_refine", {"width": shadow.shape[0], "levels": levels}
+        return unet_inputs[unet.shape[1]], {"width": unet.shape[0], "levels": levels}
     face = state.get("down.0.0.weight")
     if face is not None and face.ndim == 4 and tuple(face.shape[1:]) == (3, 3, 3):
         return "face_corr", {"width": face.shape[0]}
     raise ValueError("the weights match no known architecture (InverseRenderNet, the MegaDepth hourglass, the "
-                     "relighting or shadow refiner or the face correspondence network): give weights saved from one "
-                     "of these networks")
+                     "relighting or shadow refiner, the photo-shadow network or the face correspondence network): "
+                     "give weights saved from one of these networks")
 
 
 def user_weights_dir() -> Path:

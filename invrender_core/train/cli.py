@@ -18,19 +18,19 @@ from pathlib import Path
 
 __all__ = ["TASKS", "add_train_parser", "build_task", "run_train"]
 
-TASKS = ("depth", "irn", "relight", "shadow", "face")
+TASKS = ("depth", "irn", "relight", "shadow", "photo-shadow", "face")
 DEFAULT_LR = 1e-3  # used when the task class has no `default_lr`
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add `train` to an argparse subparsers object; the parsed args run with `args.func(args)` (= run_train)."""
     p = subparsers.add_parser("train", help="train the depth, inverse-rendering, relighting-refiner, "
-                              "shadow-refiner or face correspondence network",
+                              "shadow-refiner, photo-shadow or face correspondence network",
                               description="Train a network on rendered data (multiview or relighting pairs), COLMAP "
                               "workspaces, or faces rendered from a morphable model; under torchrun, data-parallel.")
     p.add_argument("task", choices=TASKS, help="depth: MegaDepth-style depth net; irn: InverseRenderNet; relight: "
-                   "the relighting refiner; shadow: the shadow refiner (both need pairs rendered with "
-                   "--second-light); face: the face correspondence "
+                   "the relighting refiner; shadow: the shadow refiner; photo-shadow: the photo's shadow map (all "
+                   "three need pairs rendered with --second-light); face: the face correspondence "
                    "network (--data is the morphable model file, faces are rendered on the fly)")
     p.add_argument("--data", type=Path, required=True,
                    help="multiview dataset folder (scene_*/scene.json) or COLMAP dense workspace(s); for face: "
@@ -63,8 +63,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--second-light", type=float, help="irn: share of pairs that are one view under the dataset's "
                    "two lights (datasets rendered with --second-light; default 0)")
     p.add_argument("--loss-weight", action="append", metavar="TERM=W",
-                   help="irn, depth, shadow: set one loss term's weight (irn: irn_losses.IRNLossWeights names, e.g. "
-                   "shadow_sparsity=0.1; depth: gradient, ordinal or sky; shadow: iou); repeat for several")
+                   help="irn, depth, shadow, photo-shadow: set one loss term's weight (irn: irn_losses.IRNLossWeights "
+                   "names, e.g. shadow_sparsity=0.1; depth: gradient, ordinal or sky; shadow, photo-shadow: iou); "
+                   "repeat for several")
     p.set_defaults(func=run_train)
     return p
 
@@ -82,6 +83,10 @@ def _task_class(name: str):
         from .shadow_task import ShadowTask
 
         return ShadowTask
+    if name == "photo-shadow":
+        from .photo_shadow_task import PhotoShadowTask
+
+        return PhotoShadowTask
     if name == "face":
         from .face_task import FaceTask
 

@@ -40,6 +40,7 @@ from .. import geometry
 from ..camera import Camera
 from ..illumination_prior import IlluminationPrior
 from ..nets.irn import normalise_shadow
+from ..scene import DEFAULT_SHADOW_NET
 from . import metrics
 from .datasets import EvalViews
 from .depth_losses import si_log_rmse
@@ -59,12 +60,13 @@ def predict_irn(model, image: np.ndarray) -> dict[str, np.ndarray]:
             "shadow": shadow, "lighting": lighting}
 
 
-def predict_pipeline(irn, depth, image: np.ndarray, camera: Camera) -> dict[str, np.ndarray]:
-    """What `scene.decompose` ships for one linear image (H, W, 3), at the image's own resolution."""
+def predict_pipeline(irn, depth, image: np.ndarray, camera: Camera, shadow=DEFAULT_SHADOW_NET) -> dict[str, np.ndarray]:
+    """What `scene.decompose` ships for one linear image (H, W, 3), at the image's own resolution (shadow: its
+    photo-shadow network, None for the IRN's shadow map)."""
     from ..scene import decompose
 
     est = decompose(image, camera=camera, device="cpu", max_side=max(camera.width, camera.height), irn=irn,
-                    depth=depth)
+                    depth=depth, shadow=shadow)
     return {"albedo": est.albedo, "normals": est.normals, "shadow": est.shadow, "lighting": est.lighting,
             "depth": est.depth, "depth_fused": est.depth_fused, "sky": est.sky}
 
@@ -129,10 +131,11 @@ def _summary(rows: list[dict]) -> dict:
     return {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in keys}
 
 
-def evaluate(root, irn, depth=None, split: str = "heldout", max_views: int | None = None, progress=None) -> dict:
-    """Score an InverseRenderNet alone (raw outputs) or with a depth net (the whole `decompose` pipeline) on a
-    split's views (`max_views` of them spread over the split, or all); returns the per-view rows and their
-    means (NaN-skipping)."""
+def evaluate(root, irn, depth=None, split: str = "heldout", max_views: int | None = None, progress=None,
+             shadow=DEFAULT_SHADOW_NET) -> dict:
+    """Score an InverseRenderNet alone (raw outputs) or with a depth net (the whole `decompose` pipeline, with the
+    photo-shadow network `shadow`) on a split's views (`max_views` of them spread over the split, or all); returns
+    the per-view rows and their means (NaN-skipping)."""
     rows = []
     for view in EvalViews(root, split, max_views):
         image = view["image"]
@@ -140,7 +143,7 @@ def evaluate(root, irn, depth=None, split: str = "heldout", max_views: int | Non
             pred = predict_irn(irn, image)
         else:
             h, w = image.shape[:2]
-            pred = predict_pipeline(irn, depth, image, Camera.from_K(view["K"], w, h))
+            pred = predict_pipeline(irn, depth, image, Camera.from_K(view["K"], w, h), shadow)
         rows.append({"view": view["name"], **score_view(view, pred)})
         if progress is not None:
             progress(len(rows))
@@ -162,10 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--albedo-weight", type=float,
                         help="with --depth: how far decompose trusts the IRN's albedo against the photo's ratio to "
                              "the model, in (0, 1] (default: the weights' registry config; 1 for a .safetensors path)")
+    parser.add_argument("--shadow-net", default=DEFAULT_SHADOW_NET,
+                        help=f"with --depth: decompose's photo-shadow network, or none for the IRN's shadow map "
+                             f"(default {DEFAULT_SHADOW_NET})")
     parser.add_argument("--out", type=Path, help="write the metrics here as JSON")
     args = parser.parse_args(argv)
-    if args.albedo_weight is not None and not args.depth:
-        parser.error("--albedo-weight needs --depth: without it the IRN's raw outputs are scored, not decompose's")
+    for option, given in (("--albedo-weight", args.albedo_weight is not None),
+                          ("--shadow-net", args.shadow_net != DEFAULT_SHADOW_NET)):
+        if given and not args.depth:
+            parser.error(f"{option} needs --depth: without it the IRN's raw outputs are scored, not decompose's")
     irn = weights.load_named(args.irn)
     if args.albedo_weight is not None:
         try:
@@ -175,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     depth = weights.load_named(args.depth) if args.depth else None
     start = time.perf_counter()
     result = evaluate(args.data, irn, depth, args.split, args.max_views,
-                      progress=lambda n: print(f"\r{n} views", end="", file=sys.stderr, flush=True))
+                      progress=lambda n: print(f"\r{n} views", end="", file=sys.stderr, flush=True),
+                      shadow=None if args.shadow_net == "none" else args.shadow_net)
     print(file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["albedo_weight"] = irn.albedo_weight
+    result["shadow_net"] = args.shadow_net if args.depth else None
     print(json.dumps(result["mean"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -180,20 +180,20 @@ def evaluate(root, split: str = "heldout", model: RelightRefiner | None = None, 
 
 
 class PairItems(torch.utils.data.Dataset):
-    """Training items made once from the decomposed pairs of a split (`prepare`, shadows corrected by
-    `shadow_refine` when given), in memory: `item_of(pair)` -> dict of arrays, its "features" (C, h, w) mirrored
-    with the rest in left-right flips by `mirror_features` (the channels whose sign a mirror changes)."""
+    """Training items made once from the pair views of a split, in memory: `items_of(path)` -> list of dicts of
+    arrays (for the relighting and shadow tasks, one item made from the view's decomposed pair, `prepare`), their
+    "features" (C, h, w) mirrored with the rest in left-right flips by `mirror_features` (the channels whose sign
+    a mirror changes)."""
 
-    def __init__(self, root, split: str, item_of, max_views: int | None = None, augment: bool = True, seed: int = 0,
-                 shadow_refine=None):
+    def __init__(self, root, split: str, items_of, max_views: int | None = None, augment: bool = True, seed: int = 0):
         self.items = []
         self.augment, self.seed, self.epoch = augment, seed, 0
         paths = pair_views(root, split)[:max_views]
         t0 = time.time()
         for k, path in enumerate(paths):
-            self.items.append(item_of(prepare(path, shadow_refine=shadow_refine)))
+            self.items.extend(items_of(path))
             if (k + 1) % 20 == 0 or k + 1 == len(paths):
-                print(f"decomposed {k + 1}/{len(paths)} {split} pairs ({time.time() - t0:.0f} s)", file=sys.stderr,
+                print(f"prepared {k + 1}/{len(paths)} {split} pair views ({time.time() - t0:.0f} s)", file=sys.stderr,
                       flush=True)
 
     def set_epoch(self, epoch: int) -> None:
@@ -220,7 +220,8 @@ class RelightPairs(PairItems):
 
     def __init__(self, root, split: str = "train", max_views: int | None = None, augment: bool = True,
                  seed: int = 0, shadow_refine=None):
-        super().__init__(root, split, relight_item, max_views, augment, seed, shadow_refine)
+        super().__init__(root, split, lambda path: [relight_item(prepare(path, shadow_refine=shadow_refine))],
+                         max_views, augment, seed)
 
     @staticmethod
     def mirror_features(features: torch.Tensor) -> torch.Tensor:

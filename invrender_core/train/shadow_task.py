@@ -32,7 +32,7 @@ import torch
 
 from ..io import resize_linear
 from ..nets.shadow_refine import ShadowRefiner, light_features, photo_features, visibility_logit
-from .relight_task import SHADOW_THRESHOLD, PairItems, iou_counts, shadow_region
+from .relight_task import SHADOW_THRESHOLD, PairItems, iou_counts, prepare, shadow_region
 from .trainer import checked_loss_weights, save_safetensors
 
 NORMAL_X, SUN_X = 2, 5  # feature channels that flip sign in a left-right mirror
@@ -51,7 +51,7 @@ class ShadowPairs(PairItems):
 
     def __init__(self, root, split: str, model: ShadowRefiner, max_views: int | None = None, augment: bool = True,
                  seed: int = 0):
-        super().__init__(root, split, lambda pair: shadow_item(pair, model), max_views, augment, seed)
+        super().__init__(root, split, lambda path: [shadow_item(prepare(path), model)], max_views, augment, seed)
 
     @staticmethod
     def mirror_features(features: torch.Tensor) -> torch.Tensor:
@@ -99,8 +99,6 @@ class ShadowTask:
     def __init__(self, data, width: float = 16, seed: int = 0, eval_data=None, eval_views: int = 60,
                  loss_weights: dict[str, float] | None = None):
         self.iou_weight = checked_loss_weights(loss_weights, {"iou"}).get("iou", IOU_WEIGHT)
-        if not self.iou_weight >= 0:
-            raise ValueError(f"loss weights must be >= 0, got iou={self.iou_weight}")
         self.data, self.seed = data, int(seed)
         self.model = ShadowRefiner(width=width)  # the net refuses a width that is not a multiple of 4
         self.eval_data = data if eval_data is None else eval_data

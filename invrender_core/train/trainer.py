@@ -653,11 +653,14 @@ def _check_losses(losses) -> torch.Tensor:
 
 def checked_loss_weights(loss_weights: dict[str, float] | None, known) -> dict[str, float]:
     """A task's `loss_weights` overrides ({} for None) as floats, after checking that every name is one of the
-    `known` loss terms (ValueError naming the unknown ones and the known)."""
+    `known` loss terms (ValueError naming the unknown ones and the known) and that no weight is negative."""
     weights = {name: float(w) for name, w in (loss_weights or {}).items()}
     unknown = sorted(set(weights) - set(known))
     if unknown:
         raise ValueError(f"unknown loss terms {unknown}; known terms are {sorted(known)}")
+    negative = {name: w for name, w in weights.items() if not w >= 0}
+    if negative:
+        raise ValueError(f"loss weights must be >= 0, got {negative}")
     return weights
 
 

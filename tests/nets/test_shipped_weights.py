@@ -14,7 +14,7 @@ from invrender_core.train import metrics
 from invrender_core.train.depth_losses import si_log_rmse
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-SHIPPED = (scene.DEFAULT_IRN, scene.DEFAULT_DEPTH, relight.DEFAULT_REFINER)
+SHIPPED = (scene.DEFAULT_IRN, scene.DEFAULT_DEPTH, scene.DEFAULT_SHADOW_NET, relight.DEFAULT_REFINER)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from invrender_core.camera import Camera
 from invrender_core.nets import weights
 from invrender_core.train.datasets import EvalViews
-from invrender_core.train.evaluate import evaluate, score_view
+from invrender_core.train.evaluate import evaluate, predict_pipeline, score_view
 from invrender_core.train.synthetic import make_dataset, register_untrained_networks
 
 
@@ -68,7 +69,31 @@ def test_command_line_albedo_weight_changes_the_albedo_alone(world, tmp_path):
         scores[w] = result["mean"]
     assert scores[0.5]["albedo_simse"] != scores[1.0]["albedo_simse"]
     assert scores[0.5]["normal_deg"] == scores[1.0]["normal_deg"]
-    for bad in (["--depth", depth, "--albedo-weight", "0"], ["--albedo-weight", "0.5"]):  # out of range; no --depth
+    for bad in (["--depth", depth, "--albedo-weight", "0"], ["--albedo-weight", "0.5"],  # out of range; no --depth
+                ["--shadow-net", "none"]):  # no --depth
         with pytest.raises(SystemExit):
             main(["--data", str(world), "--irn", irn, *bad])
-    assert torch.is_grad_enabled()  # the command line turned autograd off for its own calls only
+    assert torch.is_grad_enabled()
+
+
+def test_command_line_shadow_net_none_scores_the_irns_shadow_map(world, tmp_path):
+    import json
+
+    from invrender_core.train.evaluate import main
+
+    torch.set_num_threads(1)
+    folder = register_untrained_networks(tmp_path / "weights")
+    irn, depth = str(folder / "irn-test.safetensors"), str(folder / "depth-test.safetensors")
+    results = {}
+    for net in ("none", "photo-shadow-small"):
+        out = tmp_path / f"{net}.json"
+        assert main(["--data", str(world), "--irn", irn, "--depth", depth, "--max-views", "1", "--shadow-net", net,
+                     "--out", str(out)]) == 0
+        results[net] = json.loads(out.read_text())
+        assert results[net]["shadow_net"] == net
+    view = EvalViews(world, "heldout", 1)[0]
+    h, w = view["image"].shape[:2]
+    pred = predict_pipeline(weights.load_named(irn), weights.load_named(depth), view["image"],
+                            Camera.from_K(view["K"], w, h), shadow=None)
+    none, shipped = (results[k]["per_view"][0]["albedo_simse"] for k in ("none", "photo-shadow-small"))
+    assert none == pytest.approx(score_view(view, pred)["albedo_simse"]) and shipped != none

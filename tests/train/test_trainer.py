@@ -508,10 +508,13 @@ def test_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_pat
         build_task(make_parser().parse_args(depth + ["--loss-weight", "rerender=2"]))
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
         build_task(make_parser().parse_args(depth + ["--loss-weight", "sky=-1"]))
-    shadow = ["train", "shadow", "--data", str(depth_root), "--out", str(tmp_path / "s")]
-    assert build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=2"])).iou_weight == 2.0
-    with pytest.raises(ValueError, match=r"unknown loss terms \['bce'\]"):
-        build_task(make_parser().parse_args(shadow + ["--loss-weight", "bce=2"]))
+    for task in ("shadow", "photo-shadow"):
+        shadow = ["train", task, "--data", str(depth_root), "--out", str(tmp_path / "s")]
+        assert build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=2"])).iou_weight == 2.0
+        with pytest.raises(ValueError, match=r"unknown loss terms \['bce'\]"):
+            build_task(make_parser().parse_args(shadow + ["--loss-weight", "bce=2"]))
+        with pytest.raises(ValueError, match=r"loss weights must be >= 0, got \{'iou': -1.0\}"):
+            build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=-1"]))
     relight = make_parser().parse_args(["train", "relight", "--data", str(depth_root), "--out", str(tmp_path / "r"),
                                         "--loss-weight", "rerender=2"])
     with pytest.raises(ValueError, match="does not take --loss-weight$"):
