@@ -136,6 +136,13 @@ def test_decompose_writes_the_file_contract(photo_file, nets, capsys):
     assert read_exr(out / "albedo.exr").shape == (40, 56, 3) and read_exr(out / "shadow.exr").shape == (40, 56)
     assert "wrote" in capsys.readouterr().err
     assert sorted(p.name for p in photo_file.parent.iterdir()) == ["maps", "photo.png"]  # no temporary left
+    assert camera["models"]["shadow"]["name"] == scene.DEFAULT_SHADOW_NET  # the photo's shadows, by default
+    shadow = read_exr(out / "shadow.exr")
+    code = cli.main(["decompose", str(photo_file), "-o", str(out), "--irn", "irn-test", "--depth", "depth-test",
+                     "--weights-dir", str(nets), "--max-side", "32", "--device", "cpu", "--fov", "45",
+                     "--shadow-net", "none"])
+    assert code == 0 and json.loads((out / "camera.json").read_text())["models"]["shadow"] is None
+    assert not np.array_equal(read_exr(out / "shadow.exr"), shadow)  # the IRN's own map
 
 
 @pytest.mark.parametrize("case", ["missing", "not-an-image", "missing-weights", "no-cuda", "foreign-folder"])

@@ -111,7 +111,7 @@ class PhotoShadowTask:
                  loss_weights: dict[str, float] | None = None):
         self.iou_weight = checked_loss_weights(loss_weights, {"iou"}).get("iou", IOU_WEIGHT)
         self.data, self.seed = data, int(seed)
-        self.model = PhotoShadowNet(width=int(width))
+        self.model = PhotoShadowNet(width=width)  # the net refuses a width that is not a multiple of 4
         self.eval_data = data if eval_data is None else eval_data
         self.eval_views = int(eval_views)
         self._eval = None

@@ -515,6 +515,8 @@ def test_loss_weights_and_second_light_from_the_command_line(depth_root, tmp_pat
             build_task(make_parser().parse_args(shadow + ["--loss-weight", "bce=2"]))
         with pytest.raises(ValueError, match=r"loss weights must be >= 0, got \{'iou': -1.0\}"):
             build_task(make_parser().parse_args(shadow + ["--loss-weight", "iou=-1"]))
+        with pytest.raises(ValueError, match="width must be a positive multiple of 4, got 16.5"):
+            build_task(make_parser().parse_args(shadow + ["--width", "16.5"]))  # refused, not truncated
     relight = make_parser().parse_args(["train", "relight", "--data", str(depth_root), "--out", str(tmp_path / "r"),
                                         "--loss-weight", "rerender=2"])
     with pytest.raises(ValueError, match="does not take --loss-weight$"):
