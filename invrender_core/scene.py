@@ -749,9 +749,14 @@ def _run_networks(irn, depth_net, image_w: np.ndarray, device, stages: _Stages, 
             "log_depth": np.nan_to_num(log_depth, nan=0.0, posinf=MAX_LOG_DEPTH, neginf=-MAX_LOG_DEPTH)}
 
 
-def _working_lighting(net: dict, sky_w: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+def _working_ground(sky_w: np.ndarray) -> np.ndarray | None:
+    """The non-sky pixels (h, w) bool the lighting is fitted on, or None (every pixel) when fewer than 16."""
+    return ~sky_w if (~sky_w).sum() >= 16 else None
+
+
+def _working_lighting(net: dict, ground_w: np.ndarray | None) -> tuple[np.ndarray, bool, np.ndarray]:
     """(SH lighting (9, 3), whether it is the order-1 reduction, shading max(E(n), 0) (h, w, 3)) at the working
-    resolution, from `_run_networks`' maps and the sky (h, w) bool.
+    resolution, from `_run_networks`' maps and the pixels to fit on (`_working_ground`).
 
     The network's lighting is reduced to what the photo's own normals pin down (order 1, no negative light;
     `sh.observed_lighting`): the IRN solves order 2 by least squares, whose order-2 terms are wild outside the
@@ -759,7 +764,6 @@ def _working_lighting(net: dict, sky_w: np.ndarray) -> tuple[np.ndarray, bool, n
     towards the illumination prior's mean light, as the network's normals mislead the fit about the light's
     direction (held out 0.69 -> 0.51, irn-small.md). Fitted at the working resolution, not on the upsampled
     normals, which carry texture and mixed pixels."""
-    ground_w = ~sky_w if (~sky_w).sum() >= 16 else None
     lighting = sh.observed_lighting(net["normals"], net["lighting"], ground_w,
                                     toward=IlluminationPrior.load().mean_lighting,
                                     weight=LIGHTING_PRIOR_WEIGHT)  # (9, 3) camera frame
@@ -778,7 +782,7 @@ def working_maps(image_w: np.ndarray, irn, depth_net, device="cpu", mirror_avera
     net = _run_networks(irn.to(dev).eval(), depth_net.to(dev).eval(), image_w, dev, _Stages(None, None),
                         mirror_average)
     depth_w, sky_w = _relative_depth(net["log_depth"], detect_sky(image_w))
-    lighting, _, shading_w = _working_lighting(net, sky_w)
+    lighting, _, shading_w = _working_lighting(net, _working_ground(sky_w))
     return {**net, "depth": depth_w, "sky": sky_w, "lighting": lighting, "shading": shading_w}
 
 
@@ -952,8 +956,8 @@ def decompose(image: LoadedImage | str | Path | np.ndarray, *, fov_deg: float | 
     sky = extend_sky(rgb, sky, math.ceil(SKY_EDGE_REACH * W / w))  # up to the sky's edges
 
     stages.enter("lighting")
-    lighting, observed, shading_w = _working_lighting(net, sky_w)
-    ground_w = ~sky_w if (~sky_w).sum() >= 16 else None
+    ground_w = _working_ground(sky_w)
+    lighting, observed, shading_w = _working_lighting(net, ground_w)
     if shadow_model is not None:  # the photo's cast shadows, which the IRN's map misses
         from .nets.photo_shadow import photo_shadow_features
 

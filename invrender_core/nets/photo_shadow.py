@@ -40,11 +40,9 @@ class PhotoShadowNet(SmallUNet):
         super().__init__(INPUT_CHANNELS, width, levels)
 
     @torch.inference_mode()
-    def apply(self, features: np.ndarray, mirror_average: bool = False) -> np.ndarray:
-        """Shadow map (h, w) float32 in [0, 1] of `photo_shadow_features` (h, w, INPUT_CHANNELS), 1 on sky; h and w
-        are padded (edge pixels repeated) to multiples of side_multiple and cropped back. mirror_average: the mean
-        of the maps of the photo and of its mirror image (flipped back), exactly mirror-symmetric as decompose's
-        other maps are."""
+    def _padded_logits(self, features: np.ndarray, mirror_average: bool) -> torch.Tensor:
+        """The network on `photo_shadow_features` (h, w, INPUT_CHANNELS), and with mirror_average on its mirror
+        image too, each padded (edge pixels repeated) to multiples of side_multiple: logits (n, 1, h', w')."""
         features = np.asarray(features, np.float32)
         h, w = features.shape[:2]
         inputs = [features]
@@ -55,9 +53,23 @@ class PhotoShadowNet(SmallUNet):
         m = self.side_multiple
         x = np.stack([np.pad(f, ((0, -h % m), (0, -w % m), (0, 0)), mode="edge") for f in inputs])
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(next(self.parameters()).device)
-        maps = torch.sigmoid(self(x).float())[:, 0, :h, :w].cpu().numpy()
+        return self(x).float()
+
+    def pass_logits(self, features: np.ndarray, mirror_average: bool = False) -> np.ndarray:
+        """The logits (n, h, w) float32 of `photo_shadow_features` (h, w, INPUT_CHANNELS): of the photo, and with
+        mirror_average of its mirror image too (flipped back)."""
+        h, w = np.shape(features)[:2]
+        logits = self._padded_logits(features, mirror_average)[:, 0, :h, :w].cpu().numpy()
+        return np.stack([logits[0], logits[1, :, ::-1]]) if mirror_average else logits
+
+    def apply(self, features: np.ndarray, mirror_average: bool = False) -> np.ndarray:
+        """Shadow map (h, w) float32 in [0, 1] of `photo_shadow_features` (h, w, INPUT_CHANNELS), 1 on sky.
+        mirror_average: the mean of the maps of the photo and of its mirror image (`pass_logits`), exactly
+        mirror-symmetric as decompose's other maps are."""
+        h, w = np.shape(features)[:2]
+        maps = torch.sigmoid(self._padded_logits(features, mirror_average))[:, 0, :h, :w].cpu().numpy()
         shadow = 0.5 * (maps[0] + maps[1, :, ::-1]) if mirror_average else maps[0]
-        shadow[features[..., -1] > 0.5] = 1.0  # the sky channel
+        shadow[np.asarray(features)[..., -1] > 0.5] = 1.0  # the sky channel
         return shadow.astype(np.float32)
 
 

@@ -7,7 +7,7 @@ light). Each is run through the shipped IRN and depth network at decompose's wor
 training targets only, never inputs.
 
 Loss (`shadow_task.shadow_loss` with the shadow map as the target and the non-sky pixels as the region):
-binary cross-entropy against the true shadow map, plus IOU_WEIGHT times one minus the soft IoU of the cast
+binary cross-entropy against the true shadow map, plus shadow_task.IOU_WEIGHT times one minus the soft IoU of the cast
 shadow (shadow map below 0.5): shadows cover a tenth of the ground, and cross-entropy alone would learn to
 predict none.
 
@@ -36,8 +36,8 @@ from ..nets.photo_shadow import NORMAL_X, PhotoShadowNet, photo_shadow_features,
 from ..scene import DEFAULT_DEPTH, DEFAULT_IRN, DEFAULT_SHADOW_NET, WORK_MULTIPLE, working_maps
 from .data import read_view
 from .relight_task import PairItems, _linear, _networks, iou_counts
-from .shadow_task import IOU_WEIGHT, shadow_loss
-from .trainer import checked_loss_weights, save_safetensors
+from .shadow_task import ShadowTask, shadow_loss
+from .trainer import save_safetensors
 
 # A view's two photos: (photo, sun visibility, sun direction, sun irradiance, sky SH) keys of its arrays.
 LIGHTS = {"A": ("image", "gt_shadow", "sun_camera", "sun_irradiance", "sky_sh_camera"),
@@ -101,20 +101,12 @@ def predicted_map(model: PhotoShadowNet, item: dict) -> np.ndarray:
     return model.apply(item["features"].transpose(1, 2, 0), mirror_average=True)
 
 
-class PhotoShadowTask:
+class PhotoShadowTask(ShadowTask):
     """`invrender train photo-shadow`: the photo-shadow network on both photos of `data`'s train-split pairs;
-    evaluated on the photos under light A of the held-out split of `eval_data` (default `data`)."""
+    evaluated on the photos under light A of the held-out split of `eval_data` (default `data`). The shadow
+    refiner's task but for the network, its data, its loss's region and its scores."""
 
-    default_lr = 2e-3
-
-    def __init__(self, data, width: float = 16, seed: int = 0, eval_data=None, eval_views: int = 60,
-                 loss_weights: dict[str, float] | None = None):
-        self.iou_weight = checked_loss_weights(loss_weights, {"iou"}).get("iou", IOU_WEIGHT)
-        self.data, self.seed = data, int(seed)
-        self.model = PhotoShadowNet(width=width)  # the net refuses a width that is not a multiple of 4
-        self.eval_data = data if eval_data is None else eval_data
-        self.eval_views = int(eval_views)
-        self._eval = None
+    network = PhotoShadowNet
 
     def make_dataset(self) -> PhotoShadowViews:
         return PhotoShadowViews(self.data, "train", seed=self.seed)
@@ -141,26 +133,12 @@ def network_scores(model, items) -> dict[str, float]:
     return {**net, "log_error_lit": lit["log_error"]}
 
 
-def map_logits(model: PhotoShadowNet, items) -> list[np.ndarray]:
-    """Per item, the network's logits (2, h, w) of the photo and of its mirror image (flipped back): the two
-    passes `predicted_map` averages."""
-    out = []
-    for item in items:
-        features = item["features"][None]
-        mirrored = features[..., ::-1].copy()
-        mirrored[:, NORMAL_X] *= -1.0
-        with torch.no_grad():
-            logits = model(torch.from_numpy(np.concatenate([features, mirrored]))).float()[:, 0].numpy()
-        out.append(np.stack([logits[0], logits[1, :, ::-1]]))
-    return out
-
-
 def calibrate(model: PhotoShadowNet, items, gains=CALIBRATION_GAINS, offsets=CALIBRATION_OFFSETS):
     """Scale and shift the network's logit, in place (its head), to the (gain, offset) of the grid whose maps have
     the least `scores` log error on `items` (validation photos): the soft-IoU term of the loss pushes a shadow's
     map towards 0, deeper than the light a shadow keeps, and the albedo takes the depth of the map. Returns
     (gain, offset, log error before, log error after)."""
-    logits = map_logits(model, items)
+    logits = [model.pass_logits(item["features"].transpose(1, 2, 0), mirror_average=True) for item in items]
     ground = [item["ground"][0] > 0 for item in items]
     target = np.concatenate([np.log(np.maximum(item["target"][0][g], LOG_FLOOR))
                              for item, g in zip(items, ground, strict=True)])

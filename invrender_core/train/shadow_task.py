@@ -95,12 +95,13 @@ class ShadowTask:
     the held-out split of `eval_data` (default `data`)."""
 
     default_lr = 2e-3
+    network = ShadowRefiner
 
     def __init__(self, data, width: float = 16, seed: int = 0, eval_data=None, eval_views: int = 60,
                  loss_weights: dict[str, float] | None = None):
         self.iou_weight = checked_loss_weights(loss_weights, {"iou"}).get("iou", IOU_WEIGHT)
         self.data, self.seed = data, int(seed)
-        self.model = ShadowRefiner(width=width)  # the net refuses a width that is not a multiple of 4
+        self.model = self.network(width=width)  # the net refuses a width that is not a multiple of 4
         self.eval_data = data if eval_data is None else eval_data
         self.eval_views = int(eval_views)
         self._eval = None
