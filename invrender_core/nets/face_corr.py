@@ -66,17 +66,20 @@ class FaceCorrespondenceNet(nn.Module):
         log_scale = out[:, 4:5].clamp(*LOG_SCALE_RANGE)
         return torch.cat([template, out[:, 3:4], log_scale], 1)
 
-    @torch.inference_mode()
     def predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """crops (N, S, S, 3) uint8 sRGB -> template (N, S, S, 3), mask probability (N, S, S) and
         confidence (N, S, S) in [0, 1], float32."""
         if crops.ndim != 4 or crops.shape[3] != 3:
             raise ValueError(f"crops must have shape (N, S, S, 3), got {crops.shape}")
         device = next(self.parameters()).device
-        x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(device).float() / 255.0
-        # Channels-last (NHWC) tensors run the convolutions about 40 % faster on a CPU (bench_face.py).
-        self.to(memory_format=torch.channels_last)
-        return output_to_numpy(self(x.contiguous(memory_format=torch.channels_last)))
+        # Channels-last (NHWC) tensors run the convolutions about 40 % faster on a CPU (bench_face.py). The
+        # weights are converted outside inference mode: made inside it, they could no longer be trained (a
+        # training run that scored its network here failed at its next step).
+        with torch.no_grad():
+            self.to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(device).float() / 255.0
+            return output_to_numpy(self(x.contiguous(memory_format=torch.channels_last)))
 
 
 def output_to_numpy(out: torch.Tensor) -> dict[str, np.ndarray]:

@@ -26,6 +26,20 @@ def test_shapes_ranges_and_input_checks():
         face_corr.FaceCorrespondenceNet(width=6)
 
 
+def test_network_still_trains_after_predict():
+    """predict converts the weights to channels-last; done in inference mode, the next training step failed."""
+    torch.manual_seed(0)
+    net = face_corr.FaceCorrespondenceNet(width=4, size=32)
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+    net.eval().predict(np.zeros((1, 32, 32, 3), np.uint8))  # as the trainer's evaluation does
+    net.train()
+    before = [p.detach().clone() for p in net.parameters()]
+    net(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    optimiser.step()
+    assert all(not p.is_inference() for p in net.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+
+
 def test_confidence_is_half_at_the_confident_scale():
     out = torch.zeros(1, 5, 1, 1)
     out[0, 3] = 20.0  # certainly face
