@@ -7,10 +7,15 @@ import bpy
 import numpy as np
 import pytest
 from invrender_addon.build.import_photo import ImportSettings, import_photo
+from invrender_addon.build.relight import placed_sun
+from invrender_addon.build.scene import IMPORT_KEY
+from mathutils import Vector
 
 from invrender_core import cli, sh
 from invrender_core.camera import Camera
 from invrender_core.io import write_exr, write_png
+from invrender_core.relight import DEFAULT_SUN_TO_SKY
+from invrender_core.scene import sun_direction
 
 LIGHT = np.zeros((9, 3))
 LIGHT[0] = [1.0, 0.95, 0.9]
@@ -40,7 +45,8 @@ def test_cli_scene_builds_blend_and_render(photo_with_maps, capfd):
     code = cli.main(["scene", str(d / "photo.png"), "--depth", str(d / "photo_depth.exr"),
                      "--normal", str(d / "photo_normal.exr"), "--camera", str(d / "camera.json"),
                      "-o", str(d / "out" / "scene.blend"), "--render", str(d / "out" / "relit.png"),
-                     "--samples", "4", "--relight-sun", "40", "200", "--maps-dir", str(d / "out" / "maps")])
+                     "--samples", "4", "--relight-sun", "40", "200", "--sun-to-sky", "6",
+                     "--maps-dir", str(d / "out" / "maps")])
     assert code == 0
     assert sorted(p.name for p in (d / "out").iterdir()) == ["maps", "relit.png", "scene.blend"]
     # Blender's own console lines (130 'Fra:' lines a frame, temporary names) are hidden; the progress stays.
@@ -53,6 +59,16 @@ def test_cli_scene_builds_blend_and_render(photo_with_maps, capfd):
     assert bpy.context.scene.render.resolution_x == 40
     rendered = bpy.data.images.load(str(d / "out" / "relit.png"))
     assert tuple(rendered.size) == (40, 30)
+    # --relight-sun placed the sun as the Relight panel places it.
+    record = bpy.data.collections["photo"][IMPORT_KEY].to_dict()
+    energy, colour, _ = placed_sun(record["lighting_camera"], record["sun_fraction"], 40.0, 200.0, 6.0)
+    assert energy > 1.1 * placed_sun(record["lighting_camera"], record["sun_fraction"], 40.0, 200.0,
+                                     DEFAULT_SUN_TO_SKY)[0]
+    sun = bpy.data.objects["photo sun"]
+    np.testing.assert_allclose(sun.rotation_euler.to_matrix() @ Vector((0.0, 0.0, 1.0)), sun_direction(40.0, 200.0),
+                               atol=1e-6)
+    assert sun.data.energy == pytest.approx(energy, rel=1e-5)
+    np.testing.assert_allclose(sun.data.color, colour, rtol=1e-5)
 
 
 def test_cli_scene_background_layer(tmp_path, capsys):

@@ -15,6 +15,7 @@ from invrender_addon.build.relight import (
     action_fcurves,
     animate_time_of_day,
     apply_relight,
+    placed_sun,
 )
 from invrender_addon.build.scene import (
     ENVIRONMENT_MAPPING_NODE,
@@ -26,9 +27,10 @@ from invrender_addon.build.scene import (
 )
 from mathutils import Matrix, Vector
 
-from invrender_core import geometry, sh
+from invrender_core import geometry, relight, sh
 from invrender_core.camera import Camera
-from invrender_core.scene import SceneEstimate, scene_assets, sun_direction
+from invrender_core.relight import DEFAULT_SUN_TO_SKY, Lighting, Sun, place_sun
+from invrender_core.scene import SceneEstimate, scene_assets, sun_direction, world_lighting
 from invrender_core.train.synthetic import exact_estimate
 
 # Camera-frame lighting: a sun from the upper right, in front of the camera, over a dim sky.
@@ -60,7 +62,7 @@ def build(scene, camera=None, sun_fraction=1.0, name="relit"):
     depth, normals, *_ = ground_scene(camera)
     assets = scene_assets(estimate_of(camera, depth, normals, LIGHT), name, sun_fraction=sun_fraction,
                           environment_height=32)
-    return build_scene(SceneAssets(**assets), scene)
+    return build_scene(SceneAssets(**assets, lighting_camera=LIGHT, sun_fraction=sun_fraction), scene)
 
 
 def sun_axis(built) -> np.ndarray:
@@ -150,6 +152,44 @@ def test_placed_sun_points_along_sun_direction(clean_scene, elevation, azimuth):
     apply_relight(clean_scene, built, RelightSettings())
     np.testing.assert_allclose(sun_axis(built), sun_direction(elevation0, azimuth0), atol=1e-6)
     assert mapping_z(built) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_placed_sun_shares_the_light_as_the_2d_relight_does(clean_scene, tmp_path):
+    """The environment mode places a new sun with relight.place_sun: the lamp, the environment's strength and
+    (rendered) its SH are the placed lighting's, in the world frame."""
+    built = build(clean_scene, sun_fraction=0.6)
+    before = sh.from_equirect(world_panorama(clean_scene, built, tmp_path / "before.exr"))
+    elevation, azimuth = 12.0, 200.0
+    apply_relight(clean_scene, built, RelightSettings(sun_angles=(elevation, azimuth)))
+    direction, irradiance, sky = world_lighting(LIGHT, 0.6)
+    placed = place_sun(Lighting(sky, Sun(direction, irradiance)), sun_direction(elevation, azimuth),
+                       up=(0.0, 0.0, 1.0), sun_to_sky=DEFAULT_SUN_TO_SKY)
+    lamp = built.sun.data.energy * np.array(built.sun.data.color) / math.pi
+    np.testing.assert_allclose(lamp, placed.sun.irradiance, rtol=1e-5)
+    assert lamp[0] > 1.5 * lamp[2]  # a low sun is red
+    sun_lum, sky_mean = lamp @ sh.LUMINANCE, sh.C4 * placed.sky[0] @ sh.LUMINANCE
+    air = relight.sun_transmittance(elevation) @ sh.LUMINANCE / (relight.sun_transmittance(90.0) @ sh.LUMINANCE)
+    assert sun_lum / sky_mean == pytest.approx(DEFAULT_SUN_TO_SKY * air, rel=0.05)  # the ratio, air aside
+    after = sh.from_equirect(world_panorama(clean_scene, built, tmp_path / "after.exr"))
+    np.testing.assert_allclose(after, placed.sky, atol=0.02 * np.abs(before).max())
+    assert np.abs(after - before).max() > 0.1 * np.abs(before).max()  # turned and scaled
+    # The same with the estimate's sun strength: the lamp as built, only turned.
+    energy = built.sun.data.energy
+    apply_relight(clean_scene, built, RelightSettings(sun_angles=(elevation, azimuth), sun_to_sky=0.0))
+    assert built.sun.data.energy == 0.0 and energy > 0.0
+
+
+def test_an_import_without_its_lighting_turns_but_places_no_sun(clean_scene):
+    camera = Camera.from_fov(32, 24, 50.0)
+    depth, normals, *_ = ground_scene(camera)
+    assets = scene_assets(estimate_of(camera, depth, normals, LIGHT), "old", environment_height=32)
+    built = build_scene(SceneAssets(**assets), clean_scene)  # as an older InvRender recorded it
+    before = snapshot(built)
+    with pytest.raises(ValueError, match="import the photo again"):
+        apply_relight(clean_scene, built, RelightSettings(sun_angles=(30.0, 10.0)))
+    assert snapshot(built) == before
+    apply_relight(clean_scene, built, RelightSettings(rotation_deg=45.0))
+    assert mapping_z(built) == pytest.approx(-math.pi / 4)
 
 
 def test_strength_and_tint(clean_scene):
@@ -258,6 +298,17 @@ def test_time_of_day_keyframes(clean_scene, mode):
     assert (f'nodes["{SKY_NODE}"].sun_elevation' in tree_paths) == (mode == "sky")
     for fc in action_fcurves(built.sun):
         assert [tuple(p.co) for p in fc.keyframe_points][0][0] == 11 and len(fc.keyframe_points) == 2
+    # The sun's light: in the environment mode the placed sun's at every frame (the air it crosses), else as set.
+    light_keys = {(fc.data_path, fc.array_index): len(fc.keyframe_points) for fc in action_fcurves(built.sun.data)}
+    assert set(light_keys) == {("energy", 0), ("color", 0), ("color", 1), ("color", 2)}
+    assert set(light_keys.values()) == {21 if mode == "environment" else 2}
+    clean_scene.frame_set(21)
+    if mode == "environment":
+        energy, colour, _ = placed_sun(LIGHT, 1.0, 27.5, 90.0, DEFAULT_SUN_TO_SKY)
+        assert built.sun.data.energy == pytest.approx(energy, rel=1e-5)
+        np.testing.assert_allclose(built.sun.data.color, colour, rtol=1e-5)
+        clean_scene.frame_set(11)
+        assert built.sun.data.energy == pytest.approx(placed_sun(LIGHT, 1.0, *start, DEFAULT_SUN_TO_SKY)[0], rel=1e-5)
 
     # A static relight replaces the animation: it holds at every frame.
     apply_relight(clean_scene, built, RelightSettings(sun_angles=(40.0, 10.0)))
@@ -272,11 +323,15 @@ def test_time_of_day_keyframes(clean_scene, mode):
 def test_time_of_day_again_reuses_its_actions(clean_scene):
     """Each run replaces the previous keys; no unused action is left behind (Blender 4.2 left one per ID)."""
     built = build(clean_scene)
+    counts = []
     for _ in range(3):
         animate_time_of_day(clean_scene, built, (40.0, 0.0), (10.0, 90.0), 1, 20)
-        assert len(bpy.data.actions) == 2 and all(action.users == 1 for action in bpy.data.actions)
+        counts.append(len(bpy.data.actions))
+        assert all(action.users >= 1 for action in bpy.data.actions)
+    # The world's, the sun object's and its light's (4.4+ may key the light in the object's action, in a slot).
+    assert counts[0] in (2, 3) and counts == [counts[0]] * 3
     apply_relight(clean_scene, built, RelightSettings())
-    assert all(action.users == 1 for action in bpy.data.actions)
+    assert all(action.users >= 1 for action in bpy.data.actions)
 
 
 def snapshot(built) -> tuple:
@@ -291,6 +346,7 @@ def snapshot(built) -> tuple:
     (RelightSettings(mode="studio"), "mode"),
     (RelightSettings(sun_angles=(95.0, 0.0)), "elevation"),
     (RelightSettings(sun_strength=-1.0), "sun_strength"),
+    (RelightSettings(sun_angles=(30.0, 0.0), sun_to_sky=-1.0), "sun_to_sky"),
     (RelightSettings(environment_tint=(1.0, float("nan"), 1.0)), "environment_tint"),
 ])
 def test_bad_settings_change_nothing(clean_scene, settings, message):

@@ -445,6 +445,12 @@ def _add_weights_options(parser: argparse.ArgumentParser, depth_flag: str, when:
                         f"name or .safetensors file, or none for the IRN's shadow map (default {DEFAULT_SHADOW_NET})")
 
 
+def _add_sun_to_sky(parser, when: str = "") -> None:
+    parser.add_argument("--sun-to-sky", type=_non_negative_float, default=DEFAULT_SUN_TO_SKY, metavar="RATIO",
+                        help=f"{when}the new sun's irradiance as a multiple of the sky's mean (clear day: 5 to 13, "
+                        f"hazy: 1 to 3; default {DEFAULT_SUN_TO_SKY:g}: a photo does not show its own)")
+
+
 def _add_network_options(parser: argparse.ArgumentParser, with_lambda: bool = True) -> None:
     """Options shared by the commands that run the networks (decompose, scene without maps)."""
     parser.add_argument("--fov", type=float, help="horizontal field of view in degrees (default: EXIF focal "
@@ -499,7 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     scene.add_argument("--render", type=Path, help="render the scene with Cycles to this PNG")
     scene.add_argument("--samples", type=_positive_int, default=32, help="Cycles samples for --render (default 32)")
     scene.add_argument("--relight-sun", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),
-                       help="move the sun to this elevation and azimuth (0 = behind the camera, 90 = right)")
+                       help="a new sun at this elevation and azimuth (0 = behind the camera, 90 = right), placed "
+                       "as `invrender relight` and the add-on's Relight place it")
+    _add_sun_to_sky(scene, "with --relight-sun: ")
     scene.add_argument("--lambda", dest="lam", type=float,
                        help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA} with "
                        f"--depth and --normal maps, {NETWORK_FUSION_LAMBDA} with the networks'; lower for noisier "
@@ -539,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "the sun)")
     sky.add_argument("--sky-sample", type=_non_negative_int, metavar="SEED",
                      help="take sky and sun colour from a sample of the natural-illumination prior")
-    relight.add_argument("--sun-to-sky", type=_non_negative_float, default=DEFAULT_SUN_TO_SKY, metavar="RATIO",
-                         help="the new sun's irradiance as a multiple of the sky's mean (clear day: 5 to 13, hazy: "
-                         f"1 to 3; default {DEFAULT_SUN_TO_SKY:g}: a photo does not show its own)")
+    _add_sun_to_sky(relight)
     relight.add_argument("--frames", type=int, metavar="N",
                          help="a time-of-day sequence of N frames from --sun to --to")
     relight.add_argument("--to", type=float, nargs=2, metavar=("ELEV_DEG", "AZIM_DEG"),

@@ -13,6 +13,7 @@ more than 5 % further away than the other.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,28 @@ def rotation_z(angle: float) -> np.ndarray:
     """(3, 3) rotation by `angle` radians about the z axis (counter-clockwise seen from +z)."""
     c, s = float(np.cos(angle)), float(np.sin(angle))
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def rotation_about(axis, angle: float) -> np.ndarray:
+    """(3, 3) rotation by `angle` radians about `axis` (3,), counter-clockwise seen from its tip (Rodrigues)."""
+    k = np.asarray(axis, dtype=np.float64)
+    if k.shape != (3,) or not (np.isfinite(k).all() and np.linalg.norm(k) > 0):
+        raise ValueError(f"axis must be a finite non-zero (3,) vector, got {axis!r}")
+    k = k / np.linalg.norm(k)
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + math.sin(angle) * kx + (1.0 - math.cos(angle)) * kx @ kx
+
+
+def azimuth_turn(source, target, up) -> np.ndarray:
+    """(3, 3) rotation about `up` that takes the azimuth of direction `source` (3,) to that of `target` (3,):
+    what turns a sky with its sun while the sky stays upright. The identity when either points along `up`."""
+    up = np.asarray(up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    a, b = (np.asarray(d, dtype=np.float64) for d in (source, target))
+    a, b = a - (a @ up) * up, b - (b @ up) * up  # their horizontal parts
+    if not (np.linalg.norm(a) > 1e-9 * np.linalg.norm(source) and np.linalg.norm(b) > 1e-9 * np.linalg.norm(target)):
+        return np.eye(3)
+    return rotation_about(up, math.atan2(float(np.cross(a, b) @ up), float(a @ b)))
 
 
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -191,14 +191,40 @@ def with_sun_to_sky(lighting: Lighting, ratio: float) -> Lighting:
                                               sun.angle_deg))
 
 
-def move_sun(lighting: Lighting, direction) -> Lighting:
-    """The same lighting with the sun moved to `direction` (3,) and the sky turned with it (the sky's bright
-    side follows the sun). Without a sun only the sky turns, taking its dominant direction there."""
+def move_sun(lighting: Lighting, direction, up=(0.0, 1.0, 0.0)) -> Lighting:
+    """The same lighting with the sun moved to `direction` (3,) and the sky turned about `up` (camera frame) by
+    the sun's change of azimuth, as the 3D scene turns its environment (`scene.scene_assets`): the sky's bright
+    side follows the sun around the horizon and the sky stays upright (turned along the shortest arc from the
+    old sun to the new, a lowered sun tilted the sky and lit surfaces from below). Without a sun only the sky
+    turns, by the azimuth of its dominant direction."""
     target = np.asarray(direction, dtype=np.float64)
     source = lighting.sun.direction if lighting.sun is not None else sh.dominant_direction(lighting.sky)
-    R = geometry.rotation_between(source, target)
+    R = geometry.azimuth_turn(source, target, up)
     sun = None if lighting.sun is None else Sun(target, lighting.sun.irradiance, lighting.sun.angle_deg)
     return Lighting(sky=sh.rotation(R) @ lighting.sky, sun=sun)
+
+
+def place_sun(base: Lighting, direction, up=(0.0, 1.0, 0.0), sun_to_sky: float | None = DEFAULT_SUN_TO_SKY
+              ) -> Lighting:
+    """`base` with the sun moved to `direction` (3,) and the sky turned about `up` with it (`move_sun`); the 2D
+    relight and the 3D scene's Relight both place their suns with it. With `sun_to_sky` (not None), a new sun: made
+    that many times as bright as the sky's mean, both then scaled to the base's mean (DC) luminance (the ratio
+    shares the light between sun and sky, it does not add light: a photo of a strong sun is not brighter than its
+    exposure says), then dimmed and reddened by the air it crosses at its elevation above the horizon of `up`,
+    `sun_transmittance` relative to the zenith's. A base without a sun gets one of its sky's colour. Any frame
+    will do (camera or world) as long as `direction`, `up` and the base share it."""
+    lighting = move_sun(base, direction, up)
+    if sun_to_sky is None:
+        return lighting
+    if lighting.sun is None:
+        sun = Sun(direction, np.maximum(lighting.sky[0], 0.0), DEFAULT_SUN_ANGLE_DEG)
+        lighting = Lighting(sky=lighting.sky, sun=sun)
+    lighting = _scaled_to(with_sun_to_sky(lighting, sun_to_sky), base)
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    elevation = math.degrees(math.asin(float(np.clip(lighting.sun.direction @ up, -1.0, 1.0))))
+    air = sun_transmittance(elevation) / sun_transmittance(90.0)
+    sun = lighting.sun
+    return Lighting(sky=lighting.sky, sun=Sun(sun.direction, sun.irradiance * air, sun.angle_deg))
 
 
 def _disc_directions(direction: np.ndarray, angle_deg: float, samples: int) -> np.ndarray:
@@ -342,7 +368,7 @@ class Relighter:
     estimate: `scene.decompose`'s SceneEstimate. `lighting` is the photo's lighting, the starting point of
     `sun_at`; by default the estimate's SH lighting reduced to what the photo pins down (`sh.observed_lighting`)
     and split into a sun and a sky (`lighting_from_estimate`). `sun_to_sky` sets the strength of the suns that
-    `sun_at` and `sun_towards` place (`with_sun_to_sky`; None: the photo's own, which an estimate cannot measure,
+    `sun_at` and `sun_towards` place (`place_sun`; None: the photo's own, which an estimate cannot measure,
     see DEFAULT_SUN_TO_SKY); the photo's own lighting keeps its estimated sun.
     Cast shadows are marched on a grid of at most `shadow_max_side` pixels on the longer side. The exposure
     is matched once: a single factor makes the relit image under the photo's own lighting as bright as the
@@ -398,25 +424,9 @@ class Relighter:
         return self.sun_towards(sun_direction_camera(elevation_deg, azimuth_deg, up), base, up)
 
     def sun_towards(self, direction, base: Lighting | None = None, up=(0.0, 1.0, 0.0)) -> Lighting:
-        """`base` (default: the photo's own lighting) with the sun moved to `direction` (3,) (camera frame) and the
-        sky turned with it (`move_sun`). With `sun_to_sky` (not None), a new sun: made that many times as bright as
-        the sky's mean, both then scaled to the base's mean (DC) luminance (the ratio shares the light between sun
-        and sky, it does not add light: a photo of a strong sun is not brighter than its exposure says), then
-        dimmed and reddened by the air it crosses at its elevation above the horizon of `up` (camera frame),
-        `sun_transmittance` relative to the zenith's. A base without a sun gets one of its sky's colour."""
-        base = self.original if base is None else base
-        lighting = move_sun(base, direction)
-        if self.sun_to_sky is None:
-            return lighting
-        if lighting.sun is None:
-            sun = Sun(direction, np.maximum(lighting.sky[0], 0.0), DEFAULT_SUN_ANGLE_DEG)
-            lighting = Lighting(sky=lighting.sky, sun=sun)
-        lighting = _scaled_to(with_sun_to_sky(lighting, self.sun_to_sky), base)
-        up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
-        elevation = math.degrees(math.asin(float(np.clip(lighting.sun.direction @ up, -1.0, 1.0))))
-        air = sun_transmittance(elevation) / sun_transmittance(90.0)
-        sun = lighting.sun
-        return Lighting(sky=lighting.sky, sun=Sun(sun.direction, sun.irradiance * air, sun.angle_deg))
+        """`place_sun` in `base` (default: the photo's own lighting) at `direction` (3,) (camera frame, `up` the
+        camera frame's up), with this relighter's `sun_to_sky`."""
+        return place_sun(self.original if base is None else base, direction, up, self.sun_to_sky)
 
     def scaled_like_photo(self, lighting: Lighting) -> Lighting:
         """`lighting` (sky and sun together) scaled so its mean (DC) luminance is the photo's lighting's: lights

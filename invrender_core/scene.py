@@ -249,17 +249,22 @@ def sun_direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
     return np.array([np.sin(a) * np.cos(e), -np.cos(a) * np.cos(e), np.sin(e)])
 
 
+def world_lighting(lighting_camera, sun_fraction: float = DEFAULT_SUN_FRACTION
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene's lighting as built: SH lighting (9, 3) of the camera frame moved to the world frame and split
+    (`sh.extract_sun`) into the sun lamp's direction (3,) and irradiance (3,) and the environment's SH (9, 3)."""
+    return sh.extract_sun(sh.rotation(sh.CAMERA_TO_WORLD) @ np.asarray(lighting_camera, np.float64), sun_fraction)
+
+
 def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
                  discontinuity_threshold: float = geometry.DEFAULT_DISCONTINUITY_THRESHOLD,
                  environment_height: int = 128, sun_fraction: float = DEFAULT_SUN_FRACTION,
-                 relight_sun: tuple[float, float] | None = None,
                  background_band: float = DEFAULT_BACKGROUND_BAND) -> dict:
     """Everything addon/build/scene.SceneAssets needs, computed without bpy.
 
     The SH lighting is moved to the world frame and split into a sun lamp (a share `sun_fraction` of
-    its directional part, for sharp cast shadows) and an environment image holding the rest. With
-    `relight_sun=(elevation_deg, azimuth_deg)` the sun is moved there and the environment turned about the vertical
-    by the same change of azimuth.
+    its directional part, for sharp cast shadows) and an environment image holding the rest (`world_lighting`).
+    Placing another sun is the add-on's Relight (addon/build/relight.py), on the built scene.
     "background" is `background_assets` with `background_band` (0: none). Where the main mesh is cut at a
     discontinuity and the layer does not fill the gap (it is not continued where it would come out in front of the
     occluder), a patch at the far side's depth fills it (`geometry.far_patches`), so that the photo's camera sees a
@@ -272,15 +277,7 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
                               discontinuity_threshold=discontinuity_threshold, step=mesh_step, reach_edges=True)
     if background is not None:
         mesh = _fill_layer_gaps(estimate, mesh, background["covered"], mesh_step)
-    lighting_world = sh.rotation(sh.CAMERA_TO_WORLD) @ estimate.lighting
-    direction, irradiance, rest = sh.extract_sun(lighting_world, sun_fraction)
-    if relight_sun is not None:
-        # The environment turns about the vertical by the sun's change of azimuth, as the add-on's Relight does:
-        # turned along the shortest arc from the old sun to the new, it tilted (KITTI with the sun at 20 / -90:
-        # 9x the light from below, the sky pixels 16 % brighter).
-        turn = math.radians(relight_sun[1]) - math.atan2(direction[0], -direction[1])  # sun_direction's azimuth
-        rest = sh.rotation(geometry.rotation_z(turn)) @ rest
-        direction = sun_direction(*relight_sun)
+    direction, irradiance, rest = world_lighting(estimate.lighting, sun_fraction)
     peak = float(irradiance.max())
     # A Blender sun of strength S and colour c adds albedo / pi * S * c * cos to a diffuse surface,
     # while our image model adds albedo * irradiance * cos: hence S * c = pi * irradiance.

@@ -1,5 +1,7 @@
 """geometry.py: back-projection, normals from depth, discontinuities, grid meshes, PLY, rotations."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -335,6 +337,27 @@ def test_rotation_between_rejects_bad_input():
         geometry.rotation_between(np.ones(3), np.ones(2))
     with pytest.raises(ValueError, match="non-zero"):
         geometry.rotation_between(np.zeros(3), np.ones(3))
+
+
+def test_rotation_about_matches_rotation_z_and_keeps_its_axis():
+    np.testing.assert_allclose(geometry.rotation_about([0, 0, 2], 0.7), geometry.rotation_z(0.7), atol=1e-12)
+    axis = unit([1, -2, 0.5])
+    R = geometry.rotation_about(axis, 2.0)
+    np.testing.assert_allclose(R @ axis, axis, atol=1e-12)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(R) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-zero"):
+        geometry.rotation_about([0, 0, 0], 1.0)
+
+
+def test_azimuth_turn_turns_about_up_only():
+    up = np.array([0.0, 0.0, 1.0])
+    source, target = unit([1, 0, 1]), unit([0, -2, 0.1])  # azimuth 0 -> -90 degrees, elevation 45 -> 3
+    R = geometry.azimuth_turn(source, target, up)
+    np.testing.assert_allclose(R, geometry.rotation_z(-math.pi / 2), atol=1e-12)
+    np.testing.assert_allclose(R @ up, up, atol=1e-12)  # the sky stays upright
+    np.testing.assert_allclose(geometry.azimuth_turn(up, target, up), np.eye(3))  # overhead: no azimuth
+    np.testing.assert_allclose(geometry.azimuth_turn(source, -3 * up, up), np.eye(3))
 
 
 def test_synthetic_scene_is_consistent():

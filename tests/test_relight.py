@@ -136,19 +136,28 @@ def test_observed_lighting_of_wild_lighting_has_no_negative_radiance():
         sh.observed_lighting(facing[:, :2], L)
 
 
-def test_move_sun_turns_sky_with_the_sun_and_keeps_its_energy():
+def test_move_sun_turns_the_sky_about_up_by_the_suns_change_of_azimuth():
     rng = np.random.default_rng(0)
     sky = rng.normal(size=(9, 3)) * 0.1
     sky[0] += 1.0
-    start = relight.Lighting(sky=sky, sun=relight.Sun((0.0, 1.0, 0.0), (2.0, 2.0, 2.0)))
-    target = np.array([0.6, 0.6, -0.53])
-    moved = relight.move_sun(start, target)
-    np.testing.assert_allclose(moved.sun.direction, target / np.linalg.norm(target))
-    R = geometry.rotation_between(start.sun.direction, target)
+    up = np.array([0.0, 1.0, 0.0])
+    start = relight.Lighting(sky=sky, sun=relight.Sun(relight.sun_direction_camera(60.0, 30.0), (2.0, 2.0, 2.0)))
+    target = relight.sun_direction_camera(10.0, 120.0)  # lower, and turned 90 degrees about up
+    moved = relight.move_sun(start, target, up)
+    np.testing.assert_allclose(moved.sun.direction, target)
+    np.testing.assert_allclose(moved.sun.irradiance, start.sun.irradiance)
+    R = geometry.rotation_about(up, math.radians(90.0))
+    horizontal = [d - (d @ up) * up for d in (start.sun.direction, target)]
+    np.testing.assert_allclose(R @ horizontal[0] / np.linalg.norm(horizontal[0]),
+                               horizontal[1] / np.linalg.norm(horizontal[1]), atol=1e-12)  # 30 -> 120 degrees
     for n in rng.normal(size=(5, 3)):  # the moved sky shades a turned normal as the old one shaded the normal
         n /= np.linalg.norm(n)
         np.testing.assert_allclose(sh.shading(R @ n, moved.sky), sh.shading(n, sky), atol=1e-9)
+    for n in (up, -up):  # upright: the sky and the ground below keep their light, the sun's elevation aside
+        np.testing.assert_allclose(sh.shading(n, moved.sky), sh.shading(n, sky), atol=1e-9)
     np.testing.assert_allclose(moved.sky[0], sky[0], atol=1e-12)  # rotations keep the DC term
+    overhead = relight.move_sun(relight.Lighting(sky=sky, sun=relight.Sun(up, (1.0, 1.0, 1.0))), target, up)
+    np.testing.assert_allclose(overhead.sky, sky, atol=1e-12)  # a sun overhead has no azimuth: the sky stays
 
 
 # ------------------------------------------------------------------------------------------ cast shadows

@@ -117,7 +117,7 @@ def build_and_render(args, atomic_output, progress) -> None:
         irn=args.irn, depth_net=args.depth_net, shadow_net=args.shadow_net, device=args.device, max_side=args.max_side,
         weights_dir=args.weights_dir, fusion_lambda=args.lam, mesh_step=args.mesh_step,
         background_band=args.background_band,
-        relight_sun=tuple(args.relight_sun) if args.relight_sun else None)
+        relight_sun=tuple(args.relight_sun) if args.relight_sun else None, sun_to_sky=args.sun_to_sky)
     source = "the given depth and normal maps" if args.depth is not None else "the networks"
     progress(f"estimating geometry and lighting for {args.photo} from {source}")
 

@@ -15,7 +15,9 @@ from invrender_core import fusion, geometry
 from invrender_core import scene as core_scene
 from invrender_core.camera import Camera
 from invrender_core.io import load_image, read_exr
+from invrender_core.relight import DEFAULT_SUN_TO_SKY
 
+from .relight import RelightSettings, apply_relight, placed_sun
 from .scene import BuiltScene, SceneAssets, build_scene
 
 
@@ -23,8 +25,9 @@ from .scene import BuiltScene, SceneAssets, build_scene
 class ImportSettings:
     """What an import needs. depth and normals: maps to use instead of the networks (both or neither); irn,
     depth_net, shadow_net: network weights (registry names or paths; shadow_net None: the IRN's shadow map);
-    fov_deg overrides EXIF and the default; relight_sun = (elevation, azimuth); background_band: how far the
-    background layer reaches in behind occluders, a share of the photo's longer side (0: no layer)."""
+    fov_deg overrides EXIF and the default; relight_sun = (elevation, azimuth): a new sun placed there as the
+    Relight panel places it (`relight.apply_relight`), sun_to_sky times as bright as the sky; background_band:
+    how far the background layer reaches in behind occluders, a share of the photo's longer side (0: no layer)."""
 
     photo: Path
     depth: Path | None = None
@@ -43,6 +46,7 @@ class ImportSettings:
     sun_fraction: float = core_scene.DEFAULT_SUN_FRACTION
     background_band: float = core_scene.DEFAULT_BACKGROUND_BAND
     relight_sun: tuple[float, float] | None = None
+    sun_to_sky: float = DEFAULT_SUN_TO_SKY
 
 
 def estimate(settings: ImportSettings, progress=None, cancel=None) -> core_scene.SceneEstimate:
@@ -72,13 +76,24 @@ def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
                  estimate_result: core_scene.SceneEstimate | None = None, progress=None) -> BuiltScene:
     """Estimate (unless given; progress(stage, fraction) as `scene.decompose`) and build the scene; the scene is
     untouched if anything fails."""
+    relight = None
+    if settings.relight_sun is not None:
+        relight = RelightSettings(sun_angles=tuple(settings.relight_sun), sun_to_sky=settings.sun_to_sky)
+        relight.check()
     result = estimate_result if estimate_result is not None else estimate(settings, progress=progress)
     assets = core_scene.scene_assets(result, name=Path(settings.photo).stem, mesh_step=settings.mesh_step,
                                      discontinuity_threshold=settings.discontinuity_threshold,
-                                     sun_fraction=settings.sun_fraction, relight_sun=settings.relight_sun,
-                                     background_band=settings.background_band)
+                                     sun_fraction=settings.sun_fraction, background_band=settings.background_band)
+    if relight is not None:  # what could stop the relight below stops the import before it builds anything
+        if assets["sun"] is None:
+            raise ValueError("the photo's estimated lighting has no dominant direction, so there is no sun to "
+                             "place: import it without a new sun and light it with the physical sky")
+        placed_sun(result.lighting, settings.sun_fraction, *relight.sun_angles, relight.sun_to_sky)
     # The fused depth, sky and camera-frame lighting are kept so the 2D relight preview works from the .blend.
-    return build_scene(SceneAssets(**assets, depth_fused=result.depth_fused, sky=result.sky,
-                                   lighting_camera=result.lighting, sun_fraction=settings.sun_fraction,
-                                   source=str(Path(settings.photo).resolve())),
-                       scene or bpy.context.scene)
+    scene = scene or bpy.context.scene
+    built = build_scene(SceneAssets(**assets, depth_fused=result.depth_fused, sky=result.sky,
+                                    lighting_camera=result.lighting, sun_fraction=settings.sun_fraction,
+                                    source=str(Path(settings.photo).resolve())), scene)
+    if relight is not None:  # the sun goes where the Relight panel would put it
+        apply_relight(scene, built, relight)
+    return built

@@ -17,8 +17,19 @@ from dataclasses import dataclass, replace
 
 import bpy
 
+from invrender_core import sh
+from invrender_core.relight import DEFAULT_SUN_TO_SKY, Lighting, Sun, place_sun
+from invrender_core.scene import sun_direction, world_lighting
+
 from .bpy_io import action_fcurves
-from .scene import ENVIRONMENT_MAPPING_NODE, ENVIRONMENT_NODE, BuiltScene, find_import, require_editable
+from .scene import (
+    ENVIRONMENT_MAPPING_NODE,
+    ENVIRONMENT_NODE,
+    IMPORT_KEY,
+    BuiltScene,
+    find_import,
+    require_editable,
+)
 
 RELIGHT_BASE_KEY = "invrender_relight_base"  # collection ID property: the estimate's sun and world strength
 SKY_NODE, WORLD_TINT_NODE = "InvRender Sky", "InvRender World Tint"
@@ -47,9 +58,14 @@ class RelightSettings:
     rotation_deg: turn the estimated lighting (environment and sun) about the world's vertical axis,
     counter-clockwise seen from above (the sun's azimuth grows by it). sun_angles: (elevation, azimuth) degrees
     to put the sun at instead; the environment then turns by the azimuth change and rotation_deg is not used.
-    environment_strength, environment_tint: the estimated environment's strength (a factor) and RGB tint.
-    sun_strength, sun_tint: factor on the estimated sun's energy, and RGB tint of its colour (both modes).
-    sky_strength: the physical sky's strength; 1 keeps the sky as bright next to the sun as Nishita's own.
+    In the environment mode a sun put there is a new sun, placed as the 2D relight places it
+    (`invrender_core.relight.place_sun`): `sun_to_sky` times as bright as the environment's mean, the two sharing
+    the estimate's light, dimmed and reddened by the air at its elevation. (The estimate's own sun cannot be
+    measured from a photo and comes out about as bright as the sky: its shadows were faint.)
+    environment_strength, environment_tint: the environment's strength (a factor) and RGB tint.
+    sun_strength, sun_tint: factor on the sun's energy (the estimate's, or the placed sun's), and RGB tint of its
+    colour (both modes). sky_strength: the physical sky's strength; 1 keeps the sky as bright next to the sun as
+    Nishita's own.
     """
 
     mode: str = "environment"
@@ -60,13 +76,15 @@ class RelightSettings:
     sun_strength: float = 1.0
     sun_tint: tuple[float, float, float] = TINT_WHITE
     sky_strength: float = 1.0
+    sun_to_sky: float = DEFAULT_SUN_TO_SKY
 
     def check(self) -> None:
         """ValueError naming the bad setting."""
         if self.mode not in MODES:
             raise ValueError(f"relight mode must be one of {MODES}, got {self.mode!r}")
         numbers = {"rotation_deg": self.rotation_deg, "environment_strength": self.environment_strength,
-                   "sun_strength": self.sun_strength, "sky_strength": self.sky_strength}
+                   "sun_strength": self.sun_strength, "sky_strength": self.sky_strength,
+                   "sun_to_sky": self.sun_to_sky}
         if self.sun_angles is not None:
             if len(self.sun_angles) != 2:
                 raise ValueError(f"sun_angles must be (elevation, azimuth) in degrees, got {self.sun_angles}")
@@ -76,7 +94,7 @@ class RelightSettings:
         for name, value in numbers.items():
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
-        for name in ("environment_strength", "sun_strength", "sky_strength"):
+        for name in ("environment_strength", "sun_strength", "sky_strength", "sun_to_sky"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("environment_tint", "sun_tint"):
@@ -117,7 +135,8 @@ def animate_time_of_day(scene: bpy.types.Scene, built: BuiltScene | None, start:
     """Keyframe the sun moving from start to end ((elevation, azimuth) degrees) over frame_start..frame_end,
     with linear interpolation: the sun lamp's rotation (whose Euler angles are 90° - elevation and azimuth, so
     they move linearly in elevation and azimuth), the environment's Mapping rotation (turning with the
-    azimuth) and, in sky mode, the sky's sun angles. The other settings (mode, strengths, tints) come from
+    azimuth) and, in sky mode, the sky's sun angles; in the environment mode also the placed sun's energy and
+    colour at every frame (`_key_placed_sun`). The other settings (mode, strengths, tints) come from
     `settings` and hold for the whole range. Earlier time-of-day keys on these channels are replaced; the
     scene's frame range is left to the caller. built None: `scene.find_import(scene)`. Returns the state at
     frame_end."""
@@ -133,6 +152,8 @@ def animate_time_of_day(scene: bpy.types.Scene, built: BuiltScene | None, start:
         state = _apply(built, frame_settings)
         for struct, prop, index in _time_of_day_channels(built, settings.mode == "sky"):
             struct.keyframe_insert(prop, index=index, frame=frame)
+    if _places_sun(built, first):
+        _key_placed_sun(built, settings, tuple(start), tuple(end), int(frame_start), int(frame_end))
     for struct, prop, index in _time_of_day_channels(built, settings.mode == "sky"):
         for fcurve in channel_fcurves(struct, prop, index):
             for point in fcurve.keyframe_points:
@@ -169,6 +190,40 @@ def _check(built: BuiltScene, settings: RelightSettings) -> None:
         raise ValueError("this import has no estimated sun: give the sky's sun elevation and azimuth")
     if settings.mode == "sky" and sky_type_available() is None:
         raise ValueError("this Blender has no physical sky texture (Nishita or newer): use the environment mode")
+    if _places_sun(built, settings):
+        _placed_sun(built, settings, *settings.sun_angles)  # its own errors, before anything changes
+
+
+def _places_sun(built: BuiltScene, settings: RelightSettings) -> bool:
+    """Whether these settings put a new sun (`place_sun`) in the environment mode."""
+    return settings.mode == "environment" and settings.sun_angles is not None and built.sun is not None
+
+
+def placed_sun(lighting_camera, sun_fraction: float, elevation: float, azimuth: float, sun_to_sky: float
+               ) -> tuple[float, tuple[float, float, float], float]:
+    """(lamp energy, lamp colour, factor on the environment's strength) of a new sun at (elevation, azimuth)
+    degrees placed (`place_sun`, world frame, up +z) in the lighting an import built from the estimate's SH
+    lighting_camera (9, 3) and sun_fraction (`world_lighting`), before sun_strength and the tints."""
+    direction, irradiance, sky = world_lighting(lighting_camera, sun_fraction)
+    estimate = Lighting(sky=sky, sun=Sun(direction, irradiance) if irradiance.max() > 0 else None)
+    placed = place_sun(estimate, sun_direction(elevation, azimuth), up=(0.0, 0.0, 1.0), sun_to_sky=sun_to_sky)
+    # The environment image is the estimate's sky: place_sun turned it (the Mapping node does that) and scaled it.
+    sky_scale = float(placed.sky[0] @ sh.LUMINANCE) / float(sky[0] @ sh.LUMINANCE)
+    peak = float(placed.sun.irradiance.max())
+    colour = tuple(float(c) for c in placed.sun.irradiance / peak) if peak > 0 else (1.0, 1.0, 1.0)
+    # A Blender sun of strength S and colour c adds albedo / pi * S * c * cos: S * c = pi * irradiance.
+    return math.pi * peak, colour, sky_scale
+
+
+def _placed_sun(built: BuiltScene, settings: RelightSettings, elevation: float, azimuth: float
+                ) -> tuple[float, tuple[float, float, float], float]:
+    """`placed_sun` in the lighting the import stored; ValueError for an import that stored none."""
+    record = built.collection[IMPORT_KEY].to_dict()
+    if "lighting_camera" not in record or "sun_fraction" not in record:
+        raise ValueError("this import did not store its estimated lighting (an older InvRender built it): import "
+                         "the photo again to place the sun, or turn the lighting with the rotation")
+    return placed_sun(record["lighting_camera"], float(record["sun_fraction"]), elevation, azimuth,
+                      settings.sun_to_sky)
 
 
 def _sun_axis(sun: bpy.types.Object):
@@ -210,14 +265,16 @@ def _apply(built: BuiltScene, settings: RelightSettings) -> RelightState:
 
     # The Mapping node (Point) looks the texture up at R·d, so turning the lighting by +θ needs R = Rz(-θ).
     mapping.inputs["Rotation"].default_value[2] = -math.radians(rotation)
+    energy, colour, sky_scale = base.get("sun_energy"), base.get("sun_color"), 1.0
+    if _places_sun(built, settings):
+        energy, colour, sky_scale = _placed_sun(built, settings, elevation, azimuth)
     if built.sun is not None:
         sun = built.sun
         sun.rotation_mode = "XYZ"
         # Rz(azimuth)·Rx(90° - elevation) takes local +z to sun_direction(elevation, azimuth); keyframes of these
         # Euler angles then move the sun linearly in elevation and azimuth.
         sun.rotation_euler = (math.radians(90.0 - elevation), 0.0, math.radians(azimuth))
-        sun.data.energy = base["sun_energy"] * settings.sun_strength
-        sun.data.color = [c * t for c, t in zip(base["sun_color"], settings.sun_tint, strict=True)]
+        _set_sun_light(sun.data, energy, colour, settings)
 
     tint = tree.nodes.get(WORLD_TINT_NODE)
     if tint is None:  # environment (or sky) -> tint -> Background, added on the first relight
@@ -227,7 +284,7 @@ def _apply(built: BuiltScene, settings: RelightSettings) -> RelightState:
     if settings.mode == "environment":
         tree.links.new(env.outputs["Color"], tint.inputs[0])
         tint.inputs[1].default_value = tuple(settings.environment_tint)
-        background.inputs["Strength"].default_value = base["world_strength"] * settings.environment_strength
+        background.inputs["Strength"].default_value = base["world_strength"] * sky_scale * settings.environment_strength
     else:
         sky = _sky_node(tree, env)
         sky.sun_elevation = math.radians(elevation)
@@ -243,6 +300,11 @@ def _apply(built: BuiltScene, settings: RelightSettings) -> RelightState:
     return RelightState(elevation, azimuth, rotation)
 
 
+def _set_sun_light(light: bpy.types.SunLight, energy: float, colour, settings: RelightSettings) -> None:
+    light.energy = energy * settings.sun_strength
+    light.color = [c * t for c, t in zip(colour, settings.sun_tint, strict=True)]
+
+
 def _sky_node(tree, env) -> bpy.types.ShaderNodeTexSky:
     sky = tree.nodes.get(SKY_NODE)
     if sky is None:  # kept after switching back, so the sky's settings survive
@@ -253,12 +315,26 @@ def _sky_node(tree, env) -> bpy.types.ShaderNodeTexSky:
     return sky
 
 
+def _key_placed_sun(built: BuiltScene, settings: RelightSettings, start: tuple[float, float],
+                    end: tuple[float, float], frame_start: int, frame_end: int) -> None:
+    """Key the placed sun's energy and colour at every frame between the two ends (keyed already): the air the
+    sun crosses changes them, and not linearly in its elevation, which moves linearly."""
+    light = built.sun.data
+    for frame in range(frame_start + 1, frame_end):
+        t = (frame - frame_start) / (frame_end - frame_start)
+        elevation, azimuth = (a + t * (b - a) for a, b in zip(start, end, strict=True))
+        energy, colour, _ = _placed_sun(built, settings, elevation, azimuth)
+        _set_sun_light(light, energy, colour, settings)
+        light.keyframe_insert("energy", frame=frame)
+        light.keyframe_insert("color", frame=frame)
+
+
 def _time_of_day_channels(built: BuiltScene, sky: bool) -> list[tuple[bpy.types.bpy_struct, str, int]]:
     """(struct, property, index) of what a time of day animates; index -1: every element."""
     mapping, _, _ = _world_nodes(built)
     channels = [(mapping.inputs["Rotation"], "default_value", 2)]
     if built.sun is not None:
-        channels.append((built.sun, "rotation_euler", -1))
+        channels += [(built.sun, "rotation_euler", -1), (built.sun.data, "energy", -1), (built.sun.data, "color", -1)]
     sky_node = built.world.node_tree.nodes.get(SKY_NODE)
     if sky and sky_node is not None:
         channels += [(sky_node, "sun_elevation", -1), (sky_node, "sun_rotation", -1)]
