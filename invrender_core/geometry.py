@@ -186,30 +186,6 @@ def azimuth_turn(source, target, up) -> np.ndarray:
     return rotation_about(up, math.atan2(float(np.cross(a, b) @ up), float(a @ b)))
 
 
-def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(3, 3) smallest rotation R with R @ a/|a| = b/|b| for vectors a (3,), b (3,) (Rodrigues).
-
-    Opposite vectors are related by a half turn about an axis perpendicular to a.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != (3,) or b.shape != (3,):
-        raise ValueError(f"a and b must have shape (3,), got {a.shape} and {b.shape}")
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if not (na > 0 and nb > 0 and np.isfinite(na) and np.isfinite(nb)):
-        raise ValueError("a and b must be finite non-zero vectors")
-    a, b = a / na, b / nb
-    v = np.cross(a, b)
-    c = float(a @ b)
-    if c < -1.0 + 1e-12:
-        # Half turn about the axis perpendicular to a that is best conditioned.
-        axis = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
-        axis /= np.linalg.norm(axis)
-        return 2.0 * np.outer(axis, axis) - np.eye(3)
-    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)
-
-
 # ----------------------------------------------------------------------------------------------------
 # meshing and PLY
 

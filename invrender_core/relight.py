@@ -193,10 +193,10 @@ def with_sun_to_sky(lighting: Lighting, ratio: float) -> Lighting:
 
 def move_sun(lighting: Lighting, direction, up=(0.0, 1.0, 0.0)) -> Lighting:
     """The same lighting with the sun moved to `direction` (3,) and the sky turned about `up` (camera frame) by
-    the sun's change of azimuth, as the 3D scene turns its environment (`scene.scene_assets`): the sky's bright
-    side follows the sun around the horizon and the sky stays upright (turned along the shortest arc from the
-    old sun to the new, a lowered sun tilted the sky and lit surfaces from below). Without a sun only the sky
-    turns, by the azimuth of its dominant direction."""
+    the sun's change of azimuth, as the 3D scene's Relight turns its environment (addon/build/relight.py): the
+    sky's bright side follows the sun around the horizon and the sky stays upright (turned along the shortest arc
+    from the old sun to the new, a lowered sun tilted the sky and lit surfaces from below). Without a sun only
+    the sky turns, by the azimuth of its dominant direction."""
     target = np.asarray(direction, dtype=np.float64)
     source = lighting.sun.direction if lighting.sun is not None else sh.dominant_direction(lighting.sky)
     R = geometry.azimuth_turn(source, target, up)

@@ -320,23 +320,7 @@ def test_write_ply_of_an_empty_mesh(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# rotation_between and the analytic scene
-
-
-@pytest.mark.parametrize("a, b", [([1, 2, 3], [-2, 0.5, 1]), ([0, 0, 1], [0, 0, 1]), ([0, 1, 0], [0, -3, 0]),
-                                  ([1, 1, 0], [-1, -1, 1e-14])])
-def test_rotation_between_maps_a_onto_b(a, b):
-    R = geometry.rotation_between(np.array(a, float), np.array(b, float))
-    np.testing.assert_allclose(R @ unit(a), unit(b), atol=1e-9)
-    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
-    assert np.linalg.det(R) == pytest.approx(1.0)
-
-
-def test_rotation_between_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
-        geometry.rotation_between(np.ones(3), np.ones(2))
-    with pytest.raises(ValueError, match="non-zero"):
-        geometry.rotation_between(np.zeros(3), np.ones(3))
+# rotations and the analytic scene
 
 
 def test_rotation_about_matches_rotation_z_and_keeps_its_axis():
