@@ -30,8 +30,9 @@ class INVR_OT_relight(bpy.types.Operator):
         "counter-clockwise seen from above", default=0.0, min=-ANGLE_LIMIT, max=ANGLE_LIMIT,
         soft_min=-math.pi, soft_max=math.pi, subtype="ANGLE", unit="ROTATION")
     use_sun_angles: bpy.props.BoolProperty(
-        name="Place sun", description="Put the sun at the elevation and azimuth below (the environment turns "
-        "with the azimuth) instead of turning the estimate by the rotation", default=False)
+        name="Place sun", description="Put a new sun at the elevation and azimuth below instead of turning the "
+        "estimate by the rotation: as bright next to the environment as the 2D Preview's sun, reddened near the "
+        "horizon (the environment turns with the azimuth)", default=False)
     sun_elevation: bpy.props.FloatProperty(
         name="Sun elevation", description="Sun height above the horizon", default=math.radians(45.0),
         min=-math.pi / 2, max=math.pi / 2, subtype="ANGLE", unit="ROTATION")
@@ -46,10 +47,10 @@ class INVR_OT_relight(bpy.types.Operator):
         name="Environment tint", description="Colour multiplying the estimated environment", size=3,
         default=(1.0, 1.0, 1.0), min=0.0, max=10.0, soft_max=1.0, subtype="COLOR")
     sun_strength: bpy.props.FloatProperty(
-        name="Sun strength", description="Factor on the estimated sun's energy", default=1.0, min=0.0,
-        max=100.0, soft_max=5.0, subtype="FACTOR")
+        name="Sun strength", description="Factor on the sun's energy (the estimated or the placed sun's)",
+        default=1.0, min=0.0, max=100.0, soft_max=5.0, subtype="FACTOR")
     sun_tint: bpy.props.FloatVectorProperty(
-        name="Sun tint", description="Colour multiplying the estimated sun's colour", size=3,
+        name="Sun tint", description="Colour multiplying the sun's colour", size=3,
         default=(1.0, 1.0, 1.0), min=0.0, max=10.0, soft_max=1.0, subtype="COLOR")
     sky_strength: bpy.props.FloatProperty(
         name="Sky strength", description="Physical sky brightness; 1 keeps the sky as bright next to the sun "
