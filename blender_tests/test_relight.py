@@ -367,6 +367,9 @@ SKY_ANIMATED = (
         scene, built, (35.0, 70.0), (8.0, 160.0), 5, 25,
         RelightSettings(mode="sky", sun_angles=(35.0, 70.0), sun_strength=1.5, sun_tint=(1.0, 0.9, 0.8),
                         sky_strength=0.7)))
+ENVIRONMENT_PLACED = (
+    dict(use_sun_angles=True, sun_elevation=math.radians(25.0), sun_azimuth=math.radians(-60.0), sun_to_sky=7.0),
+    lambda scene, built: apply_relight(scene, built, RelightSettings(sun_angles=(25.0, -60.0), sun_to_sky=7.0)))
 ENVIRONMENT_TURNED = (
     dict(rotation=math.radians(-40.0), environment_strength=0.8, environment_tint=(0.9, 0.9, 1.0),
          sun_strength=0.5),
@@ -374,7 +377,8 @@ ENVIRONMENT_TURNED = (
         rotation_deg=-40.0, environment_strength=0.8, environment_tint=(0.9, 0.9, 1.0), sun_strength=0.5)))
 
 
-@pytest.mark.parametrize("kwargs, api", [SKY_ANIMATED, ENVIRONMENT_TURNED], ids=["sky-animated", "environment"])
+@pytest.mark.parametrize("kwargs, api", [SKY_ANIMATED, ENVIRONMENT_PLACED, ENVIRONMENT_TURNED],
+                         ids=["sky-animated", "environment-placed", "environment"])
 def test_relight_operator_equals_api(registered_addon, clean_scene, kwargs, api):
     build(clean_scene)
     assert bpy.ops.invr.relight(**kwargs) == {"FINISHED"}

@@ -24,7 +24,7 @@ from invrender_addon.operators import relight_preview
 from invrender_core import geometry, sh
 from invrender_core.camera import Camera
 from invrender_core.nets import shadow_refine
-from invrender_core.relight import DEFAULT_SHADOW_REFINER, DEFAULT_SHADOW_SAMPLES, Relighter
+from invrender_core.relight import DEFAULT_SHADOW_REFINER, DEFAULT_SHADOW_SAMPLES, DEFAULT_SUN_TO_SKY, Relighter
 from invrender_core.scene import scene_assets
 from invrender_core.train.synthetic import exact_estimate
 
@@ -66,9 +66,9 @@ def through_property(degrees: float) -> float:
     return math.degrees(float(np.float32(math.radians(degrees))))
 
 
-def core_relight(est, elevation, azimuth, samples=DEFAULT_SHADOW_SAMPLES):
+def core_relight(est, elevation, azimuth, samples=DEFAULT_SHADOW_SAMPLES, sun_to_sky=DEFAULT_SUN_TO_SKY):
     """The core API's relight for the operator's angles (degrees), shadows refined by the shipped refiner."""
-    relighter = Relighter(est, sun_fraction=SUN_FRACTION, shadow_samples=samples,
+    relighter = Relighter(est, sun_fraction=SUN_FRACTION, shadow_samples=samples, sun_to_sky=sun_to_sky,
                           shadow_refine=shadow_refine.load(DEFAULT_SHADOW_REFINER))
     return relighter.render(relighter.sun_at(through_property(elevation), through_property(azimuth)))
 
@@ -94,12 +94,12 @@ def test_operator_equals_core_relighter(registered_addon, clean_scene):
     assert np.abs(expected.image - est.image).max() > 0.1  # and the relight changes the photo
     np.testing.assert_allclose(image_to_array(image), expected.image, rtol=1e-5, atol=1e-6)
 
-    # A second preview (cached relighter) updates the same datablock, with its own shadow samples.
+    # A second preview (cached relighter) updates the same datablock, with its own shadow samples and sun.
     before = counts()
-    assert preview(60.0, -45.0, shadow_samples=2) == {"FINISHED"}
+    assert preview(60.0, -45.0, shadow_samples=2, sun_to_sky=9.0) == {"FINISHED"}
     assert counts() == before and bpy.data.images[PREVIEW] is not None
-    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]), core_relight(est, 60.0, -45.0, 2).image,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(image_to_array(bpy.data.images[PREVIEW]),
+                               core_relight(est, 60.0, -45.0, 2, sun_to_sky=9.0).image, rtol=1e-5, atol=1e-6)
 
 
 def test_without_pytorch_the_shadows_are_as_marched_with_a_warning(registered_addon, clean_scene, capfd,
@@ -188,6 +188,8 @@ def test_import_without_stored_maps_reports_and_changes_nothing(registered_addon
 def test_defaults_and_names(registered_addon):
     rna = bpy.ops.invr.relight_preview.get_rna_type().properties
     assert rna["shadow_samples"].default == DEFAULT_SHADOW_SAMPLES
+    assert rna["sun_to_sky"].default == DEFAULT_SUN_TO_SKY
+    assert bpy.ops.invr.relight.get_rna_type().properties["sun_to_sky"].default == DEFAULT_SUN_TO_SKY
     name = relight_preview.preview_image_name("é" * 40)  # 80 bytes of name: too long for a datablock
     assert name.endswith(" 2D Relight") and len(name.encode()) <= 63
     image = bpy.data.images.new(name, 4, 4)

@@ -446,6 +446,7 @@ def _add_weights_options(parser: argparse.ArgumentParser, depth_flag: str, when:
 
 
 def _add_sun_to_sky(parser, when: str = "") -> None:
+    """--sun-to-sky, shared by relight and scene (`relight.place_sun`); `when` starts its help."""
     parser.add_argument("--sun-to-sky", type=_non_negative_float, default=DEFAULT_SUN_TO_SKY, metavar="RATIO",
                         help=f"{when}the new sun's irradiance as a multiple of the sky's mean (clear day: 5 to 13, "
                         f"hazy: 1 to 3; default {DEFAULT_SUN_TO_SKY:g}: a photo does not show its own)")

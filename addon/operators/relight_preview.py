@@ -99,11 +99,17 @@ class INVR_OT_relight_preview(bpy.types.Operator):
         name="Sun azimuth", description="Sun direction: 0 behind the photo camera (front light), 90° from its "
         "right, 180° in front of it (back light)", default=math.radians(90.0), min=-math.pi,
         max=2.0 * math.pi, subtype="ANGLE", unit="ROTATION")
+    sun_to_sky: bpy.props.FloatProperty(
+        name="Sun to sky", description="The sun's irradiance as a multiple of the sky's mean, the two sharing the "
+        "photo's light (clear day: 5 to 13, hazy: 1 to 3)", default=4.0, min=0.0, max=100.0,
+        soft_max=15.0)  # relight.DEFAULT_SUN_TO_SKY
     shadow_samples: bpy.props.IntProperty(
         name="Shadow samples", description="Directions within the sun's disc averaged for soft cast shadows "
         "(more: smoother penumbrae, slower)", default=4, min=1, max=64)  # relight.DEFAULT_SHADOW_SAMPLES
 
     def execute(self, context):
+        from invrender_core.relight import place_sun, sun_direction_camera
+
         from ..build.scene import find_import
         from ..prefs import get_preferences
         from .import_photo import report_warnings
@@ -111,7 +117,8 @@ class INVR_OT_relight_preview(bpy.types.Operator):
         try:
             built = find_import(context.scene)
             relighter = relighter_for(built.collection, self.shadow_samples, get_preferences(context).weights_dir)
-            lighting = relighter.sun_at(math.degrees(self.sun_elevation), math.degrees(self.sun_azimuth))
+            direction = sun_direction_camera(math.degrees(self.sun_elevation), math.degrees(self.sun_azimuth))
+            lighting = place_sun(relighter.original, direction, sun_to_sky=self.sun_to_sky)
             relit = relighter.render(lighting).image  # (H, W, 3) linear RGB
         except (ValueError, MemoryError) as e:
             self.report({"ERROR"}, str(e))
