@@ -173,7 +173,7 @@ def test_a_placed_sun_shares_the_light_as_the_2d_relight_does(clean_scene, tmp_p
     after = sh.from_equirect(world_panorama(clean_scene, built, tmp_path / "after.exr"))
     np.testing.assert_allclose(after, placed.sky, atol=0.02 * np.abs(before).max())
     assert np.abs(after - before).max() > 0.1 * np.abs(before).max()  # turned and scaled
-    # The same with the estimate's sun strength: the lamp as built, only turned.
+    # A ratio of 0 places no sun: the environment alone lights the scene.
     energy = built.sun.data.energy
     apply_relight(clean_scene, built, RelightSettings(sun_angles=(elevation, azimuth), sun_to_sky=0.0))
     assert built.sun.data.energy == 0.0 and energy > 0.0
