@@ -378,11 +378,18 @@ def _write_sequence(output: Path, frames, count: int, fps: float, metadata: dict
         last = f" ... {output.stem}_{count:04d}.png" if count > 1 else ""
         return f"{output.stem}_0001.png{last} in {output.parent}"
     writer = None
+    padded = ""
     with atomic_output(output) as tmp:
         try:
             for k, (sun, relit) in enumerate(frames):
                 announce(k, sun)
                 rgb = _to_srgb8(at_input_exposure(relit.image, metadata))  # (H, W, 3) uint8 sRGB
+                h, w = rgb.shape[:2]
+                if h % 2 or w % 2:
+                    # MPEG-4 holds even sizes only: the writer dropped an odd last row and column, so they are
+                    # repeated instead and the video keeps every pixel of the photo.
+                    rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                    padded = f" ({w}x{h} padded to {rgb.shape[1]}x{rgb.shape[0]}: MPEG-4 needs even sizes)"
                 if writer is None:
                     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                              (rgb.shape[1], rgb.shape[0]))
@@ -402,7 +409,7 @@ def _write_sequence(output: Path, frames, count: int, fps: float, metadata: dict
         if written != count:
             raise CLIError(f"the MP4 video written to {output} holds {written} of {count} frames (a full disk?): "
                            "make room, or write PNG frames instead (-o relit.png)")
-    return str(output)
+    return f"{output}{padded}"
 
 
 def _frame_paths(output: Path, count: int) -> list[Path]:

@@ -225,6 +225,29 @@ def test_relight_sequence_as_pngs_and_mp4(photo_file, nets):
     assert frames == 4
 
 
+def test_relight_mp4_of_an_odd_sized_photo_keeps_every_pixel(tmp_path, nets, capsys):
+    """MPEG-4 needs even sizes: the last row and column are repeated, not dropped (the writer dropped them)."""
+    rng = np.random.default_rng(1)
+    write_png(tmp_path / "odd.png", (0.2 + 0.6 * rng.random((41, 57, 3))).astype(np.float32))
+    args = ["--sun", "10", "60", "--to", "50", "200", "--frames", "2"]
+    assert cli.main(_relight_args(tmp_path / "odd.png", nets, "-o", str(tmp_path / "seq.mp4"), *args)) == 0
+    assert "57x41 padded to 58x42" in capsys.readouterr().err
+    assert cli.main(_relight_args(tmp_path / "odd.png", nets, "-o", str(tmp_path / "seq.png"), *args)) == 0
+    from invrender_core.io._cv import cv2
+
+    video = cv2.VideoCapture(str(tmp_path / "seq.mp4"))
+    ok, frame = video.read()
+    video.release()
+    assert ok and frame.shape == (42, 58, 3)
+    png = cv2.imread(str(tmp_path / "seq_0001.png")).astype(np.float32)  # the same frame, exact
+
+    def blurred(image):  # the codec keeps the coarse picture of this noise photo, not its pixels
+        return cv2.GaussianBlur(image.astype(np.float32), (0, 0), 2.0)
+
+    assert np.abs(blurred(frame[:41, :57]) - blurred(png)).mean() < 6
+    assert np.abs(blurred(frame)[41] - blurred(frame)[40]).mean() < 6  # the last row, repeated
+
+
 ARGPARSE_CASES = {"bad-sun-dir": "3 comma-separated numbers", "zero-sun-dir": "non-zero direction",
                   "zero-fps": "a number > 0", "no-shadow-samples": "an integer > 0"}
 
