@@ -215,15 +215,19 @@ def placed_sun(lighting_camera, sun_fraction: float, elevation: float, azimuth: 
     return math.pi * peak, colour, sky_scale
 
 
-def _placed_sun(built: BuiltScene, settings: RelightSettings, elevation: float, azimuth: float
-                ) -> tuple[float, tuple[float, float, float], float]:
-    """`placed_sun` in the lighting the import stored; ValueError for an import that stored none."""
+def _stored_lighting(built: BuiltScene) -> tuple[list, float]:
+    """(lighting_camera, sun_fraction) the import stored for `placed_sun`; ValueError for an import without them."""
     record = built.collection[IMPORT_KEY].to_dict()
     if "lighting_camera" not in record or "sun_fraction" not in record:
         raise ValueError("this import did not store its estimated lighting (an older InvRender built it): import "
                          "the photo again to place the sun, or turn the lighting with the rotation")
-    return placed_sun(record["lighting_camera"], float(record["sun_fraction"]), elevation, azimuth,
-                      settings.sun_to_sky)
+    return record["lighting_camera"], float(record["sun_fraction"])
+
+
+def _placed_sun(built: BuiltScene, settings: RelightSettings, elevation: float, azimuth: float
+                ) -> tuple[float, tuple[float, float, float], float]:
+    """`placed_sun` in the lighting the import stored (`_stored_lighting`)."""
+    return placed_sun(*_stored_lighting(built), elevation, azimuth, settings.sun_to_sky)
 
 
 def _sun_axis(sun: bpy.types.Object):
@@ -320,10 +324,11 @@ def _key_placed_sun(built: BuiltScene, settings: RelightSettings, start: tuple[f
     """Key the placed sun's energy and colour at every frame between the two ends (keyed already): the air the
     sun crosses changes them, and not linearly in its elevation, which moves linearly."""
     light = built.sun.data
+    stored = _stored_lighting(built)  # read once, not per frame
     for frame in range(frame_start + 1, frame_end):
         t = (frame - frame_start) / (frame_end - frame_start)
         elevation, azimuth = (a + t * (b - a) for a, b in zip(start, end, strict=True))
-        energy, colour, _ = _placed_sun(built, settings, elevation, azimuth)
+        energy, colour, _ = placed_sun(*stored, elevation, azimuth, settings.sun_to_sky)
         _set_sun_light(light, energy, colour, settings)
         light.keyframe_insert("energy", frame=frame)
         light.keyframe_insert("color", frame=frame)
