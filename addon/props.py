@@ -37,6 +37,10 @@ class INVR_PG_settings(bpy.types.PropertyGroup):
         name="Sun share", description="Share of the lighting's directional part given to a sun lamp, for "
         "sharp cast shadows; the rest stays in the environment", default=0.6, min=0.0, max=1.0,
         subtype="FACTOR")
+    match_photo: bpy.props.BoolProperty(
+        name="Match photo", description="Multiply the albedo by a gain (a node in the material) so that the scene "
+        "renders as bright as the photo under the photo's own light: the mesh hides part of the sky from itself, "
+        "which the photo's light already held", default=True)
     preview_sun_elevation: bpy.props.FloatProperty(
         name="Elevation", description="2D relight preview: sun height above the photo camera's horizon",
         default=math.radians(45.0), min=0.0, max=math.pi / 2, subtype="ANGLE", unit="ROTATION")

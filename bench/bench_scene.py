@@ -9,8 +9,8 @@
    so the mesh has the discontinuities of a real scene.
 2. Whole `invrender scene` on a 1 MP photo (samples/sample_photo.png upscaled to 1224x816) with the shipped
    networks, in the steps that `addon/build/headless.build_and_render` takes: load + decompose (its own
-   stages), scene assets (meshing, lighting split), build, save .blend, Cycles render (CPU, 16 samples,
-   full resolution).
+   stages), scene assets (meshing, lighting split), build, the photo match (a small Cycles bake), save .blend,
+   Cycles render (CPU, 16 samples, full resolution).
 
 Each part runs in a fresh child process (imports and first-call costs paid by a warm-up on a tiny input).
 Prints markdown tables and the machine, and writes bench/results/scene.json.
@@ -151,11 +151,15 @@ def child_scene() -> dict:
     t = time.perf_counter()
     assets = core_scene.scene_assets(result, name="photo")
     stages["scene assets (mesh, lighting)"] = time.perf_counter() - t
-    from invrender_addon.build.scene import SceneAssets, build_scene
+    from invrender_addon.build.scene import GAIN_BAKE_SAMPLES, SceneAssets, build_scene, match_photo, set_photo_gain
 
     t = time.perf_counter()
     built = build_scene(SceneAssets(**assets), bpy.context.scene)
     stages["build in Blender"] = time.perf_counter() - t
+    t = time.perf_counter()  # what build_scene adds when it matches the photo, as the import does
+    set_photo_gain(built.mesh.data.materials[0], match_photo(SceneAssets(**assets), built.collection, built.world,
+                                                             built.mesh))
+    stages[f"match photo (bake, {GAIN_BAKE_SAMPLES} samples)"] = time.perf_counter() - t
     set_cycles(bpy.context.scene, samples=RENDER_SAMPLES)
     t = time.perf_counter()
     bpy.ops.wm.save_as_mainfile(filepath=str(folder / "scene.blend"), check_existing=False, copy=True)

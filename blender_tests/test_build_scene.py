@@ -1,5 +1,7 @@
 """Scene builder on scenes with known maps: camera match, mesh, material, world, a Cycles render."""
 
+import dataclasses
+
 import bpy
 import numpy as np
 import pytest
@@ -254,3 +256,40 @@ def test_background_layer_fills_what_a_new_viewpoint_uncovers(clean_scene):
         holes[hidden] = int((_render_alpha(clean_scene, moved)[4:-4, 4:-12] < 0.5).sum())
     assert holes[True] > 100  # the plane uncovered beside the sphere, and the cuts at its outline
     assert holes[False] == 0
+
+
+def test_matching_the_photo_gains_what_the_render_misses():
+    """A photo brighter than the estimate explains (albedo * E(n) times 1.3 / 1.2 / 1.1): the built scene rendered
+    under the photo's own light is darker by that much, unless the import matches the photo, which multiplies the
+    albedo by the gain (a node after the albedo image) so that the render is as bright as the photo. The artist's
+    objects play no part: a cube around the photo camera leaves the gain exactly as it is."""
+    camera = Camera.from_fov(64, 48, 50.0)
+    est = synthetic_estimate(camera, SKY)
+    brighter = np.float32([1.3, 1.2, 1.1])
+    est = dataclasses.replace(est, image=est.image * brighter)
+    inside = ~geometry.depth_discontinuities(est.depth, 0.05)
+    ratios = {}
+    for match in (False, True):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        scene = bpy.context.scene
+        built = build_scene(SceneAssets(**scene_assets(est, "match", sun_fraction=0.6, environment_height=64),
+                                        match_photo=match), scene)
+        set_cycles(scene, samples=64)
+        rendered = _render_exr(scene)
+        ratios[match] = np.median(rendered[inside] / np.maximum(est.image[inside], 1e-3), axis=0)  # (3,)
+    np.testing.assert_allclose(ratios[False], 1.0 / brighter, rtol=0.15)
+    np.testing.assert_allclose(ratios[True], 1.0, atol=0.05)
+    gain = np.array(built.photo_gain)
+    np.testing.assert_allclose(gain / gain[2], brighter / brighter[2], rtol=0.03)
+    assert list(built.collection["invrender_import"]["photo_gain"]) == pytest.approx(gain.tolist())
+    bsdf = built.mesh.active_material.node_tree.nodes["Principled BSDF"]
+    mix = bsdf.inputs["Base Color"].links[0].from_node
+    assert mix.name == "InvRender Photo gain" and mix.inputs["Factor"].default_value == 1.0
+    assert tuple(mix.inputs[7].default_value)[:3] == pytest.approx(tuple(gain))
+    assert mix.inputs[6].links[0].from_node.name == "InvRender Albedo"
+    assert len(bpy.data.scenes) == 1 and not [i for i in bpy.data.images if i.name.endswith(" bake")]
+
+    bpy.ops.mesh.primitive_cube_add(size=4.0)  # the camera at the origin inside it, as in the startup file
+    again = build_scene(SceneAssets(**scene_assets(est, "cube", sun_fraction=0.6, environment_height=64),
+                                    match_photo=True), scene)
+    assert again.photo_gain == built.photo_gain

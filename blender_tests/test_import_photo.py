@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from invrender_addon.build.import_photo import ImportSettings, import_photo
 from invrender_addon.build.relight import placed_sun
-from invrender_addon.build.scene import IMPORT_KEY
+from invrender_addon.build.scene import IMPORT_KEY, PHOTO_GAIN_NODE
 from mathutils import Vector
 
 from invrender_core import cli, sh
@@ -52,6 +52,7 @@ def test_cli_scene_builds_blend_and_render(photo_with_maps, capfd):
     # Blender's own console lines (130 'Fra:' lines a frame, temporary names) are hidden; the progress stays.
     out, err = capfd.readouterr()
     assert "Fra:" not in out + err and "Saved:" not in out + err and "rendered" in err
+    assert "matched the photo's brightness: albedo gain" in err
     bpy.ops.wm.open_mainfile(filepath=str(d / "out" / "scene.blend"))
     mesh = bpy.data.objects["photo mesh"].data
     assert len(mesh.vertices) == 40 * 30  # one vertex per pixel: a plane has no discontinuities
@@ -69,28 +70,39 @@ def test_cli_scene_builds_blend_and_render(photo_with_maps, capfd):
                                atol=1e-6)
     assert sun.data.energy == pytest.approx(energy, rel=1e-5)
     np.testing.assert_allclose(sun.data.color, colour, rtol=1e-5)
+    # A plane hides no sky from itself, and the lighting fitted to its exact maps explains the photo.
+    np.testing.assert_allclose(record["photo_gain"], 1.0, atol=0.05)
 
 
 def test_cli_scene_background_layer(tmp_path, capsys):
     """A box in front of a wall: the layer behind the box is built as its own mesh on the wall's plane, unless
-    --background-band is 0; a share outside (0, 1] is refused with nothing written."""
+    --background-band is 0; a share outside (0, 1] is refused with nothing written. The photo match's gain goes
+    on both meshes' albedo, and --no-match-photo sets none."""
     depth = np.full((30, 40), 4.0, np.float32)
     depth[10:20, 15:25] = 2.0
     write_png(tmp_path / "photo.png", np.full((30, 40, 3), 0.5, np.float32))
     write_exr(tmp_path / "depth.exr", depth)
     write_exr(tmp_path / "normal.exr", np.broadcast_to(np.float32([0, 0, 1]), (30, 40, 3)).copy())
     maps = ["--depth", str(tmp_path / "depth.exr"), "--normal", str(tmp_path / "normal.exr"), "--fov", "60"]
-    for band, expected in (("0.25", True), ("0", False)):
+    for band, expected, match in (("0.25", True, []), ("0", False, ["--no-match-photo"])):
         blend = tmp_path / f"scene{band}.blend"
         assert cli.main(["scene", str(tmp_path / "photo.png"), *maps, "-o", str(blend),
-                         "--background-band", band]) == 0
+                         "--background-band", band, *match]) == 0
         bpy.ops.wm.open_mainfile(filepath=str(blend))
         layer = bpy.data.objects.get("photo background mesh")
         assert (layer is not None) == expected
+        gain_nodes = [o.active_material.node_tree.nodes.get(PHOTO_GAIN_NODE) for o in bpy.data.objects
+                      if o.type == "MESH"]
+        record = bpy.data.collections["photo"][IMPORT_KEY]
         if expected:
             co = np.empty(len(layer.data.vertices) * 3, np.float32)
             layer.data.vertices.foreach_get("co", co)
             np.testing.assert_allclose(co[2::3], -4.0, rtol=1e-5)  # camera frame: on the wall behind the box
+            assert len(gain_nodes) == 2
+            for node in gain_nodes:
+                assert tuple(node.inputs[7].default_value)[:3] == pytest.approx(tuple(record["photo_gain"]))
+        else:
+            assert gain_nodes == [None] and "photo_gain" not in record
     assert cli.main(["scene", str(tmp_path / "photo.png"), *maps, "-o", str(tmp_path / "bad.blend"),
                      "--background-band", "-0.1"]) == cli.EXIT_FAILURE
     assert "share of the photo's longer side" in capsys.readouterr().err
@@ -118,6 +130,7 @@ def test_operator_equals_api(photo_with_maps, registered_addon, clean_scene):
     by_operator = bpy.data.objects["photo mesh"].data
     ops_co = np.empty(len(by_operator.vertices) * 3, np.float32)
     by_operator.vertices.foreach_get("co", ops_co)
+    ops_gain = list(bpy.data.collections["photo"][IMPORT_KEY]["photo_gain"])
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     built = import_photo(ImportSettings(photo=d / "photo.png", depth=d / "photo_depth.exr",
@@ -125,6 +138,7 @@ def test_operator_equals_api(photo_with_maps, registered_addon, clean_scene):
     api_co = np.empty(len(built.mesh.data.vertices) * 3, np.float32)
     built.mesh.data.vertices.foreach_get("co", api_co)
     np.testing.assert_array_equal(ops_co, api_co)
+    assert built.photo_gain is not None and ops_gain == pytest.approx(built.photo_gain, rel=1e-5)
 
 
 def test_importing_a_photo_again_excludes_the_earlier_import_from_the_view(photo_with_maps, clean_scene):

@@ -516,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a new sun at this elevation and azimuth (0 = behind the camera, 90 = right), placed "
                        "as `invrender relight` and the add-on's Relight place it")
     _add_sun_to_sky(scene, "with --relight-sun: ")
+    scene.add_argument("--no-match-photo", dest="match_photo", action="store_false",
+                       help="keep the estimate's albedo as it is; by default a gain on it makes the scene render as "
+                       "bright as the photo under the photo's own light")
     scene.add_argument("--lambda", dest="lam", type=float,
                        help=f"fusion weight of the depth against the normals (default {DEFAULT_LAMBDA} with "
                        f"--depth and --normal maps, {NETWORK_FUSION_LAMBDA} with the networks'; lower for noisier "

@@ -298,6 +298,38 @@ def scene_assets(estimate: SceneEstimate, name: str, mesh_step: int = 1,
     }
 
 
+# Texels that `photo_gain` reads: a model image below this (linear) is too dark to compare (uncovered texels bake
+# to 0), and fewer than MIN_GAIN_TEXELS usable ones give no gain.
+MIN_MODEL_VALUE = 1e-3
+MIN_GAIN_TEXELS = 16
+
+
+def photo_gain(photo: np.ndarray, albedo: np.ndarray, irradiance: np.ndarray) -> np.ndarray | None:
+    """Per-channel gain (3,) on the albedo that makes a render of the built scene under the photo's own light as
+    bright as the photo: the median over texels of photo / (albedo · irradiance). None when fewer than
+    MIN_GAIN_TEXELS texels are lit and covered.
+
+    photo, albedo (H, W, 3) linear RGB at the photo's resolution; irradiance (h, w, 3): the light the renderer
+    gives the scene's surface (a Cycles diffuse bake without colour, top row first), at any resolution up to the
+    photo's, 0 where no surface covers the texel. The render falls short of the photo because the decomposition
+    does not explain all of it, and because the mesh hides part of the sky from itself that the SH shading counted
+    in full (the photo's light already held that occlusion); the median keeps what the geometry gets wrong (cast
+    shadows of its bumps) from deciding.
+    """
+    photo, albedo, irradiance = (np.asarray(a, np.float32) for a in (photo, albedo, irradiance))
+    if photo.ndim != 3 or photo.shape[2] != 3 or albedo.shape != photo.shape:
+        raise ValueError(f"photo {photo.shape} and albedo {albedo.shape} must both be (H, W, 3)")
+    if irradiance.ndim != 3 or irradiance.shape[2] != 3 or irradiance.shape[0] > photo.shape[0] \
+            or irradiance.shape[1] > photo.shape[1]:
+        raise ValueError(f"irradiance {irradiance.shape} must be (h, w, 3) no larger than the photo {photo.shape}")
+    h, w = irradiance.shape[:2]
+    model = resize_linear(albedo, w, h) * irradiance  # (h, w, 3)
+    usable = (model > MIN_MODEL_VALUE).all(axis=-1)  # (h, w)
+    if usable.sum() < MIN_GAIN_TEXELS:
+        return None
+    return np.median(resize_linear(photo, w, h)[usable] / model[usable], axis=0)  # (3,)
+
+
 def _fill_layer_gaps(estimate: SceneEstimate, mesh: geometry.Mesh, layer_covered: np.ndarray, mesh_step: int
                      ) -> geometry.Mesh:
     """The main mesh with `geometry.far_patches` on its grid's cells that neither it nor the layer covers

@@ -768,6 +768,24 @@ def test_background_assets_of_a_large_photo_work_on_a_coarser_grid():
     assert in_box.sum() == len(range(399, 600, 3)) * len(range(99, 201, 3))  # all of the box's grid pixels
 
 
+def test_photo_gain_is_what_the_render_misses():
+    rng = np.random.default_rng(0)
+    albedo = rng.uniform(0.1, 0.9, (40, 60, 3)).astype(np.float32)
+    light = np.repeat(np.repeat(rng.uniform(0.2, 2.0, (10, 15, 3)), 4, 0), 4, 1).astype(np.float32)  # (40, 60, 3)
+    gain = np.float32([1.3, 1.2, 1.1])
+    photo = gain * albedo * light
+    shadowed = light.copy()
+    shadowed[:8] *= 0.2  # a fifth of the surface in a shadow the photo lacks: the median ignores it
+    shadowed[-4:] = 0.0  # and a strip no surface covers
+    irradiance = resize_linear(shadowed, 15, 10)  # baked at a quarter of the photo's resolution
+    np.testing.assert_allclose(scene.photo_gain(photo, albedo, irradiance), gain, rtol=0.02)
+    assert scene.photo_gain(photo, albedo, np.zeros((10, 15, 3), np.float32)) is None  # nothing covered
+    with pytest.raises(ValueError, match="irradiance"):
+        scene.photo_gain(photo, albedo, np.ones((80, 15, 3), np.float32))
+    with pytest.raises(ValueError, match="albedo"):
+        scene.photo_gain(photo, albedo[:, :, :1], irradiance)
+
+
 def test_rgbd_lighting_is_what_the_photo_pins_down():
     # The sample photo with its own exact depth and normals: an order-2 fit rang negative (blue's mean -0.25), and
     # the world built from it, negative light clipped to 0, rendered the photo 1.2 / 2.0 / 2.4 times too bright.

@@ -117,7 +117,8 @@ def build_and_render(args, atomic_output, progress) -> None:
         irn=args.irn, depth_net=args.depth_net, shadow_net=args.shadow_net, device=args.device, max_side=args.max_side,
         weights_dir=args.weights_dir, fusion_lambda=args.lam, mesh_step=args.mesh_step,
         background_band=args.background_band,
-        relight_sun=tuple(args.relight_sun) if args.relight_sun else None, sun_to_sky=args.sun_to_sky)
+        relight_sun=tuple(args.relight_sun) if args.relight_sun else None, sun_to_sky=args.sun_to_sky,
+        match_photo=args.match_photo)
     source = "the given depth and normal maps" if args.depth is not None else "the networks"
     progress(f"estimating geometry and lighting for {args.photo} from {source}")
 
@@ -129,12 +130,21 @@ def build_and_render(args, atomic_output, progress) -> None:
     for warning in result.metadata.get("warnings", []):
         progress(f"warning: {warning}")
 
+    def quiet():
+        return nullcontext() if getattr(args, "verbose", False) else blender_console_hidden()
+
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
-    built = import_photo(settings, scene, estimate_result=result)
+    with quiet():  # the photo match's bake prints an 'Info:' line
+        built = import_photo(settings, scene, estimate_result=result)
     set_cycles(scene, samples=args.samples, denoise=True)
     progress(f"built {built.collection.name}: {len(built.mesh.data.vertices)} vertices, "
              f"{len(built.mesh.data.polygons)} faces")
+    for warning in built.warnings:
+        progress(f"warning: {warning}")
+    if built.photo_gain is not None:
+        progress("matched the photo's brightness: albedo gain " + " ".join(f"{g:.2f}" for g in built.photo_gain)
+                 + " (red, green, blue)")
     novel_camera = None
     if views is not None:
         novel_camera = add_novel_view_camera(scene, built, views)
@@ -142,8 +152,7 @@ def build_and_render(args, atomic_output, progress) -> None:
         scene.frame_start, scene.frame_end = views.frame_start, views.frame_start + views.frames - 1
         progress(f"added {novel_camera.name} ({views.frames} frames, {views.angle_deg:g} degree orbit)")
     # All outputs appear together or not at all: the .blend is renamed only after the renders succeeded.
-    quiet = nullcontext() if getattr(args, "verbose", False) else blender_console_hidden()
-    with atomic_output(args.output) as tmp_blend, quiet:
+    with atomic_output(args.output) as tmp_blend, quiet():
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp_blend.resolve()), check_existing=False, copy=True)
         if args.render:
             progress(f"rendering with Cycles ({args.samples} samples)")

@@ -27,7 +27,8 @@ class ImportSettings:
     depth_net, shadow_net: network weights (registry names or paths; shadow_net None: the IRN's shadow map);
     fov_deg overrides EXIF and the default; relight_sun = (elevation, azimuth): a new sun placed there as the
     Relight panel places it (`relight.apply_relight`), sun_to_sky times as bright as the sky; background_band:
-    how far the background layer reaches in behind occluders, a share of the photo's longer side (0: no layer)."""
+    how far the background layer reaches in behind occluders, a share of the photo's longer side (0: no layer);
+    match_photo: a gain on the albedo so that the scene renders as bright as the photo (`scene.match_photo`)."""
 
     photo: Path
     depth: Path | None = None
@@ -47,6 +48,7 @@ class ImportSettings:
     background_band: float = core_scene.DEFAULT_BACKGROUND_BAND
     relight_sun: tuple[float, float] | None = None
     sun_to_sky: float = DEFAULT_SUN_TO_SKY
+    match_photo: bool = True
 
 
 def estimate(settings: ImportSettings, progress=None, cancel=None) -> core_scene.SceneEstimate:
@@ -93,7 +95,8 @@ def import_photo(settings: ImportSettings, scene: bpy.types.Scene | None = None,
     scene = scene or bpy.context.scene
     built = build_scene(SceneAssets(**assets, depth_fused=result.depth_fused, sky=result.sky,
                                     lighting_camera=result.lighting, sun_fraction=settings.sun_fraction,
-                                    source=str(Path(settings.photo).resolve())), scene)
+                                    source=str(Path(settings.photo).resolve()), match_photo=settings.match_photo),
+                        scene)
     if relight is not None:  # the sun goes where the Relight panel would put it
         apply_relight(scene, built, relight)
     return built

@@ -20,6 +20,7 @@ SENSOR_WIDTH_MM = 36.0
 # Names of the nodes the relight and export tools look for (labels are what the artist sees).
 ALBEDO_NODE, NORMALS_NODE, SHADOW_NODE = "InvRender Albedo", "InvRender Normals", "InvRender Shadow"
 TURNED_AWAY_NODE = "InvRender Turned away"  # 0 where geometry and normal map agree, 1 where they oppose
+PHOTO_GAIN_NODE = "InvRender Photo gain"  # albedo x gain -> base colour, when the import matched the photo
 ENVIRONMENT_NODE, ENVIRONMENT_MAPPING_NODE = "InvRender Environment", "InvRender Mapping"
 SHADOW_AOV = "shadow"
 IMPORT_KEY = "invrender_import"  # collection ID property: what an import built (datablocks) and its estimate
@@ -67,6 +68,7 @@ class SceneAssets:
     source: str = ""  # the photo's file, resolved: a later import of the same file replaces this one in the view
     sun_fraction: float | None = None
     background: dict | None = None
+    match_photo: bool = False  # set a gain on the albedo so that the scene renders as bright as the photo
 
 
 @dataclass
@@ -79,6 +81,7 @@ class BuiltScene:
     background: bpy.types.Object | None = None
     replaced: tuple[str, ...] = ()  # earlier imports of the same photo, now excluded from the view layers
     warnings: list[str] = field(default_factory=list)  # for the caller to report (a WARNING)
+    photo_gain: tuple[float, float, float] | None = None  # the albedo's gain (`match_photo`), None: none set
 
 
 def build_camera(name: str, cam: dict, scene: bpy.types.Scene) -> bpy.types.Object:
@@ -275,6 +278,16 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         direction, strength, colour = assets.sun
         sun = build_sun(f"{name} sun", direction, strength, colour)
         collection.objects.link(sun)
+    warnings, photo_gain = [], None
+    if assets.match_photo:
+        photo_gain = match_photo(assets, collection, world, mesh)
+        if photo_gain is None:
+            warnings.append("too little of the photo is surface to match its brightness: the scene keeps the "
+                            "estimate's albedo and may render darker than the photo")
+        else:
+            for obj in (mesh, background):
+                if obj is not None:
+                    set_photo_gain(obj.data.materials[0], photo_gain)
     if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
         aov = scene.view_layers[0].aovs.add()
         aov.name, aov.type = SHADOW_AOV, "VALUE"
@@ -294,10 +307,87 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         record["sun_fraction"] = float(assets.sun_fraction)
     if assets.source:
         record["source"] = assets.source
+    if photo_gain is not None:
+        record["photo_gain"] = list(photo_gain)
     collection[IMPORT_KEY] = record
     replaced = exclude_earlier_builds(scene, collection, IMPORT_KEY, assets.source)
-    return BuiltScene(collection, camera, mesh, world, sun, background, replaced,
-                      warnings=user_objects_in_the_way(scene, collection, camera, mesh))
+    warnings += user_objects_in_the_way(scene, collection, camera, mesh)
+    return BuiltScene(collection, camera, mesh, world, sun, background, replaced, warnings, photo_gain)
+
+
+# The bake that `match_photo` measures the render's light with: small and quick (about a second on two cores),
+# since only a median over it counts.
+GAIN_BAKE_SIDE, GAIN_BAKE_SAMPLES = 128, 16
+
+
+def match_photo(assets: SceneAssets, collection: bpy.types.Collection, world: bpy.types.World,
+                mesh: bpy.types.Object) -> tuple[float, float, float] | None:
+    """The gain on the albedo (RGB) that makes the built scene render as bright as the photo under the photo's own
+    light (`invrender_core.scene.photo_gain`), measured on `mesh` (the import's main mesh) with `bake_irradiance`;
+    None when the mesh has no faces or too few of them are lit."""
+    from invrender_core.scene import photo_gain
+
+    if len(mesh.data.polygons) == 0:
+        return None
+    height, width = np.shape(assets.photo)[:2]
+    scale = min(1.0, GAIN_BAKE_SIDE / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    gain = photo_gain(assets.photo, assets.albedo, bake_irradiance(collection, world, mesh, size))
+    return None if gain is None else tuple(float(g) for g in gain)
+
+
+def bake_irradiance(collection: bpy.types.Collection, world: bpy.types.World, mesh: bpy.types.Object,
+                    size: tuple[int, int], samples: int = GAIN_BAKE_SAMPLES) -> np.ndarray:
+    """The light Cycles gives `mesh`'s surface in its UV layout, as an image of `size` (width, height):
+    (height, width, 3), top row first, 0 where no face covers a texel (a Diffuse bake, direct and indirect light,
+    without colour). It is baked in a temporary scene that holds only `collection` lit by `world`, so the artist's
+    objects (the startup file's Cube around the photo camera) neither shadow nor light it; that scene and the bake's
+    image and node are removed afterwards."""
+    material = mesh.data.materials[0]
+    nodes = material.node_tree.nodes
+    active_before = nodes.active
+    image = bpy.data.images.new(f"{mesh.name} bake", *size, float_buffer=True)
+    target = nodes.new("ShaderNodeTexImage")  # Cycles bakes into the material's active image node
+    target.image = image
+    nodes.active = target
+    bake_scene = bpy.data.scenes.new(f"{mesh.name} bake")
+    try:
+        bake_scene.render.engine = "CYCLES"
+        bake_scene.cycles.device = "CPU"
+        bake_scene.cycles.samples = samples
+        bake_scene.world = world
+        bake_scene.collection.children.link(collection)
+        view_layer = bake_scene.view_layers[0]
+        for obj in view_layer.objects:
+            obj.select_set(obj == mesh, view_layer=view_layer)
+        view_layer.objects.active = mesh
+        with bpy.context.temp_override(scene=bake_scene, view_layer=view_layer, active_object=mesh, object=mesh,
+                                       selected_objects=[mesh], selected_editable_objects=[mesh]):
+            bpy.ops.object.bake(type="DIFFUSE", pass_filter={"DIRECT", "INDIRECT"}, margin=0, use_clear=True)
+        return image_to_array(image)
+    finally:
+        bpy.data.scenes.remove(bake_scene)
+        nodes.remove(target)
+        nodes.active = active_before
+        bpy.data.images.remove(image)
+
+
+def set_photo_gain(material: bpy.types.Material, gain) -> None:
+    """Multiply the material's albedo by `gain` (RGB) wherever it goes (the base colour, the light from behind):
+    a PHOTO_GAIN_NODE (Mix, Multiply, clamped to 1) after the albedo image, which the artist can change or mute."""
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    albedo = nodes[ALBEDO_NODE].outputs["Color"]
+    targets = [link.to_socket for link in albedo.links]
+    mix = nodes.new("ShaderNodeMix")
+    mix.name, mix.label, mix.location = PHOTO_GAIN_NODE, "Photo gain", (-300, 350)
+    mix.data_type, mix.blend_type, mix.clamp_result = "RGBA", "MULTIPLY", True
+    sockets = {socket.identifier: socket for socket in mix.inputs}
+    sockets["Factor_Float"].default_value = 1.0
+    sockets["B_Color"].default_value = (*gain, 1.0)
+    links.new(albedo, sockets["A_Color"])
+    result = next(socket for socket in mix.outputs if socket.identifier == "Result_Color")
+    for socket in targets:
+        links.new(result, socket)
 
 
 NEAR = 1e-3  # metres: nearer the camera, a box is not in front of it

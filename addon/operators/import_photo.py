@@ -9,7 +9,7 @@ import bpy
 from .. import jobs
 
 OPTION_NAMES = ("fov_override", "max_side", "mesh_step", "discontinuity_threshold", "background_band",
-                "sun_fraction")
+                "sun_fraction", "match_photo")
 
 
 def settings_from_props(context, photo: str, with_maps: bool):
@@ -29,6 +29,7 @@ def settings_from_props(context, photo: str, with_maps: bool):
         discontinuity_threshold=props.discontinuity_threshold,
         sun_fraction=props.sun_fraction,
         background_band=props.background_band,
+        match_photo=props.match_photo,
         device=prefs.device,
         weights_dir=prefs.weights_dir,
     )
@@ -62,7 +63,8 @@ def _build(operator, context, settings, estimate_result) -> set[str]:
     context.scene.invr.photo_path = str(settings.photo)
     # Unreliable input, fusion (said, not only stored); the artist's objects in the import's way.
     report_warnings(operator, [*estimate_result.metadata.get("warnings", []), *built.warnings])
-    operator.report({"INFO"}, f"Built {built.collection.name}: {len(built.mesh.data.vertices)} vertices"
+    gain = "" if built.photo_gain is None else ", albedo gain " + " ".join(f"{g:.2f}" for g in built.photo_gain)
+    operator.report({"INFO"}, f"Built {built.collection.name}: {len(built.mesh.data.vertices)} vertices{gain}"
                     f"{excluded_text('import', built.replaced)}")
     return {"FINISHED"}
 
