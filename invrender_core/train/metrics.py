@@ -7,6 +7,8 @@ RMSE lives in `depth_losses.si_log_rmse`.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .. import sh
@@ -100,3 +102,13 @@ def lighting_error(pred_sh: np.ndarray, gt_sh: np.ndarray, samples: int = 2000) 
     p, g = sh.shading(dirs, pred_sh), sh.shading(dirs, gt_sh)  # (N, 3)
     a = _least_squares_gains(p, g)
     return float(np.sqrt(((a * p - g) ** 2).mean() / max((g * g).mean(), 1e-12)))
+
+
+def print_and_write(scores: dict, path=None) -> None:
+    """An evaluation's scores as indented JSON on stdout, and also in the file `path` (a Path; None: not written),
+    its folder made when missing."""
+    text = json.dumps(scores, indent=2)
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

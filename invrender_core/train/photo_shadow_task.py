@@ -25,7 +25,6 @@ takes the map's depth; `calibrate` scales and shifts the logit to the least log 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import torch
 from ..nets.photo_shadow import NORMAL_X, PhotoShadowNet, photo_shadow_features, true_shadow_map
 from ..scene import DEFAULT_DEPTH, DEFAULT_IRN, DEFAULT_SHADOW_NET, WORK_MULTIPLE, working_maps
 from .data import read_view
+from .metrics import print_and_write
 from .relight_task import PairItems, _linear, _networks, iou_counts
 from .shadow_task import ShadowTask, shadow_loss
 from .trainer import save_safetensors
@@ -179,10 +179,7 @@ def main(argv=None) -> int:
         save_safetensors(model, args.calibrate, {"logit_gain": f"{gain:g}", "logit_offset": f"{offset:g}"})
         out["calibration"] = {"logit_gain": gain, "logit_offset": offset, "log_error_before": before,
                               "log_error_after": after, "calibrated": network_scores(model, items)}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print_and_write(out, args.json)
     return 0
 
 

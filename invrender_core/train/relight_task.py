@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import sys
 import time
@@ -39,6 +38,7 @@ from ..io import srgb_to_linear
 from ..nets.relight_refine import LOG_RATIO_LIMIT, RelightRefiner, features
 from ..scene import DEFAULT_DEPTH, DEFAULT_IRN, SceneEstimate, decompose
 from .data import list_scenes, read_view
+from .metrics import print_and_write
 
 SUN_FACING_COS = 0.1
 SHADOW_THRESHOLD = 0.5
@@ -325,10 +325,7 @@ def main(argv=None) -> int:
     metrics["seconds"] = round(time.time() - t0, 1)
     metrics["refiner"], metrics["shadow_refiner"] = args.refine, args.shadow_refine
     metrics["irn"], metrics["depth"] = args.irn, args.depth
-    print(json.dumps(metrics, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    print_and_write(metrics, args.json)
     return 0
 
 

@@ -78,3 +78,14 @@ def test_shape_errors():
         metrics.scale_invariant_mse(np.zeros((2, 2, 3)), np.zeros((2, 2, 3)), np.ones((3, 2), bool))
     with pytest.raises(ValueError, match=r"\(9, 3\)"):
         metrics.lighting_error(np.zeros(9), np.zeros((9, 3)))
+
+
+def test_print_and_write_round_trips_the_scores(tmp_path, capsys):
+    import json
+
+    scores = {"iou": 0.375, "per_image": [1.5, 2.0]}
+    metrics.print_and_write(scores, tmp_path / "new" / "scores.json")
+    assert json.loads((tmp_path / "new" / "scores.json").read_text()) == scores
+    assert json.loads(capsys.readouterr().out) == scores
+    metrics.print_and_write(scores)  # printed only
+    assert json.loads(capsys.readouterr().out) == scores
