@@ -293,3 +293,14 @@ def test_matching_the_photo_gains_what_the_render_misses():
     again = build_scene(SceneAssets(**scene_assets(est, "cube", sun_fraction=0.6, environment_height=64),
                                     match_photo=True), scene)
     assert again.photo_gain == built.photo_gain
+
+
+def test_a_scene_too_dark_to_match_is_built_unmatched_with_a_warning(clean_scene):
+    camera = Camera.from_fov(32, 24, 50.0)
+    assets = scene_assets(synthetic_estimate(camera, SKY), "black", background_band=0)
+    assets["albedo"] = np.zeros_like(assets["albedo"])  # a black photo: nothing to compare the render with
+    built = build_scene(SceneAssets(**assets, match_photo=True), clean_scene)
+    assert built.photo_gain is None and "photo_gain" not in built.collection["invrender_import"]
+    assert built.warnings == ["too little of the photo is lit surface to match its brightness: the scene keeps the "
+                              "estimate's albedo, and may render darker than the photo"]
+    assert "InvRender Photo gain" not in built.mesh.active_material.node_tree.nodes

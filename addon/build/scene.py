@@ -280,14 +280,16 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
         collection.objects.link(sun)
     warnings, photo_gain = [], None
     if assets.match_photo:
-        photo_gain = match_photo(assets, collection, world, mesh)
-        if photo_gain is None:
-            warnings.append("too little of the photo is surface to match its brightness: the scene keeps the "
-                            "estimate's albedo and may render darker than the photo")
-        else:
-            for obj in (mesh, background):
-                if obj is not None:
-                    set_photo_gain(obj.data.materials[0], photo_gain)
+        unmatched = "the scene keeps the estimate's albedo, and may render darker than the photo"
+        try:  # the match is a refinement: without it, the scene is still built
+            photo_gain = match_photo(assets, collection, world, mesh)
+        except ValueError as e:
+            warnings.append(f"{e}: {unmatched}")
+        except RuntimeError as e:
+            warnings.append(f"Cycles could not bake the light to match the photo ({str(e).strip()}): {unmatched}")
+        for obj in (mesh, background) if photo_gain is not None else ():
+            if obj is not None:
+                set_photo_gain(obj.data.materials[0], photo_gain)
     if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
         aov = scene.view_layers[0].aovs.add()
         aov.name, aov.type = SHADOW_AOV, "VALUE"
@@ -321,19 +323,22 @@ GAIN_BAKE_SIDE, GAIN_BAKE_SAMPLES = 128, 16
 
 
 def match_photo(assets: SceneAssets, collection: bpy.types.Collection, world: bpy.types.World,
-                mesh: bpy.types.Object) -> tuple[float, float, float] | None:
+                mesh: bpy.types.Object) -> tuple[float, float, float]:
     """The gain on the albedo (RGB) that makes the built scene render as bright as the photo under the photo's own
-    light (`invrender_core.scene.photo_gain`), measured on `mesh` (the import's main mesh) with `bake_irradiance`;
-    None when the mesh has no faces or too few of them are lit."""
+    light (`invrender_core.scene.photo_gain`), measured on `mesh` (the import's main mesh) with `bake_irradiance`.
+    ValueError when too little of the mesh is lit to measure it; RuntimeError when Cycles cannot bake."""
     from invrender_core.scene import photo_gain
 
+    unmatched = ValueError("too little of the photo is lit surface to match its brightness")
     if len(mesh.data.polygons) == 0:
-        return None
+        raise unmatched
     height, width = np.shape(assets.photo)[:2]
     scale = min(1.0, GAIN_BAKE_SIDE / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     gain = photo_gain(assets.photo, assets.albedo, bake_irradiance(collection, world, mesh, size))
-    return None if gain is None else tuple(float(g) for g in gain)
+    if gain is None:
+        raise unmatched
+    return tuple(float(g) for g in gain)
 
 
 def bake_irradiance(collection: bpy.types.Collection, world: bpy.types.World, mesh: bpy.types.Object,
