@@ -768,6 +768,30 @@ def test_background_assets_of_a_large_photo_work_on_a_coarser_grid():
     assert in_box.sum() == len(range(399, 600, 3)) * len(range(99, 201, 3))  # all of the box's grid pixels
 
 
+def test_shadow_tint_is_measured_against_the_lit_band_and_taken_out():
+    rng = np.random.default_rng(1)
+    albedo = np.float32([0.5, 0.4, 0.3]) * rng.uniform(0.8, 1.2, (60, 80, 1)).astype(np.float32)  # one material
+    shadow = np.ones((60, 80), np.float32)
+    shadow[20:40, 30:60] = 0.2
+    shadow[20:40, 28:30] = 0.6  # a penumbra: part of the tint
+    tint = np.float32([0.05, -0.25, 0.2])  # the sky's colour left in the shadowed albedo (zero mean)
+    tinted = albedo * np.exp(tint * np.clip((1 - shadow) / 0.8, 0, 1)[..., None])
+    ground = np.ones((60, 80), bool)
+    ground[:5] = False  # sky
+    measured, full_shadow = scene.shadow_tint(tinted, shadow, ground)
+    np.testing.assert_allclose(measured, tint, atol=1e-4)
+    assert full_shadow == pytest.approx(0.2)
+    fixed = scene.without_shadow_tint(tinted.copy(), shadow, ground, measured, full_shadow)
+    chroma = np.log(fixed) - np.log(fixed).mean(-1, keepdims=True)
+    np.testing.assert_allclose(chroma[25, 40], chroma[50, 10], atol=1e-3)  # the shadow as its surroundings
+    np.testing.assert_allclose(chroma[21, 29], chroma[50, 10], atol=1e-3)  # and its penumbra
+    # The whole albedo's colour balance, weighted by brightness, is what it was.
+    change = np.log(fixed / tinted)[ground]  # (N, 3)
+    np.testing.assert_allclose(np.average(change, axis=0, weights=tinted.mean(-1)[ground]), 0.0, atol=1e-5)
+    assert scene.shadow_tint(tinted, np.ones((60, 80), np.float32), ground) is None  # no shadow
+    assert scene.shadow_tint(tinted, np.zeros((60, 80), np.float32), ground) is None  # nothing lit beside it
+
+
 def test_photo_gain_is_what_the_render_misses():
     rng = np.random.default_rng(0)
     albedo = rng.uniform(0.1, 0.9, (40, 60, 3)).astype(np.float32)
