@@ -298,7 +298,7 @@ def test_matching_the_photo_gains_what_the_render_misses():
 def test_a_scene_too_dark_to_match_is_built_unmatched_with_a_warning(clean_scene):
     camera = Camera.from_fov(32, 24, 50.0)
     assets = scene_assets(synthetic_estimate(camera, SKY), "black", background_band=0)
-    assets["albedo"] = np.zeros_like(assets["albedo"])  # a black photo: nothing to compare the render with
+    assets["albedo"] = np.zeros_like(assets["albedo"])  # no albedo: no lit surface to compare the render with
     built = build_scene(SceneAssets(**assets, match_photo=True), clean_scene)
     assert built.photo_gain is None and "photo_gain" not in built.collection["invrender_import"]
     assert built.warnings == ["too little of the photo is lit surface to match its brightness: the scene keeps the "

@@ -3,7 +3,8 @@
 Layers of the file (float32, ZIP), by channel name:
 
     R, G, B, A      beauty: Cycles Combined, scene-linear, before the compositor
-    albedo.R/G/B    Cycles Diffuse Color (the material's base colour as rendered)
+    albedo.R/G/B    Cycles Diffuse Color (the material's base colour as rendered: the albedo times the import's
+                    photo gain, when it has one)
     normal.X/Y/Z    Cycles Normal: shading normals (after the normal map) in the WORLD frame, averaged over the
                     pixel's samples; the camera's rotation (header "invrender/camera_to_world") takes camera-frame
                     normals there

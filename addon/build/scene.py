@@ -287,9 +287,10 @@ def _build_scene(assets: SceneAssets, scene: bpy.types.Scene) -> BuiltScene:
             warnings.append(f"{e}: {unmatched}")
         except RuntimeError as e:
             warnings.append(f"Cycles could not bake the light to match the photo ({str(e).strip()}): {unmatched}")
-        for obj in (mesh, background) if photo_gain is not None else ():
-            if obj is not None:
-                set_photo_gain(obj.data.materials[0], photo_gain)
+        if photo_gain is not None:
+            for obj in (mesh, background):
+                if obj is not None:
+                    set_photo_gain(obj.data.materials[0], photo_gain)
     if shadow is not None and SHADOW_AOV not in scene.view_layers[0].aovs:
         aov = scene.view_layers[0].aovs.add()
         aov.name, aov.type = SHADOW_AOV, "VALUE"
